@@ -1,0 +1,10 @@
+"""Esper: networks that grow while they train."""
+
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("esper")
+except PackageNotFoundError:  # running from a source tree that is not installed
+    __version__ = "0.0.0+source"
+
+__all__ = ["__version__"]

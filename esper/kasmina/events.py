@@ -1,0 +1,67 @@
+"""Events implied by the difference between two states of one slot (pure)."""
+
+from __future__ import annotations
+
+from ..leyline import EventType, SeedStage, TelemetryEvent
+from .state import SlotState, TransitionRecord
+
+
+def _outcome(after: SlotState, record: TransitionRecord) -> dict[str, object]:
+    m = after.metrics
+    return {
+        "blueprint_id": after.blueprint_id,
+        "seed_id": record.seed_id,
+        "improvement": m.improvement,
+        "blending_delta": m.blending_delta,
+        "counterfactual": m.counterfactual_contribution,
+        "epochs_total": m.epochs_total,
+        "epochs_in_stage": record.epochs_in_stage,
+    }
+
+
+def _record_events(after: SlotState, record: TransitionRecord) -> list[TelemetryEvent]:
+    def event(kind: EventType, payload: dict[str, object]) -> TelemetryEvent:
+        return TelemetryEvent(kind, after.slot_id, record.seed_id, record.epoch, payload)
+
+    found = []
+    if record.to_stage == SeedStage.GERMINATED:
+        found.append(event(EventType.SEED_GERMINATED, {
+            "blueprint_id": after.blueprint_id, "seed_id": record.seed_id,
+            "params": after.seed_params}))
+    found.append(event(EventType.SEED_STAGE_CHANGED, {
+        "from": record.from_stage.name, "to": record.to_stage.name, "reason": record.reason}))
+    if record.to_stage == SeedStage.FOSSILIZED:
+        found.append(event(EventType.SEED_FOSSILIZED,
+                           {**_outcome(after, record), "params_added": after.seed_params}))
+    elif record.to_stage == SeedStage.PRUNED:
+        found.append(event(EventType.SEED_PRUNED, {**_outcome(after, record),
+                                                   "reason": record.reason}))
+    return found
+
+
+def events(before: SlotState, after: SlotState) -> tuple[TelemetryEvent, ...]:
+    """The events that going from ``before`` to ``after`` implies, in order.
+
+    A gate evaluation comes first (it caused what follows), then for each new
+    transition record: SEED_GERMINATED (on germination), SEED_STAGE_CHANGED,
+    and SEED_FOSSILIZED or SEED_PRUNED where the stage calls for it.
+
+    Raises:
+        ValueError: the states belong to different slots or ``after`` is older.
+    """
+    if before.slot_id != after.slot_id:
+        raise ValueError(f"states of different slots: {before.slot_id!r} and {after.slot_id!r}")
+    new_records = after.transitions - before.transitions
+    new_gates = after.gate_evaluations - before.gate_evaluations
+    if new_records < 0 or new_gates < 0:
+        raise ValueError("'after' is older than 'before'")
+    found: list[TelemetryEvent] = []
+    if new_gates and after.last_gate is not None:
+        gate = after.last_gate.to_dict()
+        seed = after.seed_id if after.seed_id is not None else before.seed_id
+        found.append(TelemetryEvent(EventType.SEED_GATE_EVALUATED, after.slot_id, seed,
+                                    after.epoch, gate))
+    records = after.history[len(after.history) - min(new_records, len(after.history)):]
+    for record in records:
+        found.extend(_record_events(after, record))
+    return tuple(found)

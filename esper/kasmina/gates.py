@@ -1,0 +1,78 @@
+"""Quality gates: pure checks of a state against its thresholds.
+
+Each gate returns a :class:`~esper.leyline.GateResult` whose check tags are
+machine-readable (``"dwell_met"`` / ``"dwell_short"`` and so on), so a
+controller or a log reader can tell exactly why a seed did not advance.
+"""
+
+from __future__ import annotations
+
+from ..leyline import GateLevel, GateResult, SeedStage, SlotTelemetry
+from .state import SlotState
+
+
+def _tagged(ok: bool, good: str, bad: str) -> tuple[str, bool]:
+    return (good if ok else bad), ok
+
+
+def g0_identity(blueprint_id: object, seed_id: object) -> GateResult:
+    """G0: a germination names a blueprint and a seed."""
+    checks = dict([
+        _tagged(isinstance(blueprint_id, str) and bool(blueprint_id),
+                "blueprint_id_present", "blueprint_id_missing"),
+        _tagged(isinstance(seed_id, str) and bool(seed_id), "seed_id_present", "seed_id_missing"),
+    ])
+    return GateResult.from_checks(GateLevel.G0, SeedStage.GERMINATED, checks)
+
+
+def g1_germinated(state: SlotState) -> GateResult:
+    """G1: the seed finished germinating."""
+    checks = dict([_tagged(state.stage == SeedStage.GERMINATED, "germinated", "not_germinated")])
+    return GateResult.from_checks(GateLevel.G1, SeedStage.TRAINING, checks)
+
+
+def g2_ready_to_blend(state: SlotState) -> GateResult:
+    """G2: trained long enough, improved, gradient-active and isolated."""
+    m, gates = state.metrics, state.gates
+    ratio = m.seed_gradient_norm_ratio
+    checks = dict([
+        _tagged(state.stage == SeedStage.TRAINING, "in_training", "not_in_training"),
+        _tagged(m.epochs_in_stage >= state.task.training_dwell, "dwell_met", "dwell_short"),
+        _tagged(m.stage_improvement >= gates.min_training_improvement,
+                "improvement_met", "improvement_low"),
+        _tagged(ratio is not None and ratio >= gates.min_seed_gradient_ratio,
+                "gradient_active", "gradient_low" if ratio is not None else "gradient_unmeasured"),
+        _tagged(m.isolation_violations <= gates.max_isolation_violations,
+                "isolation_ok", "isolation_violated"),
+    ])
+    detail = (f"improvement {m.stage_improvement:.2f} pts, gradient ratio "
+              f"{'n/a' if ratio is None else f'{ratio:.3f}'}, "
+              f"{m.isolation_violations} isolation violations")
+    return GateResult.from_checks(GateLevel.G2, SeedStage.BLENDING, checks, detail)
+
+
+def g3_blend_complete(state: SlotState) -> GateResult:
+    """G3: alpha reached its target after enough blending epochs."""
+    gates = state.gates
+    alpha = float(state.alpha.min())
+    checks = dict([
+        _tagged(state.stage == SeedStage.BLENDING, "in_blending", "not_in_blending"),
+        _tagged(alpha >= gates.alpha_complete_threshold, "alpha_reached", "alpha_low"),
+        _tagged(state.metrics.epochs_in_stage >= gates.min_blending_epochs,
+                "blend_epochs_met", "blend_epochs_short"),
+    ])
+    return GateResult.from_checks(GateLevel.G3, SeedStage.HOLDING, checks, f"alpha {alpha:.3f}")
+
+
+def g5_contribution(state: SlotState, telemetry: SlotTelemetry) -> GateResult:
+    """G5: the seed's counterfactual contribution, measured now, is large enough."""
+    contribution = telemetry.counterfactual_contribution
+    measured = contribution is not None and telemetry.is_finite
+    checks = dict([
+        _tagged(state.stage == SeedStage.HOLDING, "in_holding", "not_in_holding"),
+        _tagged(measured, "counterfactual_present", "counterfactual_missing"),
+        _tagged(measured and contribution >= state.gates.min_fossilize_contribution,
+                "contribution_met", "contribution_low"),
+    ])
+    detail = "no counterfactual" if contribution is None else f"contribution {contribution:.2f} pts"
+    return GateResult.from_checks(GateLevel.G5, SeedStage.FOSSILIZED, checks, detail)

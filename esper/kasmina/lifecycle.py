@@ -1,0 +1,409 @@
+"""The pure lifecycle: every function takes a state and returns a new one.
+
+Nothing here mutates, emits or performs I/O. The shell applies these outside
+the compiled graph once per epoch (or on an explicit request) and turns the
+difference between two states into events with :func:`events`.
+
+Example (DORMANT to FOSSILIZED)::
+
+    state = SlotState.dormant("mid", channels=64, task=TaskConfig(max_epochs=5))
+    state = germinate(state, "norm", "seed-1")
+    for accuracy in (50.0, 51.0, 52.0, 53.0, 54.0, 55.0, 56.0, 57.0):
+        state = step(state, SlotTelemetry(accuracy, seed_gradient_norm_ratio=0.5))
+    state, result = fossilize(state, SlotTelemetry(57.0, counterfactual_contribution=2.0))
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..leyline import VALID_TRANSITIONS, GateResult, SeedStage, SlotTelemetry, is_valid_transition
+from ..leyline.constants import BLEND_ALGORITHMS, DEFAULT_BLEND_ALGORITHM, DEFAULT_MAX_HISTORY
+from . import gates as G
+from .schedule import alpha_at
+from .state import SeedMetrics, SlotState, TransitionRecord, stage_coefficients
+
+_S = SeedStage
+_LIVE = frozenset({_S.GERMINATED, _S.TRAINING, _S.BLENDING, _S.HOLDING})
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _alpha_tensor(state: SlotState, value: float | torch.Tensor) -> torch.Tensor:
+    like = state.alpha
+    if isinstance(value, torch.Tensor):
+        return value.detach().to(dtype=torch.float32, device=like.device).clone()
+    return torch.full(like.shape, float(value), dtype=torch.float32, device=like.device)
+
+
+def _coefficient(state: SlotState, value: float) -> torch.Tensor:
+    return torch.tensor(value, dtype=torch.float32, device=state.b.device)
+
+
+def _enter(state: SlotState, target: SeedStage, reason: str, **changes: object) -> SlotState:
+    """Move to ``target`` with the coefficients it implies and a history record."""
+    if not is_valid_transition(state.stage, target):
+        raise ValueError(f"invalid transition {state.stage.name} -> {target.name}")
+    a, b, g = stage_coefficients(target, state.isolate)
+    alpha = changes.pop("alpha", None)
+    if alpha is None:
+        alpha = state.alpha if a is None else _alpha_tensor(state, a)
+    metrics = changes.pop("metrics", state.metrics)
+    assert isinstance(metrics, SeedMetrics)
+    seed_id = changes.get("seed_id") or state.seed_id  # germination brings the new id
+    record = TransitionRecord(state.stage, target, state.epoch, reason,
+                              seed_id, metrics.epochs_in_stage)
+    metrics = metrics.entering_stage() if target in _LIVE else metrics
+    return state.replace(
+        stage=target, alpha=alpha, b=_coefficient(state, b), g=_coefficient(state, g),
+        metrics=metrics, history=(*state.history, record)[-DEFAULT_MAX_HISTORY:],
+        transitions=state.transitions + 1, **changes,
+    )
+
+
+def _with_gate(state: SlotState, result: GateResult) -> SlotState:
+    return state.replace(last_gate=result, gate_evaluations=state.gate_evaluations + 1)
+
+
+def _observe(metrics: SeedMetrics, t: SlotTelemetry, *, count_epoch: bool) -> SeedMetrics:
+    """Fold one telemetry record into the metrics (non-finite numbers are not kept)."""
+    def finite(value: float | None) -> float | None:
+        return value if value is not None and math.isfinite(value) else None
+
+    accuracy = finite(t.accuracy)
+    counterfactual = finite(t.counterfactual_contribution)
+    ratio = finite(t.seed_gradient_norm_ratio)
+    best = metrics.best_accuracy
+    if accuracy is not None:
+        best = accuracy if best is None else max(best, accuracy)
+    return metrics.replace(
+        epochs_total=metrics.epochs_total + count_epoch,
+        epochs_in_stage=metrics.epochs_in_stage + count_epoch,
+        accuracy_at_germination=(metrics.accuracy_at_germination
+                                 if metrics.accuracy_at_germination is not None else accuracy),
+        current_accuracy=accuracy if accuracy is not None else metrics.current_accuracy,
+        best_accuracy=best,
+        counterfactual_contribution=(counterfactual if counterfactual is not None
+                                     else metrics.counterfactual_contribution),
+        seed_gradient_norm_ratio=ratio if ratio is not None else metrics.seed_gradient_norm_ratio,
+        isolation_violations=metrics.isolation_violations
+        + (t.isolation_violations if count_epoch else 0),
+    )
+
+
+def _check_telemetry(telemetry: object) -> SlotTelemetry:
+    if not isinstance(telemetry, SlotTelemetry):
+        raise TypeError(f"telemetry must be a SlotTelemetry, got {type(telemetry).__name__}")
+    return telemetry
+
+
+def _check_state(state: object) -> SlotState:
+    if not isinstance(state, SlotState):
+        raise TypeError(f"state must be a SlotState, got {type(state).__name__}")
+    return state
+
+
+# --------------------------------------------------------------------------- requests
+
+
+def germinate(
+    state: SlotState,
+    blueprint_id: str,
+    seed_id: str,
+    *,
+    blend_algorithm_id: str = DEFAULT_BLEND_ALGORITHM,
+    seed_params: int = 0,
+) -> SlotState:
+    """Plant a seed in a DORMANT slot (gate G0).
+
+    Arguments:
+        state: a DORMANT slot.
+        blueprint_id: which blueprint the seed was built from.
+        seed_id: a name for this seed, unique in the run.
+        blend_algorithm_id: ``"linear"``, ``"sigmoid"`` or ``"gated"``.
+        seed_params: the seed's parameter count (reported in events).
+
+    Returns:
+        The GERMINATED state.
+
+    Raises:
+        RuntimeError: the slot is not DORMANT.
+        ValueError: a missing id, an unknown blend algorithm or a negative count.
+    """
+    _check_state(state)
+    if state.stage != _S.DORMANT:
+        raise RuntimeError(f"slot {state.slot_id!r} is {state.stage.name}, not DORMANT: "
+                           "prune the current seed and wait for the slot to reset")
+    result = G.g0_identity(blueprint_id, seed_id)
+    if not result.passed:
+        raise ValueError(f"cannot germinate in {state.slot_id!r}: {result.message}")
+    if blend_algorithm_id not in BLEND_ALGORITHMS:
+        raise ValueError(f"unknown blend algorithm {blend_algorithm_id!r}; "
+                         f"known: {', '.join(BLEND_ALGORITHMS)}")
+    if not isinstance(seed_params, int) or isinstance(seed_params, bool) or seed_params < 0:
+        raise ValueError(f"seed_params must be an int >= 0, got {seed_params!r}")
+    state = _with_gate(state, result)
+    return _enter(state, _S.GERMINATED, "germinate", blueprint_id=blueprint_id, seed_id=seed_id,
+                  blend_algorithm_id=blend_algorithm_id, seed_params=seed_params,
+                  metrics=SeedMetrics(), prune_reason=None)
+
+
+def prune(state: SlotState, reason: str) -> SlotState:
+    """Remove the live seed: the slot moves to PRUNED and then rests in embargo.
+
+    Raises:
+        ValueError: the seed is FOSSILIZED (permanent), the slot holds no live
+            seed, or ``reason`` is empty.
+    """
+    _check_state(state)
+    if not isinstance(reason, str) or not reason:
+        raise ValueError(f"prune needs a non-empty reason, got {reason!r}")
+    if state.stage == _S.FOSSILIZED:
+        raise ValueError(f"seed {state.seed_id!r} in {state.slot_id!r} is FOSSILIZED and "
+                         "cannot be pruned: fossilization is permanent")
+    if state.stage not in _LIVE:
+        raise ValueError(f"slot {state.slot_id!r} is {state.stage.name}: there is no live seed "
+                         "to prune")
+    return _enter(state, _S.PRUNED, reason, prune_reason=reason)
+
+
+def fossilize(state: SlotState, telemetry: SlotTelemetry) -> tuple[SlotState, GateResult]:
+    """Make a HOLDING seed permanent if G5 passes (a=1, b=0, g=0).
+
+    Returns the state unchanged but for the recorded gate when G5 fails.
+    """
+    _check_state(state)
+    _check_telemetry(telemetry)
+    if state.stage != _S.HOLDING:
+        return state, GateResult.refused(
+            _S.FOSSILIZED, "not_in_holding",
+            f"fossilize needs a HOLDING seed; {state.slot_id!r} is {state.stage.name}")
+    state = state.replace(metrics=_observe(state.metrics, telemetry, count_epoch=False))
+    result = G.g5_contribution(state, telemetry)
+    state = _with_gate(state, result)
+    if not result.passed:
+        return state, result
+    return _enter(state, _S.FOSSILIZED, "fossilize"), result
+
+
+_GATED_ADVANCES = {
+    (_S.GERMINATED, _S.TRAINING): G.g1_germinated,
+    (_S.TRAINING, _S.BLENDING): G.g2_ready_to_blend,
+    (_S.BLENDING, _S.HOLDING): G.g3_blend_complete,
+}
+
+
+def advance(
+    state: SlotState, target: SeedStage, telemetry: SlotTelemetry
+) -> tuple[SlotState, GateResult]:
+    """An explicit request to move to ``target`` through its gate.
+
+    The telemetry's readings (accuracy, counterfactual, gradient ratio) are
+    taken as the latest measurements; epochs and violations are counted only by
+    :func:`step`. Out-of-order targets, mechanical stages (embargo, reset) and
+    pruning are refused with a failed result naming the reason, and the state
+    is returned unchanged. A failed gate is recorded in ``state.last_gate``.
+
+    Raises:
+        TypeError: ``state`` or ``telemetry`` has the wrong type.
+        ValueError: ``target`` names no stage.
+    """
+    _check_state(state)
+    _check_telemetry(telemetry)
+    target = SeedStage.parse(target)
+    source = state.stage
+    if not is_valid_transition(source, target):
+        allowed = ", ".join(s.name for s in sorted(VALID_TRANSITIONS[source])) or "nothing"
+        return state, GateResult.refused(
+            target, "out_of_order",
+            f"{source.name} -> {target.name} is not a valid transition (allowed: {allowed})")
+    if target == _S.FOSSILIZED:
+        return fossilize(state, telemetry)
+    if target == _S.PRUNED:
+        return state, GateResult.refused(target, "use_prune", "pruning takes prune(state, reason)")
+    if (source, target) == (_S.HOLDING, _S.BLENDING):
+        result = GateResult(None, True, 1.0, ("reblend",), (), "HOLDING -> BLENDING", target)
+        return _enter(state, target, "reblend"), result
+    gate = _GATED_ADVANCES.get((source, target))
+    if gate is None:
+        return state, GateResult.refused(
+            target, "mechanical",
+            f"{source.name} -> {target.name} happens in step() or germinate(), not on request")
+    state = state.replace(metrics=_observe(state.metrics, telemetry, count_epoch=False))
+    result = gate(state)
+    state = _with_gate(state, result)
+    return (_enter_gated(state, target) if result.passed else state), result
+
+
+def _enter_gated(state: SlotState, target: SeedStage, reason: str | None = None) -> SlotState:
+    reason = reason or {_S.TRAINING: "g1", _S.BLENDING: "g2", _S.HOLDING: "g3"}[target]
+    if target == _S.BLENDING:
+        metrics = state.metrics.replace(accuracy_at_blending_start=state.metrics.current_accuracy,
+                                        blend_step=0)
+        return _enter(state, target, reason, metrics=metrics)
+    return _enter(state, target, reason)
+
+
+# --------------------------------------------------------------------------- one epoch
+
+
+def step(state: SlotState, telemetry: SlotTelemetry) -> SlotState:
+    """One epoch of lifecycle mechanics.
+
+    * GERMINATED -> TRAINING (G1) on the first step.
+    * TRAINING -> BLENDING once the training dwell is done and G2 passes.
+    * BLENDING: alpha follows the schedule; -> HOLDING when G3 passes. The ramp
+      keeps going in HOLDING until alpha reaches exactly 1.0.
+    * HOLDING never fossilizes by itself; it is pruned on timeout
+      (``"holding_timeout"``) or a negative counterfactual
+      (``"negative_counterfactual"``).
+    * PRUNED -> EMBARGOED -> (``embargo_epochs``) -> RESETTING -> DORMANT.
+    * A non-finite telemetry record prunes a live seed (``"non_finite"``).
+
+    Raises:
+        TypeError: ``state`` or ``telemetry`` has the wrong type.
+    """
+    _check_state(state)
+    _check_telemetry(telemetry)
+    state = state.replace(epoch=state.epoch + 1)
+    stage = state.stage
+    if stage == _S.UNKNOWN:
+        return _enter(state, _S.DORMANT, "initialize")
+    if stage == _S.DORMANT:
+        return state
+    if stage == _S.PRUNED:
+        return _enter(state, _S.EMBARGOED, "embargo")
+    if stage == _S.EMBARGOED:
+        state = _tick(state)
+        done = state.metrics.epochs_in_stage >= state.task.embargo_epochs
+        return _enter(state, _S.RESETTING, "embargo_over") if done else state
+    if stage == _S.RESETTING:
+        return _enter(state, _S.DORMANT, "reset", blueprint_id=None, seed_id=None, seed_params=0,
+                      metrics=SeedMetrics(), prune_reason=None, last_gate=None)
+    state = state.replace(metrics=_observe(state.metrics, telemetry, count_epoch=True))
+    if stage == _S.FOSSILIZED:
+        return state
+    if not telemetry.is_finite:
+        return prune(state, "non_finite")
+    return _STEPS[stage](state, telemetry)
+
+
+def _tick(state: SlotState) -> SlotState:
+    metrics = state.metrics
+    return state.replace(metrics=metrics.replace(epochs_in_stage=metrics.epochs_in_stage + 1))
+
+
+def _step_germinated(state: SlotState, _t: SlotTelemetry) -> SlotState:
+    result = G.g1_germinated(state)
+    return _enter_gated(_with_gate(state, result), _S.TRAINING)
+
+
+def _step_training(state: SlotState, _t: SlotTelemetry) -> SlotState:
+    if state.metrics.epochs_in_stage < state.task.training_dwell:
+        return state
+    result = G.g2_ready_to_blend(state)
+    state = _with_gate(state, result)
+    return _enter_gated(state, _S.BLENDING) if result.passed else state
+
+
+def _ramp(state: SlotState) -> SlotState:
+    metrics = state.metrics
+    steps = state.task.blending_steps
+    if metrics.blend_step >= steps:
+        return state
+    blend_step = metrics.blend_step + 1
+    value = alpha_at(state.blend_algorithm_id, blend_step, steps)
+    alpha = torch.maximum(state.alpha, _alpha_tensor(state, value))  # monotone, even after a set
+    return state.replace(alpha=alpha, metrics=metrics.replace(blend_step=blend_step))
+
+
+def _step_blending(state: SlotState, _t: SlotTelemetry) -> SlotState:
+    state = _ramp(state)
+    result = G.g3_blend_complete(state)
+    state = _with_gate(state, result)
+    return _enter_gated(state, _S.HOLDING) if result.passed else state
+
+
+def _step_holding(state: SlotState, telemetry: SlotTelemetry) -> SlotState:
+    state = _ramp(state)
+    contribution = telemetry.counterfactual_contribution
+    if contribution is not None and contribution < 0:
+        return prune(state, "negative_counterfactual")
+    if state.metrics.epochs_in_stage >= state.task.holding_timeout:
+        return prune(state, "holding_timeout")
+    return state
+
+
+_STEPS = {
+    _S.GERMINATED: _step_germinated,
+    _S.TRAINING: _step_training,
+    _S.BLENDING: _step_blending,
+    _S.HOLDING: _step_holding,
+}
+
+
+# --------------------------------------------------------------------------- tools
+
+
+def transition(state: SlotState, target: SeedStage) -> SlotState:
+    """Move to ``target`` without gates, with the coefficients the stage implies.
+
+    For tools and tests. Only valid transitions are allowed; a seed enters a
+    slot only through :func:`germinate`.
+
+    Raises:
+        ValueError: an invalid transition, or DORMANT -> GERMINATED.
+    """
+    _check_state(state)
+    target = SeedStage.parse(target)
+    if state.stage == _S.DORMANT and target == _S.GERMINATED:
+        raise ValueError("a seed enters a slot only through germinate(state, blueprint_id, "
+                         "seed_id)")
+    if not is_valid_transition(state.stage, target):
+        allowed = ", ".join(s.name for s in sorted(VALID_TRANSITIONS[state.stage])) or "nothing"
+        raise ValueError(f"invalid transition {state.stage.name} -> {target.name} "
+                         f"(allowed: {allowed})")
+    if target == _S.PRUNED:
+        return prune(state, "transition")
+    if target == _S.DORMANT:
+        return _enter(state, target, "transition", blueprint_id=None, seed_id=None,
+                      seed_params=0, metrics=SeedMetrics(), prune_reason=None, last_gate=None)
+    if target == _S.BLENDING and state.stage == _S.TRAINING:
+        return _enter_gated(state, target, "transition")
+    return _enter(state, target, "transition")
+
+
+def set_alpha(state: SlotState, value: float | torch.Tensor) -> SlotState:
+    """Set alpha directly while the seed is BLENDING or HOLDING.
+
+    ``value`` is a number (scalar mode) or a tensor: 0-d in scalar mode,
+    exactly ``channels`` entries in channel mode. It must be finite and in
+    [0, 1]; nothing is clamped silently.
+
+    Raises:
+        ValueError: another stage, a wrong shape, or a value outside [0, 1].
+        TypeError: ``value`` is neither a number nor a tensor.
+    """
+    _check_state(state)
+    if state.stage not in (_S.BLENDING, _S.HOLDING):
+        raise ValueError(f"alpha is fixed by the stage in {state.stage.name}; set_alpha needs "
+                         "a BLENDING or HOLDING seed")
+    if isinstance(value, torch.Tensor):
+        expected = () if state.alpha_mode == "scalar" else (state.channels,)
+        if tuple(value.shape) != expected or not value.is_floating_point():
+            raise ValueError(f"{state.alpha_mode} alpha must be a float tensor of shape "
+                             f"{expected}, got {value.dtype} {tuple(value.shape)}")
+        tensor = _alpha_tensor(state, value)
+    elif isinstance(value, int | float) and not isinstance(value, bool):
+        if state.alpha_mode == "channel":
+            raise ValueError(f"slot {state.slot_id!r} blends per channel: alpha must be a "
+                             f"vector of {state.channels} values, not a number")
+        tensor = _alpha_tensor(state, value)
+    else:
+        raise TypeError(f"alpha must be a number or a tensor, got {type(value).__name__}")
+    if not bool((torch.isfinite(tensor) & (tensor >= 0) & (tensor <= 1)).all()):
+        raise ValueError(f"alpha must be finite and in [0, 1], got {tensor.tolist()}")
+    return state.replace(alpha=tensor)

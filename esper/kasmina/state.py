@@ -1,0 +1,285 @@
+"""Immutable slot state: a frozen dataclass registered as a pytree.
+
+Tensor leaves are only what the compiled slot forward reads: ``alpha`` (the
+DESIGN.md coefficient ``a``), ``b`` (straight-through) and ``g`` (isolation).
+Everything else is static metadata the graph never touches, so bookkeeping
+never recompiles. States change only by building new ones
+(:func:`dataclasses.replace` or the lifecycle functions).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+import torch.utils._pytree as pytree
+
+from ..leyline import GateResult, QualityGates, SeedStage, TaskConfig, is_active
+from ..leyline.constants import BLEND_ALGORITHMS, DEFAULT_BLEND_ALGORITHM, DEFAULT_MAX_HISTORY
+
+AlphaMode = Literal["scalar", "channel"]
+ALPHA_MODES: tuple[AlphaMode, ...] = ("scalar", "channel")
+
+
+@dataclass(frozen=True, slots=True)
+class TransitionRecord:
+    """One entry of a slot's bounded transition history."""
+
+    from_stage: SeedStage
+    to_stage: SeedStage
+    epoch: int
+    reason: str
+    seed_id: str | None = None
+    epochs_in_stage: int = 0  # epochs spent in ``from_stage``
+
+
+@dataclass(frozen=True, slots=True)
+class SeedMetrics:
+    """What the lifecycle remembers about the current seed (all static).
+
+    Accuracies are validation accuracy in percent; ``None`` until observed.
+    """
+
+    epochs_total: int = 0
+    epochs_in_stage: int = 0
+    blend_step: int = 0
+    accuracy_at_germination: float | None = None
+    accuracy_at_stage_start: float | None = None
+    accuracy_at_blending_start: float | None = None
+    current_accuracy: float | None = None
+    best_accuracy: float | None = None
+    counterfactual_contribution: float | None = None
+    seed_gradient_norm_ratio: float | None = None
+    isolation_violations: int = 0
+
+    def replace(self, **changes: Any) -> SeedMetrics:
+        """A copy with ``changes`` applied."""
+        return dataclasses.replace(self, **changes)
+
+    def entering_stage(self) -> SeedMetrics:
+        """The metrics as a new stage begins: its clock and accuracy baseline restart."""
+        return dataclasses.replace(self, epochs_in_stage=0,
+                                   accuracy_at_stage_start=self.current_accuracy)
+
+    @property
+    def improvement(self) -> float:
+        """Accuracy gained since the seed's first observed epoch."""
+        return _delta(self.current_accuracy, self.accuracy_at_germination)
+
+    @property
+    def stage_improvement(self) -> float:
+        """Accuracy gained since the current stage began."""
+        return _delta(self.current_accuracy, self.accuracy_at_stage_start)
+
+    @property
+    def blending_delta(self) -> float:
+        """Accuracy gained since blending began (conflates host drift; see counterfactual)."""
+        return _delta(self.current_accuracy, self.accuracy_at_blending_start)
+
+
+def _delta(now: float | None, then: float | None) -> float:
+    return 0.0 if now is None or then is None else now - then
+
+
+def stage_coefficients(stage: SeedStage, isolate: bool) -> tuple[float | None, float, float]:
+    """The ``(a, b, g)`` a stage implies; ``a`` is ``None`` where the schedule sets it."""
+    if stage in (SeedStage.GERMINATED, SeedStage.TRAINING):
+        return 0.0, 1.0, 1.0
+    if stage in (SeedStage.BLENDING, SeedStage.HOLDING):
+        return None, 0.0, 1.0 if isolate else 0.0
+    if stage == SeedStage.FOSSILIZED:
+        return 1.0, 0.0, 0.0
+    return 0.0, 0.0, 1.0
+
+
+def _is_count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _scalar(value: float, device: torch.device | str = "cpu") -> torch.Tensor:
+    return torch.tensor(float(value), dtype=torch.float32, device=device)
+
+
+@dataclass(frozen=True, eq=False)
+class SlotState:
+    """The complete, immutable state of one injection slot.
+
+    Build an empty slot with :meth:`dormant`; every later state comes from a
+    lifecycle function. Invariants are checked at construction and raise
+    ``ValueError`` (bad values) or ``TypeError`` (bad types).
+
+    Example:
+        >>> state = SlotState.dormant("mid", channels=64)
+        >>> state.stage.name, float(state.alpha)
+        ('DORMANT', 0.0)
+    """
+
+    slot_id: str
+    channels: int
+    alpha: torch.Tensor
+    b: torch.Tensor
+    g: torch.Tensor
+    stage: SeedStage = SeedStage.DORMANT
+    blueprint_id: str | None = None
+    seed_id: str | None = None
+    seed_params: int = 0
+    blend_algorithm_id: str = DEFAULT_BLEND_ALGORITHM
+    isolate: bool = True
+    alpha_mode: AlphaMode = "scalar"
+    task: TaskConfig = field(default_factory=TaskConfig)
+    gates: QualityGates = field(default_factory=QualityGates)
+    metrics: SeedMetrics = field(default_factory=SeedMetrics)
+    epoch: int = 0
+    history: tuple[TransitionRecord, ...] = ()
+    transitions: int = 0
+    last_gate: GateResult | None = None
+    gate_evaluations: int = 0
+    prune_reason: str | None = None
+
+    @classmethod
+    def dormant(
+        cls,
+        slot_id: str,
+        *,
+        channels: int,
+        task: TaskConfig | None = None,
+        gates: QualityGates | None = None,
+        alpha_mode: AlphaMode = "scalar",
+        device: torch.device | str = "cpu",
+    ) -> SlotState:
+        """An empty slot ready for germination."""
+        if alpha_mode not in ALPHA_MODES:
+            raise ValueError(f"alpha_mode must be one of {ALPHA_MODES}, got {alpha_mode!r}")
+        if not _is_count(channels) or channels < 1:
+            raise ValueError(f"channels must be an int >= 1, got {channels!r}")
+        shape = () if alpha_mode == "scalar" else (channels,)
+        task = task if task is not None else TaskConfig()
+        return cls(
+            slot_id=slot_id, channels=channels,
+            alpha=torch.zeros(shape, dtype=torch.float32, device=device),
+            b=_scalar(0.0, device), g=_scalar(1.0, device),
+            isolate=task.isolate_while_blending, alpha_mode=alpha_mode, task=task,
+            gates=gates if gates is not None else QualityGates(),
+        )
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.slot_id, str) or not self.slot_id:
+            raise ValueError(f"slot_id must be a non-empty string, got {self.slot_id!r}")
+        if not _is_count(self.channels) or self.channels < 1:
+            raise ValueError(f"channels must be an int >= 1, got {self.channels!r}")
+        if not isinstance(self.stage, SeedStage):
+            raise TypeError(f"stage must be a SeedStage, got {self.stage!r}")
+        if self.alpha_mode not in ALPHA_MODES:
+            raise ValueError(f"alpha_mode must be one of {ALPHA_MODES}, got {self.alpha_mode!r}")
+        if self.blend_algorithm_id not in BLEND_ALGORITHMS:
+            raise ValueError(f"blend_algorithm_id must be one of {BLEND_ALGORITHMS}, "
+                             f"got {self.blend_algorithm_id!r}")
+        if len(self.history) > DEFAULT_MAX_HISTORY:
+            raise ValueError(f"history holds at most {DEFAULT_MAX_HISTORY} records, "
+                             f"got {len(self.history)}")
+        seeded = is_active(self.stage) or self.stage == SeedStage.PRUNED
+        if seeded and not (self.blueprint_id and self.seed_id):
+            raise ValueError(f"a {self.stage.name} slot needs blueprint_id and seed_id")
+        if self.stage == SeedStage.DORMANT and (self.blueprint_id or self.seed_id):
+            raise ValueError("a DORMANT slot holds no seed: blueprint_id and seed_id must be None")
+        self._check_tensors()
+
+    def _check_tensors(self) -> None:
+        expected_shape = () if self.alpha_mode == "scalar" else (self.channels,)
+        for name in ("alpha", "b", "g"):
+            value = getattr(self, name)
+            if not isinstance(value, torch.Tensor) or value.dtype != torch.float32:
+                raise TypeError(f"SlotState.{name} must be a float32 tensor, got {value!r}")
+            shape = expected_shape if name == "alpha" else ()
+            if tuple(value.shape) != shape:
+                raise ValueError(f"SlotState.{name} must have shape {shape} in "
+                                 f"{self.alpha_mode} mode, got {tuple(value.shape)}")
+        if not bool(((self.alpha >= 0) & (self.alpha <= 1)).all()):
+            raise ValueError(f"alpha must lie in [0, 1], got {self.alpha.tolist()}")
+        a, b, g = stage_coefficients(self.stage, self.isolate)
+        actual_b, actual_g = float(self.b), float(self.g)
+        if (actual_b, actual_g) != (b, g) or (a is not None and not bool((self.alpha == a).all())):
+            raise ValueError(
+                f"coefficients of a {self.stage.name} slot must be (a={a}, b={b}, g={g}), "
+                f"got (a={self.alpha.tolist()}, b={actual_b}, g={actual_g})")
+
+    @property
+    def a(self) -> torch.Tensor:
+        """The blend coefficient of DESIGN.md (the same tensor as :attr:`alpha`)."""
+        return self.alpha
+
+    @property
+    def alpha_value(self) -> float:
+        """Mean alpha as a Python float (one host sync)."""
+        return float(self.alpha.mean())
+
+    @property
+    def has_seed(self) -> bool:
+        """Whether the forward runs a seed module in this stage."""
+        return is_active(self.stage)
+
+    def replace(self, **changes: Any) -> SlotState:
+        """A new state with ``changes`` applied and every invariant re-checked."""
+        return dataclasses.replace(self, **changes)
+
+    def to(self, device: torch.device | str) -> SlotState:
+        """The same state with its tensor leaves on ``device``."""
+        return pytree.tree_map(lambda t: t.to(device), self)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, SlotState):
+            return NotImplemented
+        leaves, spec = pytree.tree_flatten(self)
+        other_leaves, other_spec = pytree.tree_flatten(other)
+        return spec == other_spec and all(
+            x.shape == y.shape and x.device == y.device and torch.equal(x, y)
+            for x, y in zip(leaves, other_leaves, strict=True))
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        alpha = self.alpha.tolist()
+        alpha_text = f"{alpha:.3f}" if isinstance(alpha, float) else f"[{len(alpha)} channels]"
+        seed = f", seed={self.seed_id!r} ({self.blueprint_id})" if self.seed_id else ""
+        return f"SlotState({self.slot_id!r}, {self.stage.name}, alpha={alpha_text}{seed})"
+
+
+_LEAVES = ("alpha", "b", "g")
+_STATIC = tuple(f.name for f in dataclasses.fields(SlotState) if f.name not in _LEAVES)
+
+
+def _flatten(state: SlotState) -> tuple[list[torch.Tensor], tuple[Any, ...]]:
+    return [getattr(state, n) for n in _LEAVES], tuple(getattr(state, n) for n in _STATIC)
+
+
+def _flatten_with_keys(state: SlotState) -> tuple[list[tuple[Any, torch.Tensor]], tuple[Any, ...]]:
+    leaves, context = _flatten(state)
+    return [(pytree.GetAttrKey(n), leaf) for n, leaf in zip(_LEAVES, leaves, strict=True)], context
+
+
+def _unflatten(leaves: Any, context: tuple[Any, ...]) -> SlotState:
+    # Bypass __post_init__: unflattening happens under tracing (vmap, tree_map with
+    # fake tensors) where value checks cannot run; the leaves came from a checked state.
+    state = object.__new__(SlotState)
+    for name, value in zip(_LEAVES, leaves, strict=True):
+        object.__setattr__(state, name, value)
+    for name, value in zip(_STATIC, context, strict=True):
+        object.__setattr__(state, name, value)
+    return state
+
+
+pytree.register_pytree_node(
+    SlotState, _flatten, _unflatten,
+    serialized_type_name="esper.kasmina.state.SlotState",
+    flatten_with_keys_fn=_flatten_with_keys,
+)
+pytree.register_pytree_node(
+    SeedMetrics, lambda m: ([], m), lambda _leaves, m: m,
+    serialized_type_name="esper.kasmina.state.SeedMetrics",
+    flatten_with_keys_fn=lambda m: ([], m),
+)
+
+__all__ = ["ALPHA_MODES", "AlphaMode", "SeedMetrics", "SlotState", "TransitionRecord",
+           "stage_coefficients"]

@@ -1,0 +1,106 @@
+"""Gate thresholds and task timing: frozen, validated configuration."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+from . import constants as C
+
+Topology = Literal["cnn", "transformer"]
+TOPOLOGIES: tuple[Topology, ...] = ("cnn", "transformer")
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise ValueError(message)
+
+
+def _is_real(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+@dataclass(frozen=True, slots=True)
+class QualityGates:
+    """Thresholds of the lifecycle gates.
+
+    Attributes:
+        min_training_improvement: G2, accuracy points gained since TRAINING began.
+        min_blending_epochs: G3, epochs spent in BLENDING before HOLDING.
+        min_seed_gradient_ratio: G2, parameter-normalised seed/host gradient ratio.
+        alpha_complete_threshold: G3, alpha needed to leave BLENDING.
+        min_fossilize_contribution: G5, counterfactual contribution in accuracy points.
+        max_isolation_violations: G2, isolation probe violations tolerated.
+    """
+
+    min_training_improvement: float = C.DEFAULT_MIN_TRAINING_IMPROVEMENT
+    min_blending_epochs: int = C.DEFAULT_MIN_BLENDING_EPOCHS
+    min_seed_gradient_ratio: float = C.DEFAULT_MIN_SEED_GRADIENT_RATIO
+    alpha_complete_threshold: float = C.DEFAULT_ALPHA_COMPLETE_THRESHOLD
+    min_fossilize_contribution: float = C.DEFAULT_MIN_FOSSILIZE_CONTRIBUTION
+    max_isolation_violations: int = C.DEFAULT_MAX_ISOLATION_VIOLATIONS
+
+    def __post_init__(self) -> None:
+        for name in ("min_training_improvement", "min_seed_gradient_ratio",
+                     "min_fossilize_contribution", "alpha_complete_threshold"):
+            value = getattr(self, name)
+            _require(_is_real(value) and math.isfinite(value),
+                     f"QualityGates.{name} must be a finite number, got {value!r}")
+        _require(0.0 < self.alpha_complete_threshold <= 1.0,
+                 "QualityGates.alpha_complete_threshold must lie in (0, 1], "
+                 f"got {self.alpha_complete_threshold!r}")
+        for name in ("min_blending_epochs", "max_isolation_violations"):
+            value = getattr(self, name)
+            _require(isinstance(value, int) and not isinstance(value, bool) and value >= 0,
+                     f"QualityGates.{name} must be a non-negative int, got {value!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class TaskConfig:
+    """Timing of the lifecycle for one task.
+
+    Attributes:
+        topology: ``"cnn"`` (seeds isolated while blending) or ``"transformer"``
+            (host and seed co-adapt while blending).
+        max_epochs: planned length of the run; the dwell and timeout scale with it.
+        train_to_blend_fraction: share of ``max_epochs`` a seed trains before G2.
+        blending_steps: epochs of the alpha ramp from 0 to 1.
+        embargo_epochs: epochs a pruned slot rests before it is reset.
+    """
+
+    topology: Topology = "cnn"
+    max_epochs: int = C.DEFAULT_MAX_EPOCHS
+    train_to_blend_fraction: float = C.DEFAULT_TRAIN_TO_BLEND_FRACTION
+    blending_steps: int = C.DEFAULT_BLENDING_STEPS
+    embargo_epochs: int = C.DEFAULT_EMBARGO_EPOCHS
+
+    def __post_init__(self) -> None:
+        _require(self.topology in TOPOLOGIES,
+                 f"TaskConfig.topology must be one of {TOPOLOGIES}, got {self.topology!r}")
+        for name in ("max_epochs", "blending_steps"):
+            value = getattr(self, name)
+            _require(isinstance(value, int) and not isinstance(value, bool) and value >= 1,
+                     f"TaskConfig.{name} must be an int >= 1, got {value!r}")
+        _require(isinstance(self.embargo_epochs, int) and not isinstance(self.embargo_epochs, bool)
+                 and self.embargo_epochs >= 0,
+                 f"TaskConfig.embargo_epochs must be an int >= 0, got {self.embargo_epochs!r}")
+        fraction = self.train_to_blend_fraction
+        _require(_is_real(fraction) and 0.0 <= fraction <= 1.0,
+                 f"TaskConfig.train_to_blend_fraction must lie in [0, 1], got {fraction!r}")
+
+    @property
+    def training_dwell(self) -> int:
+        """Epochs in TRAINING before G2 is evaluated: ``max(1, ceil(fraction * max_epochs))``."""
+        return max(1, math.ceil(self.train_to_blend_fraction * self.max_epochs))
+
+    @property
+    def holding_timeout(self) -> int:
+        """Epochs in HOLDING before an undecided seed is pruned."""
+        return max(C.DEFAULT_MIN_HOLDING_TIMEOUT_EPOCHS,
+                   math.ceil(C.DEFAULT_HOLDING_TIMEOUT_FRACTION * self.max_epochs))
+
+    @property
+    def isolate_while_blending(self) -> bool:
+        """Whether the seed input stays detached from the host in BLENDING and HOLDING."""
+        return self.topology == "cnn"

@@ -1,0 +1,38 @@
+"""Every default of the lifecycle in one place.
+
+Each constant is used exactly where it belongs: the gate defaults by
+:class:`~esper.leyline.config.QualityGates`, the task defaults by
+:class:`~esper.leyline.config.TaskConfig`, the rest by the state and telemetry.
+"""
+
+from typing import Final
+
+# Quality gates (accuracy is in percentage points).
+DEFAULT_MIN_TRAINING_IMPROVEMENT: Final = 0.5
+DEFAULT_MIN_BLENDING_EPOCHS: Final = 3
+DEFAULT_MIN_SEED_GRADIENT_RATIO: Final = 0.05
+DEFAULT_ALPHA_COMPLETE_THRESHOLD: Final = 0.95
+DEFAULT_MIN_FOSSILIZE_CONTRIBUTION: Final = 1.0
+DEFAULT_MAX_ISOLATION_VIOLATIONS: Final = 10
+
+# Task timing.
+DEFAULT_MAX_EPOCHS: Final = 25
+DEFAULT_TRAIN_TO_BLEND_FRACTION: Final = 0.2
+DEFAULT_BLENDING_STEPS: Final = 5
+DEFAULT_EMBARGO_EPOCHS: Final = 5
+# HOLDING times out after this fraction of max_epochs, but never sooner than the minimum.
+DEFAULT_HOLDING_TIMEOUT_FRACTION: Final = 0.1
+DEFAULT_MIN_HOLDING_TIMEOUT_EPOCHS: Final = 5
+
+# State bookkeeping.
+DEFAULT_MAX_HISTORY: Final = 100
+DEFAULT_BLEND_ALGORITHM: Final = "sigmoid"
+BLEND_ALGORITHMS: Final = ("linear", "sigmoid", "gated")
+# Steepness of the sigmoid alpha ramp over its normalised [0, 1] time axis.
+DEFAULT_SIGMOID_STEEPNESS: Final = 12.0
+
+# Gradient telemetry.
+DEFAULT_TELEMETRY_STRIDE: Final = 10
+DEFAULT_TELEMETRY_EMA_DECAY: Final = 0.9
+DEFAULT_MAX_GRADIENT_RATIO: Final = 10.0
+DEFAULT_ISOLATION_TOLERANCE: Final = 1e-3
