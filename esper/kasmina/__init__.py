@@ -2,6 +2,7 @@
 
 from .events import events as events
 from .lifecycle import advance as advance
+from .lifecycle import cull as cull
 from .lifecycle import fossilize as fossilize
 from .lifecycle import germinate as germinate
 from .lifecycle import prune as prune
@@ -14,6 +15,6 @@ from .state import SlotState as SlotState
 from .state import TransitionRecord as TransitionRecord
 
 __all__ = [
-    "SeedMetrics", "SlotState", "TransitionRecord", "advance", "alpha_at", "events", "fossilize",
-    "germinate", "prune", "set_alpha", "step", "transition",
+    "SeedMetrics", "SlotState", "TransitionRecord", "advance", "alpha_at", "cull", "events",
+    "fossilize", "germinate", "prune", "set_alpha", "step", "transition",
 ]

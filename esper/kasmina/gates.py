@@ -7,8 +7,15 @@ controller or a log reader can tell exactly why a seed did not advance.
 
 from __future__ import annotations
 
+import torch
+
 from ..leyline import GateLevel, GateResult, SeedStage, SlotTelemetry
 from .state import SlotState
+
+
+def _float32(value: float) -> float:
+    """``value`` rounded as alpha is stored, so a threshold compares like with like."""
+    return float(torch.tensor(value, dtype=torch.float32))
 
 
 def _tagged(ok: bool, good: str, bad: str) -> tuple[str, bool]:
@@ -57,7 +64,7 @@ def g3_blend_complete(state: SlotState) -> GateResult:
     alpha = float(state.alpha.min())
     checks = dict([
         _tagged(state.stage == SeedStage.BLENDING, "in_blending", "not_in_blending"),
-        _tagged(alpha >= gates.alpha_complete_threshold, "alpha_reached", "alpha_low"),
+        _tagged(alpha >= _float32(gates.alpha_complete_threshold), "alpha_reached", "alpha_low"),
         _tagged(state.metrics.epochs_in_stage >= gates.min_blending_epochs,
                 "blend_epochs_met", "blend_epochs_short"),
     ])

@@ -56,7 +56,7 @@ def _enter(state: SlotState, target: SeedStage, reason: str, **changes: object) 
     seed_id = changes.get("seed_id") or state.seed_id  # germination brings the new id
     record = TransitionRecord(state.stage, target, state.epoch, reason,
                               seed_id, metrics.epochs_in_stage)
-    metrics = metrics.entering_stage() if target in _LIVE else metrics
+    metrics = metrics.entering_stage()
     return state.replace(
         stage=target, alpha=alpha, b=_coefficient(state, b), g=_coefficient(state, g),
         metrics=metrics, history=(*state.history, record)[-DEFAULT_MAX_HISTORY:],
@@ -84,6 +84,8 @@ def _observe(metrics: SeedMetrics, t: SlotTelemetry, *, count_epoch: bool) -> Se
         epochs_in_stage=metrics.epochs_in_stage + count_epoch,
         accuracy_at_germination=(metrics.accuracy_at_germination
                                  if metrics.accuracy_at_germination is not None else accuracy),
+        accuracy_at_stage_start=(metrics.accuracy_at_stage_start
+                                 if metrics.accuracy_at_stage_start is not None else accuracy),
         current_accuracy=accuracy if accuracy is not None else metrics.current_accuracy,
         best_accuracy=best,
         counterfactual_contribution=(counterfactual if counterfactual is not None
@@ -103,6 +105,9 @@ def _check_telemetry(telemetry: object) -> SlotTelemetry:
 def _check_state(state: object) -> SlotState:
     if not isinstance(state, SlotState):
         raise TypeError(f"state must be a SlotState, got {type(state).__name__}")
+    if state.alpha_overridden:
+        raise ValueError(f"slot {state.slot_id!r}: this state carries an alpha override for "
+                         "evaluation; apply lifecycle functions to the real state")
     return state
 
 
@@ -170,6 +175,9 @@ def prune(state: SlotState, reason: str) -> SlotState:
     return _enter(state, _S.PRUNED, reason, prune_reason=reason)
 
 
+cull = prune  # the older revision's name
+
+
 def fossilize(state: SlotState, telemetry: SlotTelemetry) -> tuple[SlotState, GateResult]:
     """Make a HOLDING seed permanent if G5 passes (a=1, b=0, g=0).
 
@@ -228,6 +236,9 @@ def advance(
         result = GateResult(None, True, 1.0, ("reblend",), (), "HOLDING -> BLENDING", target)
         return _enter(state, target, "reblend"), result
     gate = _GATED_ADVANCES.get((source, target))
+    if gate is not None and not telemetry.is_finite:
+        return state, GateResult.refused(target, "non_finite",
+                                         "telemetry is not finite: the seed cannot advance on it")
     if gate is None:
         return state, GateResult.refused(
             target, "mechanical",
@@ -275,7 +286,9 @@ def step(state: SlotState, telemetry: SlotTelemetry) -> SlotState:
     if stage == _S.DORMANT:
         return state
     if stage == _S.PRUNED:
-        return _enter(state, _S.EMBARGOED, "embargo")
+        state = _enter(state, _S.EMBARGOED, "embargo")
+        no_embargo = state.task.embargo_epochs == 0
+        return _enter(state, _S.RESETTING, "embargo_over") if no_embargo else state
     if stage == _S.EMBARGOED:
         state = _tick(state)
         done = state.metrics.epochs_in_stage >= state.task.embargo_epochs
@@ -401,6 +414,8 @@ def set_alpha(state: SlotState, value: float | torch.Tensor) -> SlotState:
         if state.alpha_mode == "channel":
             raise ValueError(f"slot {state.slot_id!r} blends per channel: alpha must be a "
                              f"vector of {state.channels} values, not a number")
+        if not 0.0 <= value <= 1.0:  # also refuses NaN, before any tensor is built
+            raise ValueError(f"alpha must be finite and in [0, 1], got {value!r}")
         tensor = _alpha_tensor(state, value)
     else:
         raise TypeError(f"alpha must be a number or a tensor, got {type(value).__name__}")

@@ -94,6 +94,14 @@ def stage_coefficients(stage: SeedStage, isolate: bool) -> tuple[float | None, f
     return 0.0, 0.0, 1.0
 
 
+def _check_override_shape(alpha: torch.Tensor, channels: int) -> None:
+    shape = tuple(alpha.shape)
+    per_sample = len(shape) >= 2 and all(d == 1 for d in shape[1:])
+    if shape not in ((), (channels,)) and not per_sample:
+        raise ValueError(f"alpha override must be a scalar, {channels} channel values or a "
+                         f"per-sample [B, 1, ...] tensor, got shape {shape}")
+
+
 def _is_count(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -137,6 +145,7 @@ class SlotState:
     last_gate: GateResult | None = None
     gate_evaluations: int = 0
     prune_reason: str | None = None
+    alpha_overridden: bool = False
 
     @classmethod
     def dormant(
@@ -165,7 +174,11 @@ class SlotState:
         )
 
     def __post_init__(self) -> None:
-        if not isinstance(self.slot_id, str) or not self.slot_id:
+        if not isinstance(self.slot_id, str):
+            raise TypeError(f"slot_id must be a string, got {self.slot_id!r}")
+        if not _is_count(self.channels):
+            raise TypeError(f"channels must be an int, got {self.channels!r}")
+        if not self.slot_id:
             raise ValueError(f"slot_id must be a non-empty string, got {self.slot_id!r}")
         if not _is_count(self.channels) or self.channels < 1:
             raise ValueError(f"channels must be an int >= 1, got {self.channels!r}")
@@ -193,12 +206,15 @@ class SlotState:
             if not isinstance(value, torch.Tensor) or value.dtype != torch.float32:
                 raise TypeError(f"SlotState.{name} must be a float32 tensor, got {value!r}")
             shape = expected_shape if name == "alpha" else ()
-            if tuple(value.shape) != shape:
+            if self.alpha_overridden and name == "alpha":
+                _check_override_shape(value, self.channels)
+            elif tuple(value.shape) != shape:
                 raise ValueError(f"SlotState.{name} must have shape {shape} in "
                                  f"{self.alpha_mode} mode, got {tuple(value.shape)}")
-        if not bool(((self.alpha >= 0) & (self.alpha <= 1)).all()):
-            raise ValueError(f"alpha must lie in [0, 1], got {self.alpha.tolist()}")
+        if not bool((torch.isfinite(self.alpha) & (self.alpha >= 0) & (self.alpha <= 1)).all()):
+            raise ValueError(f"alpha must be finite and lie in [0, 1], got {self.alpha.tolist()}")
         a, b, g = stage_coefficients(self.stage, self.isolate)
+        a = None if self.alpha_overridden else a
         actual_b, actual_g = float(self.b), float(self.g)
         if (actual_b, actual_g) != (b, g) or (a is not None and not bool((self.alpha == a).all())):
             raise ValueError(
@@ -219,6 +235,30 @@ class SlotState:
     def has_seed(self) -> bool:
         """Whether the forward runs a seed module in this stage."""
         return is_active(self.stage)
+
+    def with_alpha(self, value: float | torch.Tensor) -> SlotState:
+        """An evaluation copy whose blend coefficient ``a`` is ``value``.
+
+        For counterfactuals (``value=0`` removes the seed's contribution) and
+        what-if evaluation: the same compiled graph runs it, nothing mutates.
+        ``value`` is a number, a 0-d tensor, a vector of ``channels`` values,
+        or a per-sample tensor ``[B, 1, ...]``, finite and in [0, 1]. The
+        lifecycle functions refuse overridden states.
+
+        Raises:
+            ValueError: a value outside [0, 1], non-finite, or of the wrong shape.
+            TypeError: neither a number nor a tensor.
+        """
+        if isinstance(value, torch.Tensor):
+            if not value.is_floating_point():
+                raise TypeError(f"alpha override must be a float tensor, got {value.dtype}")
+            alpha = value.detach().to(dtype=torch.float32, device=self.alpha.device)
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            alpha = torch.full(self.alpha.shape, float(value), dtype=torch.float32,
+                               device=self.alpha.device)
+        else:
+            raise TypeError(f"alpha override must be a number or a tensor, got {value!r}")
+        return dataclasses.replace(self, alpha=alpha, alpha_overridden=True)
 
     def replace(self, **changes: Any) -> SlotState:
         """A new state with ``changes`` applied and every invariant re-checked."""

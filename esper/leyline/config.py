@@ -12,6 +12,11 @@ Topology = Literal["cnn", "transformer"]
 TOPOLOGIES: tuple[Topology, ...] = ("cnn", "transformer")
 
 
+def _ceil(value: float) -> int:
+    """Ceiling that ignores float noise: 0.28 * 25 is 7.000000000000001 but means 7."""
+    return math.ceil(round(value, 9))
+
+
 def _require(ok: bool, message: str) -> None:
     if not ok:
         raise ValueError(message)
@@ -92,13 +97,13 @@ class TaskConfig:
     @property
     def training_dwell(self) -> int:
         """Epochs in TRAINING before G2 is evaluated: ``max(1, ceil(fraction * max_epochs))``."""
-        return max(1, math.ceil(self.train_to_blend_fraction * self.max_epochs))
+        return max(1, _ceil(self.train_to_blend_fraction * self.max_epochs))
 
     @property
     def holding_timeout(self) -> int:
         """Epochs in HOLDING before an undecided seed is pruned."""
         return max(C.DEFAULT_MIN_HOLDING_TIMEOUT_EPOCHS,
-                   math.ceil(C.DEFAULT_HOLDING_TIMEOUT_FRACTION * self.max_epochs))
+                   _ceil(C.DEFAULT_HOLDING_TIMEOUT_FRACTION * self.max_epochs))
 
     @property
     def isolate_while_blending(self) -> bool:

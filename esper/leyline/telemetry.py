@@ -73,6 +73,8 @@ def _check_number(name: str, value: object, optional: bool) -> None:
     if not isinstance(value, int | float) or isinstance(value, bool):
         kind = "a number or None" if optional else "a number"
         raise TypeError(f"SlotTelemetry.{name} must be {kind}, got {value!r}")
+    if isinstance(value, int) and abs(value) > 2**1023:
+        raise ValueError(f"SlotTelemetry.{name} is too large for a float: {value}")
 
 
 @dataclass(frozen=True, slots=True)
