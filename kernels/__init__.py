@@ -1,0 +1,18 @@
+"""Triton kernels with plain-torch fallbacks, one dispatch function per operation.
+
+``squared_norms`` and ``group_squared_norms`` run Triton on CUDA tensors and
+torch on CPU tensors (``backend=`` overrides); under ``torch.compile`` they are
+the custom ops ``torch.ops.esper.squared_norms`` and
+``torch.ops.esper.group_squared_norms``, so they trace without graph breaks.
+
+The kernel module ``kernels/squared_norms.py`` shares its name with the public
+function, which is what the attribute ``kernels.squared_norms`` is; reach the
+module with ``from kernels.squared_norms import ...`` or through ``sys.modules``.
+"""
+
+from .ops import BACKENDS as BACKENDS
+from .ops import group_squared_norms as group_squared_norms
+from .ops import resolve_backend as resolve_backend
+from .ops import squared_norms as squared_norms
+
+__all__ = ["BACKENDS", "group_squared_norms", "resolve_backend", "squared_norms"]
