@@ -1,0 +1,354 @@
+"""SeedSlot: the stateful shell around one slot's immutable state and seed module.
+
+The slot holds ``nn.Module``s (so optimizers, ``state_dict`` and DDP work the
+PyTorch way) and swaps immutable :class:`SlotState`s produced by the pure
+lifecycle. Every swap is turned into events delivered to ``on_telemetry``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import warnings
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..leyline import GateResult, QualityGates, SeedStage, SlotTelemetry, TaskConfig, Topology
+from ..leyline.constants import DEFAULT_BLEND_ALGORITHM
+from . import blueprints
+from . import lifecycle as L
+from .blending import create_blend
+from .events import events
+from .isolation import IsolationReport, isolation_probe
+from .ops import blend_weight, isolate, slot_forward
+from .serialize import state_from_dict, state_to_dict
+from .state import AlphaMode, SlotState
+from .telemetry import GradientStats, capture, materialize, record
+
+TelemetryCallback = Callable[[Any], None]
+_log = logging.getLogger("esper")
+
+
+class TelemetryCallbackWarning(RuntimeWarning):
+    """A telemetry callback raised; the state change it reported stands."""
+
+
+@dataclass(frozen=True, slots=True)
+class GradientReport:
+    """What one telemetry capture measured for a slot."""
+
+    gradients: GradientStats
+    isolation: IsolationReport | None
+
+
+class SeedSlot(nn.Module):
+    """One injection slot: its state, its seed module and its optional gate network.
+
+    Arguments:
+        slot_id: the injection point's name (``"mid"``).
+        channels: feature channels at the injection point.
+        topology: ``"cnn"`` or ``"transformer"`` (blueprints and isolation follow it).
+        device: where seeds and state tensors live.
+        task_config: lifecycle timing (its topology must match ``topology``).
+        gates: gate thresholds.
+        alpha_mode: ``"scalar"`` or ``"channel"`` blending.
+        memory_format: layout of 4-D seed weights (match the host's).
+        on_telemetry: called with each :class:`~esper.leyline.TelemetryEvent`.
+        fast_mode: skip event delivery (for throughput runs).
+    """
+
+    def __init__(
+        self,
+        slot_id: str,
+        channels: int,
+        *,
+        topology: Topology = "cnn",
+        device: torch.device | str = "cpu",
+        task_config: TaskConfig | None = None,
+        gates: QualityGates | None = None,
+        alpha_mode: AlphaMode = "scalar",
+        memory_format: torch.memory_format = torch.contiguous_format,
+        on_telemetry: TelemetryCallback | None = None,
+        fast_mode: bool = False,
+    ) -> None:
+        super().__init__()
+        task = task_config if task_config is not None else TaskConfig(topology=topology)
+        if task.topology != topology:
+            raise ValueError(f"task_config.topology {task.topology!r} does not match the slot's "
+                             f"topology {topology!r}")
+        self.slot_id = slot_id
+        self.channels = channels
+        self.topology: Topology = topology
+        self.device = torch.device(device)
+        self.memory_format = memory_format
+        self.on_telemetry = on_telemetry
+        self.fast_mode = fast_mode
+        self.seed: nn.Module | None = None
+        self.gate: nn.Module | None = None
+        self._state = SlotState.dormant(slot_id, channels=channels, task=task, gates=gates,
+                                        alpha_mode=alpha_mode, device=self.device)
+        self._forced = 0
+        self._host_parameters: Callable[[], Iterable[nn.Parameter]] | None = None
+
+    # ------------------------------------------------------------------ state
+
+    @property
+    def state(self) -> SlotState:
+        """The slot's current immutable state."""
+        return self._state
+
+    @state.setter
+    def state(self, new: SlotState) -> None:
+        self._commit(new)
+
+    def _check_compatible(self, new: object) -> SlotState:
+        if not isinstance(new, SlotState):
+            raise TypeError(f"SeedSlot.state takes a SlotState, got {type(new).__name__}")
+        if (new.slot_id, new.channels) != (self.slot_id, self.channels):
+            raise ValueError(f"state of slot {new.slot_id!r} ({new.channels} channels) cannot be "
+                             f"assigned to slot {self.slot_id!r} ({self.channels} channels)")
+        if new.has_seed != (self.seed is not None):
+            held = "holds a seed" if self.seed is not None else "holds no seed"
+            raise ValueError(f"slot {self.slot_id!r} {held}; a {new.stage.name} state does not "
+                             "fit it (seeds change through germinate and prune)")
+        if new.has_seed and self._state.has_seed and new.blueprint_id != self._state.blueprint_id:
+            raise ValueError(f"state names blueprint {new.blueprint_id!r} but the slot's seed is "
+                             f"{self._state.blueprint_id!r}")
+        if new.alpha_overridden:
+            raise ValueError("an alpha override is applied with force_alpha or forward(alpha=...)")
+        return new
+
+    def _require_unforced(self) -> None:
+        if self._forced:
+            raise RuntimeError(f"slot {self.slot_id!r}: lifecycle changes are not allowed inside "
+                               "force_alpha() (they would be lost when it restores the state)")
+
+    def _commit(self, new: SlotState) -> SlotState:
+        """Swap in ``new`` (already validated), then report the implied events."""
+        self._require_unforced()
+        before = self._state
+        self._state = self._check_compatible(new).to(self.device)
+        if not self.fast_mode and self.on_telemetry is not None:
+            self._deliver(events(before, self._state))
+        return self._state
+
+    def _deliver(self, found: tuple[Any, ...]) -> None:
+        for event in found:
+            try:
+                self.on_telemetry(event)  # type: ignore[misc]
+            except Exception as error:  # reported, never swallowed; state already committed
+                _log.exception("telemetry callback failed on %s", event.type.value)
+                warnings.warn(f"telemetry callback raised {error!r} on {event.type.value} for "
+                              f"slot {self.slot_id!r}; the state change stands",
+                              TelemetryCallbackWarning, stacklevel=3)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def germinate(self, blueprint_id: str, seed_id: str, *,
+                  blend_algorithm_id: str = DEFAULT_BLEND_ALGORITHM) -> SlotState:
+        """Build, validate and plant a seed; the slot is unchanged if anything fails.
+
+        Raises:
+            RuntimeError: the slot is not DORMANT.
+            ValueError: unknown blueprint, wrong topology, a shape-changing seed,
+                bad ids or an unknown blend algorithm.
+        """
+        self._require_unforced()
+        L.germinate(self._state, blueprint_id, seed_id, blend_algorithm_id=blend_algorithm_id)
+        seed = blueprints.create(self.topology, blueprint_id, self.channels)
+        seed = seed.to(self.device, memory_format=self.memory_format)
+        blueprints.validate_seed(seed, topology=self.topology, channels=self.channels,
+                                 device=self.device, name=blueprint_id)
+        gate = create_blend(blend_algorithm_id, self.channels, self.topology)
+        gate = gate.to(self.device) if gate is not None else None
+        params = sum(p.numel() for m in (seed, gate) if m is not None for p in m.parameters())
+        new = L.germinate(self._state, blueprint_id, seed_id,
+                          blend_algorithm_id=blend_algorithm_id, seed_params=params)
+        self.seed, self.gate = seed, gate
+        try:
+            return self._commit(new)
+        except BaseException:
+            self.seed = self.gate = None
+            raise
+
+    def prune(self, reason: str = "manual") -> SlotState:
+        """Remove the live seed (its parameters leave the module).
+
+        Raises:
+            ValueError: the seed is FOSSILIZED, or there is no live seed.
+        """
+        self._require_unforced()
+        new = L.prune(self._state, reason)
+        self._drop_seed()
+        return self._commit(new)
+
+    cull = prune
+
+    def _drop_seed(self) -> None:
+        self.seed = None
+        self.gate = None
+
+    def _telemetry_or_latest(self, telemetry: SlotTelemetry | None) -> SlotTelemetry:
+        if telemetry is not None:
+            return telemetry
+        m = self._state.metrics
+        return SlotTelemetry(m.current_accuracy if m.current_accuracy is not None else 0.0,
+                             m.counterfactual_contribution, m.seed_gradient_norm_ratio)
+
+    def advance_stage(self, target: SeedStage | str,
+                      telemetry: SlotTelemetry | None = None) -> GateResult:
+        """Request ``target`` through its gate (telemetry defaults to the latest metrics)."""
+        self._require_unforced()
+        new, result = L.advance(self._state, target, self._telemetry_or_latest(telemetry))
+        self._commit(new)
+        return result
+
+    def fossilize(self, telemetry: SlotTelemetry | None = None) -> GateResult:
+        """Make a HOLDING seed permanent if G5 passes; the graph does not change."""
+        self._require_unforced()
+        new, result = L.fossilize(self._state, self._telemetry_or_latest(telemetry))
+        self._commit(new)
+        return result
+
+    def step_epoch(self, telemetry: SlotTelemetry) -> SlotState:
+        """One epoch of mechanics; a seed pruned by it leaves the module."""
+        self._require_unforced()
+        new = L.step(self._state, telemetry)
+        if self.seed is not None and not new.has_seed:
+            self._drop_seed()
+        return self._commit(new)
+
+    # ------------------------------------------------------------------ alpha
+
+    @contextlib.contextmanager
+    def force_alpha(self, value: float | Tensor) -> Iterator[SlotState]:
+        """Evaluate with alpha forced to ``value``; nests, restores on exit.
+
+        Lifecycle changes inside the block raise ``RuntimeError`` (they would
+        be lost on restore). Prefer ``forward(host, alpha=...)`` or
+        ``SlotState.with_alpha`` where another thread may run the model.
+        """
+        saved = self._state
+        self._state = saved.with_alpha(value)
+        self._forced += 1
+        try:
+            yield self._state
+        finally:
+            self._forced -= 1
+            self._state = saved
+
+    # ------------------------------------------------------------------ telemetry
+
+    def attach_host(self, parameters: Callable[[], Iterable[nn.Parameter]]) -> None:
+        """Where the host's parameters are (``MorphogeneticModel`` calls this)."""
+        self._host_parameters = parameters
+
+    def capture_gradient_telemetry(
+        self,
+        host_parameters: Iterable[nn.Parameter] | None = None,
+        host_features: Tensor | None = None,
+        *,
+        generator: torch.Generator | None = None,
+    ) -> GradientReport:
+        """Measure the seed's gradient activity (and isolation) and record it in the metrics.
+
+        Call after ``backward``. ``None`` gradients are skipped. The isolation
+        probe runs when ``host_features`` (features at this slot, a few samples)
+        are given; a leak while isolated counts one violation.
+
+        Arguments:
+            host_parameters: the host's parameters; needed for a slot that is
+                not part of a ``MorphogeneticModel``.
+            host_features: features at the slot for the isolation probe.
+            generator: for the probe's random cotangent.
+
+        Raises:
+            RuntimeError: the slot has no seed, or inside ``force_alpha``.
+            ValueError: a standalone slot was given no host parameters.
+        """
+        self._require_unforced()
+        if self.seed is None:
+            raise RuntimeError(f"slot {self.slot_id!r} is {self._state.stage.name}: there is "
+                               "no seed whose gradients could be measured")
+        if host_parameters is None:
+            if self._host_parameters is None:
+                raise ValueError(f"slot {self.slot_id!r} is not attached to a host: pass "
+                                 "host_parameters so the gradient ratio can be normalised")
+            host_parameters = self._host_parameters()
+        sample = capture(host_parameters, {self.slot_id: self.parameters()})
+        gradients = materialize(sample)[self.slot_id]
+        probe = None
+        if host_features is not None:
+            probe = self._probe(host_features, generator)
+        self._commit(record(self._state, seed_gradient_norm_ratio=gradients.ratio,
+                            isolation_violations=int(probe is not None and probe.violated)))
+        return GradientReport(gradients, probe)
+
+    def _probe(self, host: Tensor, generator: torch.Generator | None = None) -> IsolationReport:
+        """The isolation probe of this slot on ``host`` features (outside any compiled step)."""
+        state, gate = self._state, self.gate
+        gate_fn = None
+        if gate is not None:
+            def gate_fn(h: Tensor) -> Tensor:
+                return gate(isolate(h, state.g), blend_weight(state.alpha, h))
+        return isolation_probe(lambda h, a: self(h, alpha=a), state, host, gate_fn=gate_fn,
+                               generator=generator)
+
+    # ------------------------------------------------------------------ forward
+
+    def forward(self, host: Tensor, state: SlotState | None = None,
+                alpha: Tensor | float | None = None) -> Tensor:
+        """Run the slot formula on host features (identity while the slot has no seed).
+
+        Arguments:
+            host: features at the injection point.
+            state: the state to run with (the functional API passes its own);
+                defaults to the slot's.
+            alpha: replaces the effective blend weight for this call only (a
+                gated blend's gate is bypassed: the weight is exactly ``alpha``).
+        """
+        if self.seed is None:
+            return host
+        state = self._state if state is None else state
+        if alpha is None:
+            return slot_forward(state, self.seed, host, gate=self.gate)
+        if not isinstance(alpha, Tensor):
+            alpha = torch.tensor(float(alpha), dtype=torch.float32, device=host.device)
+        return slot_forward(state, self.seed, host, alpha=alpha)
+
+    # ------------------------------------------------------------------ persistence
+
+    def get_extra_state(self) -> dict[str, Any]:
+        return {"state": state_to_dict(self._state)}
+
+    def set_extra_state(self, extra: Any) -> None:
+        """Restore the state and re-create the seed from its blueprint (before its weights load)."""
+        if not isinstance(extra, dict) or set(extra) != {"state"}:
+            raise ValueError(f"slot {self.slot_id!r}: extra state must be {{'state': ...}}")
+        new = state_from_dict(extra["state"], device=self.device)
+        if (new.slot_id, new.channels) != (self.slot_id, self.channels):
+            raise ValueError(f"checkpoint state of slot {new.slot_id!r} ({new.channels} channels) "
+                             f"does not fit slot {self.slot_id!r} ({self.channels} channels)")
+        seed = gate = None
+        if new.has_seed:
+            seed = blueprints.create(self.topology, new.blueprint_id, self.channels)
+            seed = seed.to(self.device, memory_format=self.memory_format)
+            gate = create_blend(new.blend_algorithm_id, self.channels, self.topology)
+            gate = gate.to(self.device) if gate is not None else None
+        self.seed, self.gate, self._state = seed, gate, new
+
+    def _apply(self, fn: Any, recurse: bool = True) -> SeedSlot:
+        """Follow ``.to(device)``: the state's tensors move with the module (dtype stays fp32)."""
+        super()._apply(fn, recurse)
+        device = fn(torch.zeros(())).device
+        if device != self.device:
+            self.device = device
+            self._state = self._state.to(device)
+        return self
+
+    def extra_repr(self) -> str:
+        return f"{self.slot_id!r}, channels={self.channels}, {self._state.stage.name}"
