@@ -5,8 +5,43 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from . import __version__
+
+GROW_HELP = """\
+Train a host network on a task while seeds germinate in its slots, train behind
+the host, blend in, and are fossilized or pruned by a heuristic controller.
+Writes events.jsonl, metrics.csv, growth.png, summary.json and a checkpoint to
+--out."""
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _non_negative(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def _grow(args: argparse.Namespace) -> int:
+    from .tolaria.config import GrowConfig
+    from .tolaria.run import grow
+
+    config = GrowConfig(
+        task=args.task, epochs=args.epochs, slots=tuple(args.slots), max_seeds=args.max_seeds,
+        blueprints=tuple(args.blueprints) if args.blueprints else None, seed=args.seed,
+        out=args.out, baseline=args.baseline, compile=not args.no_compile,
+        data_dir=args.data_dir, batch_size=args.batch_size, lr=args.lr, limit=args.limit,
+        quiet=args.quiet, width=args.width, stop_after=args.stop_after)
+    grow(config, resume=args.resume)
+    return 0
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -16,24 +51,68 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_grow(commands: argparse._SubParsersAction) -> None:
+    grow = commands.add_parser("grow", help="grow a network on a task (the main job)",
+                               description=GROW_HELP,
+                               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    grow.add_argument("--task", choices=("digits", "cifar10", "chars"), default="digits",
+                      help="digits: scikit-learn's bundled 8x8 digits on a CNN; cifar10: the "
+                           "python-pickle batches in --data-dir on a CNN; chars: a character "
+                           "language model over the Python standard library's source")
+    grow.add_argument("--epochs", type=_positive, default=30, help="epochs to train")
+    grow.add_argument("--slots", nargs="+", default=["early", "mid", "late"],
+                      help="injection points that get a seed slot")
+    grow.add_argument("--max-seeds", type=_non_negative, default=1,
+                      help="most seeds alive at once across all slots (0: the host alone)")
+    grow.add_argument("--blueprints", nargs="+", default=None,
+                      help="blueprints the controller plants, in turn (default: a set per "
+                           "topology)")
+    grow.add_argument("--seed", type=int, default=0, help="random seed; a run is deterministic")
+    grow.add_argument("--out", type=Path, default=Path("runs/grow"), help="run directory")
+    grow.add_argument("--resume", type=Path, default=None,
+                      help="continue the run in this directory from its checkpoint")
+    grow.add_argument("--baseline", action="store_true",
+                      help="also train the host alone and plot it beside the grown model")
+    grow.add_argument("--no-compile", action="store_true",
+                      help="run the training step eagerly instead of torch.compile")
+    grow.add_argument("--data-dir", type=Path, default=None,
+                      help="directory of the CIFAR-10 python batches (cifar10 only)")
+    grow.add_argument("--batch-size", type=_positive, default=64, help="training batch size")
+    grow.add_argument("--lr", type=float, default=0.02, help="SGD learning rate")
+    grow.add_argument("--width", type=_positive, default=None,
+                      help="host width: CNN base channels or transformer embedding size")
+    grow.add_argument("--limit", type=_positive, default=None,
+                      help="use at most this many examples per split (quick runs)")
+    grow.add_argument("--stop-after", type=_positive, default=None,
+                      help="stop after this epoch (the run's schedule still spans --epochs); "
+                           "continue later with --resume")
+    grow.add_argument("--quiet", action="store_true", help="plain log lines, no live display")
+    grow.set_defaults(run=_grow)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``esper`` and its sub-commands."""
     parser = argparse.ArgumentParser(
         prog="esper", description="Grow neural networks while they train.")
     parser.add_argument("--version", action="version", version=f"esper {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_grow(commands)
     demo = commands.add_parser(
-        "demo", help="train a small CNN while one seed germinates, blends and fossilizes")
-    demo.add_argument("--epochs", type=int, default=12, help="epochs to train (default 12)")
-    demo.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+        "demo", help="a hand-driven lifecycle on a small CNN (no controller)")
+    demo.add_argument("--epochs", type=_positive, default=12, help="epochs to train")
+    demo.add_argument("--seed", type=int, default=0, help="random seed")
     demo.set_defaults(run=_demo)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``esper`` console script."""
-    args = build_parser().parse_args(argv)
-    return int(args.run(args))
+    """Entry point of the ``esper`` console script; bad input exits 2 with a message."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.run(args))
+    except (ValueError, OSError) as error:  # DatasetError and CheckpointError are ValueErrors
+        parser.exit(2, f"esper: error: {error}\n")
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -24,6 +25,7 @@ from torch import Tensor, nn
 from ..leyline import Topology
 
 _THREE_POINTS = ("early", "mid", "late")
+_FORMAT_NAMES = {torch.channels_last: "channels_last", torch.contiguous_format: "contiguous_format"}
 
 
 def point_names(count: int, prefix: str) -> tuple[str, ...]:
@@ -36,6 +38,12 @@ class _SegmentedHost(nn.Module):
 
     topology: Topology
     _specs: dict[str, int]  # point name -> channels, in forward order; set by subclasses
+
+    _config: dict[str, Any]  # constructor arguments as JSON types; set by subclasses
+
+    def config(self) -> dict[str, Any]:
+        """The constructor arguments as JSON types, with ``"kind"`` (see :func:`build_host`)."""
+        return {"kind": self.topology, **self._config}
 
     def injection_specs(self) -> dict[str, int]:
         """Injection point name -> channels (feature width), in forward order."""
@@ -133,6 +141,9 @@ class CNNHost(_SegmentedHost):
                              f"got {memory_format}")
         self.memory_format = memory_format
         self.in_channels = in_channels
+        self._config = {"num_classes": num_classes, "n_blocks": n_blocks,
+                        "base_channels": base_channels, "pool_layers": pool_layers,
+                        "memory_format": _FORMAT_NAMES[memory_format], "in_channels": in_channels}
         widths = [base_channels * 2**i for i in range(n_blocks)]
         self.blocks = nn.ModuleList(
             ConvBlock(c_in, c_out, pool=i < pool_layers)
@@ -212,6 +223,9 @@ class TransformerHost(_SegmentedHost):
         if not 1 <= num_segments <= n_layer:
             raise ValueError(f"num_segments must lie in [1, n_layer={n_layer}], got {num_segments}")
         self.block_size = block_size
+        self._config = {"vocab_size": vocab_size, "n_embd": n_embd, "n_head": n_head,
+                        "n_layer": n_layer, "block_size": block_size, "dropout": float(dropout),
+                        "num_segments": num_segments}
         self.wte, self.wpe = nn.Embedding(vocab_size, n_embd), nn.Embedding(block_size, n_embd)
         self.drop = nn.Dropout(dropout)
         self.layers = nn.ModuleList(DecoderBlock(n_embd, n_head, dropout) for _ in range(n_layer))
@@ -257,5 +271,59 @@ class TransformerHost(_SegmentedHost):
         return self.lm_head(self.ln_f(h))
 
 
+_HOST_ARGS: dict[str, dict[str, type]] = {
+    "cnn": {"num_classes": int, "n_blocks": int, "base_channels": int, "pool_layers": int,
+            "memory_format": str, "in_channels": int},
+    "transformer": {"vocab_size": int, "n_embd": int, "n_head": int, "n_layer": int,
+                    "block_size": int, "dropout": float, "num_segments": int},
+}
+
+
+def build_host(config: dict[str, Any]) -> nn.Module:
+    """Rebuild a host from what its :meth:`config` returned (fresh weights).
+
+    Arguments:
+        config: ``{"kind": "cnn" | "transformer", **constructor arguments}``;
+            omitted arguments take their defaults.
+
+    Returns:
+        A new :class:`CNNHost` or :class:`TransformerHost`.
+
+    Raises:
+        ValueError: not a dict, an unknown kind, an unknown argument, a value
+            of the wrong type, or one the constructor rejects.
+    """
+    if not isinstance(config, dict) or config.get("kind") not in _HOST_ARGS:
+        kind = config.get("kind") if isinstance(config, dict) else config
+        raise ValueError(f"unknown host kind {kind!r}; known kinds: {list(_HOST_ARGS)}")
+    args = {k: v for k, v in config.items() if k != "kind"}
+    types = _HOST_ARGS[config["kind"]]
+    for name, value in args.items():
+        if name not in types:
+            raise ValueError(f"unknown {config['kind']} host argument {name!r}; "
+                             f"known: {list(types)}")
+        wanted = (int, float) if types[name] is float else types[name]
+        if isinstance(value, bool) or not isinstance(value, wanted):
+            if not (name == "pool_layers" and value is None):
+                raise ValueError(f"{config['kind']} host argument {name!r} must be "
+                                 f"{types[name].__name__}, got {value!r}")
+    if "memory_format" in args:
+        formats = {v: k for k, v in _FORMAT_NAMES.items()}
+        if args["memory_format"] not in formats:
+            raise ValueError(f"unknown memory_format {args['memory_format']!r}; "
+                             f"known: {list(formats)}")
+        args["memory_format"] = formats[args["memory_format"]]
+    if config["kind"] == "transformer":
+        for name, value in args.items():
+            if name != "dropout" and value < 1:
+                raise ValueError(f"transformer host argument {name!r} must be >= 1, got {value}")
+        if not 0.0 <= args.get("dropout", 0.0) < 1.0:
+            raise ValueError(f"transformer host dropout must lie in [0, 1), got {args['dropout']}")
+    try:
+        return TransformerHost(**args) if config["kind"] == "transformer" else CNNHost(**args)
+    except TypeError as error:  # a required argument is missing
+        raise ValueError(f"bad {config['kind']} host config: {error}") from error
+
+
 __all__ = ["CNNHost", "CausalSelfAttention", "ConvBlock", "DecoderBlock", "TransformerHost",
-           "point_names"]
+           "build_host", "point_names"]

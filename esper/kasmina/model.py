@@ -205,6 +205,16 @@ class MorphogeneticModel(nn.Module):
         """
         reports: dict[str, IsolationReport] = {}
         h = x[:samples]
+        was_training = self.training
+        self.eval()  # the probe must not move BatchNorm statistics
+        try:
+            self._probe_segments(h, generator, reports)
+        finally:
+            self.train(was_training)
+        return reports
+
+    def _probe_segments(self, h: Tensor, generator: torch.Generator | None,
+                        reports: dict[str, IsolationReport]) -> None:
         with torch.no_grad():
             for name in self.host.segment_names():
                 h = self.host.run_segment(name, h)
@@ -216,7 +226,6 @@ class MorphogeneticModel(nn.Module):
                     reports[name] = report
                     slot._commit(record(slot.state, isolation_violations=int(report.violated)))
                 h = slot(h)
-        return reports
 
     # ------------------------------------------------------------------ persistence
 

@@ -4,8 +4,9 @@ The policy, applied once per epoch after the slots have stepped:
 
 1. **Fossilize** a HOLDING seed whose measured counterfactual contribution
    reaches G5's threshold (the gate itself is still checked when applied).
-2. **Prune** a live seed whose counterfactual contribution is negative while
-   it is blended in (BLENDING or HOLDING), or a TRAINING seed that has stalled:
+2. **Prune** a live seed whose counterfactual contribution is below
+   ``prune_below`` points while it is blended in (BLENDING or HOLDING; one
+   validation sample flipping is noise, not harm), or a TRAINING seed that has stalled:
    ``stall_epochs`` epochs past its training dwell without passing G2.
 3. **Germinate** at most one seed per epoch when validation accuracy has
    plateaued (no gain of ``plateau_delta`` points over the best accuracy before
@@ -43,6 +44,7 @@ class ControllerConfig:
     plateau_patience: int = 2
     plateau_delta: float = 0.5
     stall_epochs: int = 4
+    prune_below: float = -1.0
 
     def __post_init__(self) -> None:
         if not self.blueprints or not all(isinstance(b, str) and b for b in self.blueprints):
@@ -108,7 +110,7 @@ class HeuristicController:
                 and contribution >= state.gates.min_fossilize_contribution:
             return Decision("fossilize", name, "g5_ready", seed_id=state.seed_id)
         if stage in (SeedStage.BLENDING, SeedStage.HOLDING) and contribution is not None \
-                and contribution < 0:
+                and contribution < self.config.prune_below:
             return Decision("prune", name, "negative_counterfactual", seed_id=state.seed_id)
         stalled = m.epochs_in_stage >= state.task.training_dwell + self.config.stall_epochs
         if stage == SeedStage.TRAINING and stalled:

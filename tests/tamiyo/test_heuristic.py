@@ -78,9 +78,11 @@ def test_fossilizes_holding_seed_when_g5_would_pass():
 
 @pytest.mark.parametrize("stage", [SeedStage.BLENDING, SeedStage.HOLDING])
 def test_prunes_negative_counterfactual(stage):
-    hurting = at(stage, counterfactual_contribution=-0.5)
+    hurting = at(stage, counterfactual_contribution=-1.5)
     assert decide({"mid": hurting}, [60.0])[0] == [
         Decision("prune", "mid", "negative_counterfactual", seed_id="s-mid")]
+    noise = at(stage, counterfactual_contribution=-0.3)  # one sample flipped: not harm
+    assert decide({"mid": noise}, [60.0])[0] == []
 
 
 def test_prunes_stalled_training_seed_and_frees_its_seed_count():

@@ -1,0 +1,7 @@
+"""``python -m esper`` runs the command line (and ``torchrun -m esper``)."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

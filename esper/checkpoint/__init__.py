@@ -1,0 +1,17 @@
+"""Checkpoints: safetensors weights plus a versioned JSON document; loading never unpickles.
+
+Example:
+    >>> path = save_checkpoint("runs/ckpt", model=model, optimizer=opt, trainer_state={"epoch": 3})
+    >>> restored = load_checkpoint(path)
+    >>> restored.model, restored.optimizer, restored.trainer_state["epoch"]
+"""
+
+from .errors import CheckpointError as CheckpointError
+from .format import FORMAT as FORMAT
+from .format import SCHEMA_VERSION as SCHEMA_VERSION
+from .load import Checkpoint as Checkpoint
+from .load import load_checkpoint as load_checkpoint
+from .save import save_checkpoint as save_checkpoint
+
+__all__ = ["FORMAT", "SCHEMA_VERSION", "Checkpoint", "CheckpointError", "load_checkpoint",
+           "save_checkpoint"]

@@ -1,0 +1,182 @@
+"""Loading a checkpoint into new objects, every part checked before any is returned."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import safetensors
+import safetensors.torch
+import torch
+from torch import Tensor
+
+from ..kasmina.host import build_host
+from ..kasmina.model import MorphogeneticModel
+from ..leyline import QualityGates, TaskConfig
+from ..tolaria.optim import OptimizerState, SGDConfig
+from .document import exact, read_document, reading
+from .errors import CheckpointError
+from .format import (
+    JSON_FILE,
+    MODEL_PREFIX,
+    OPTIM_PREFIX,
+    WEIGHTS_FILE,
+    check_optimizer,
+    dtype_name,
+    file_digest,
+    model_tensors,
+)
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """What :func:`load_checkpoint` rebuilt (nothing shared with any other object)."""
+
+    model: MorphogeneticModel
+    optimizer: OptimizerState | None
+    trainer_state: dict[str, Any]
+    esper_version: str
+    schema_version: int
+
+
+def load_checkpoint(directory: str | os.PathLike[str], *,
+                    device: torch.device | str = "cpu") -> Checkpoint:
+    """Rebuild the model, optimizer state and trainer state saved in ``directory``.
+
+    Never unpickles: tensors come from safetensors, everything else from JSON.
+    The caller's RNG state is left as it was. Telemetry callbacks are not
+    saved; attach them to the returned model's slots.
+
+    Arguments:
+        directory: what :func:`save_checkpoint` wrote.
+        device: where the model and momentum buffers go.
+
+    Returns:
+        A :class:`Checkpoint` of new objects.
+
+    Raises:
+        CheckpointError: anything missing, malformed, inconsistent or written
+            by a newer Esper; the message names the file and the problem.
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise CheckpointError(f"{directory}: no such checkpoint directory")
+    doc_path, weights_path = directory / JSON_FILE, directory / WEIGHTS_FILE
+    document = read_document(doc_path)
+    tensors = _read_weights(weights_path, document, doc_path)
+    with torch.random.fork_rng(devices=[]):  # fresh modules' init must not move the caller's RNG
+        model = _build_model(document, doc_path, device)
+    _copy_weights(model, tensors, document["tied"], weights_path)
+    optimizer = _optimizer(document["optimizer"], model, tensors, doc_path)
+    return Checkpoint(model, optimizer, document["trainer"], document["esper_version"],
+                      document["schema_version"])
+
+
+def _read_weights(path: Path, document: dict[str, Any], doc_path: Path) -> dict[str, Tensor]:
+    if not path.is_file():
+        raise CheckpointError(f"{path}: missing ({doc_path.name} expects it)")
+    with reading(doc_path, "weights"):
+        weights = exact(document["weights"], {"file", "bytes", "sha256"}, "weights")
+        size, digest = int(weights["bytes"]), str(weights["sha256"])
+    if path.stat().st_size != size:
+        raise CheckpointError(f"{path}: {path.stat().st_size} bytes, {doc_path.name} expects "
+                              f"{size} (truncated or replaced)")
+    if file_digest(path) != digest:
+        raise CheckpointError(f"{path}: SHA-256 differs from {doc_path.name}'s "
+                              "(corrupt or replaced)")
+    try:
+        tensors = safetensors.torch.load_file(str(path), device="cpu")
+    except (safetensors.SafetensorError, OSError) as error:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({error})") from error
+    manifest, tied = document["tensors"], document["tied"]
+    missing, extra = sorted(set(manifest) - set(tensors)), sorted(set(tensors) - set(manifest))
+    if missing:
+        raise CheckpointError(f"{path}: missing tensors {missing} listed in {doc_path.name}")
+    if extra:
+        raise CheckpointError(f"{path}: unexpected tensors {extra}, not in {doc_path.name}")
+    for key, entry in manifest.items():
+        with reading(doc_path, f"tensor {key!r}"):
+            entry = exact(entry, {"shape", "dtype"}, f"manifest entry {key!r}")
+            if not key.startswith((MODEL_PREFIX, OPTIM_PREFIX)):
+                raise ValueError(f"key has neither prefix {MODEL_PREFIX!r} nor {OPTIM_PREFIX!r}")
+        stored = tensors[key]
+        if list(stored.shape) != entry["shape"] or dtype_name(stored) != entry["dtype"]:
+            raise CheckpointError(
+                f"{path}: tensor {key!r} is {dtype_name(stored)} {list(stored.shape)}, "
+                f"{doc_path.name} says {entry['dtype']} {entry['shape']}")
+    for key, source in tied.items():
+        if not (key.startswith(MODEL_PREFIX) and key not in manifest and source in manifest):
+            raise CheckpointError(f"{doc_path}: tied tensor {key!r} -> {source!r} must name a "
+                                  "model tensor absent from the file and one present in it")
+    return tensors
+
+
+def _build_model(document: dict[str, Any], doc_path: Path,
+                 device: torch.device | str) -> MorphogeneticModel:
+    with reading(doc_path, "host"):
+        host = build_host(document["host"])
+    with reading(doc_path, "model"):
+        spec = exact(document["model"], {"slots", "task", "gates", "alpha_mode"}, "model")
+        task = TaskConfig(**exact(spec["task"], TaskConfig, "task"))
+        gates = QualityGates(**exact(spec["gates"], QualityGates, "gates"))
+        model = MorphogeneticModel(host, device, list(spec["slots"]), task, gates=gates,
+                                   alpha_mode=spec["alpha_mode"])
+    states = document["slots"]
+    if set(states) != set(model.seed_slots):
+        raise CheckpointError(f"{doc_path}: slot states for {sorted(states)}, but the model's "
+                              f"slots are {sorted(model.seed_slots)}")
+    for name, slot in model.seed_slots.items():
+        with reading(doc_path, f"slot {name!r}"):
+            slot.set_extra_state({"state": states[name]})  # re-creates the seed from its blueprint
+    return model
+
+
+def _copy_weights(model: MorphogeneticModel, tensors: dict[str, Tensor], tied: dict[str, str],
+                  path: Path) -> None:
+    targets = model_tensors(model)
+    stored = {k.removeprefix(MODEL_PREFIX) for k in [*tensors, *tied] if k.startswith(MODEL_PREFIX)}
+    missing, extra = sorted(set(targets) - stored), sorted(stored - set(targets))
+    if missing:
+        raise CheckpointError(f"{path}: lacks the model's tensors {missing}")
+    if extra:
+        raise CheckpointError(f"{path}: holds tensors {extra} that are not in the model")
+    keys = {name: MODEL_PREFIX + name for name in targets}
+    sources = {name: tensors[tied.get(key, key)] for name, key in keys.items()}
+    for name, target in targets.items():
+        source = sources[name]
+        if source.shape != target.shape or source.dtype != target.dtype:
+            raise CheckpointError(
+                f"{path}: tensor {MODEL_PREFIX + name!r} is {dtype_name(source)} "
+                f"{list(source.shape)} in the file, {dtype_name(target)} {list(target.shape)} "
+                "in the model")
+    with torch.no_grad():
+        for name, target in targets.items():
+            target.copy_(sources[name])  # into the fresh tensors: their memory format stays
+
+
+def _optimizer(spec: dict[str, Any] | None, model: MorphogeneticModel,
+               tensors: dict[str, Tensor], doc_path: Path) -> OptimizerState | None:
+    stored = {k.removeprefix(OPTIM_PREFIX): v for k, v in tensors.items()
+              if k.startswith(OPTIM_PREFIX)}
+    if spec is None:
+        if stored:
+            raise CheckpointError(f"{doc_path}: {len(stored)} momentum buffers are stored "
+                                  f"({OPTIM_PREFIX}...) but the document has no optimizer")
+        return None
+    with reading(doc_path, "optimizer"):
+        exact(spec, {"config", "groups"}, "optimizer")
+        config = SGDConfig(**exact(spec["config"], SGDConfig, "optimizer config"))
+        groups = {str(g): tuple(names) for g, names in spec["groups"].items()}
+        if not all(isinstance(n, str) for names in groups.values() for n in names):
+            raise ValueError("group members must be parameter names")
+    params = dict(model.named_parameters())
+    check_optimizer(OptimizerState(config, groups), params, stored, str(doc_path))
+    with torch.no_grad():
+        momenta = {name: torch.empty_like(p, memory_format=torch.preserve_format)
+                   .copy_(stored[name]) for name, p in params.items() if name in stored}
+    return OptimizerState(config, groups, momenta)
+
+
+__all__ = ["Checkpoint", "load_checkpoint"]

@@ -1,0 +1,93 @@
+"""A functional SGD with momentum whose state follows the model's topology.
+
+State is keyed by parameter name and grouped by slot: the host's parameters
+form group ``"host"``, each seed's (gate included) the group named after its
+slot. A germinated seed joins with fresh momentum, a pruned seed's group and
+buffers leave, and nothing else is touched (:meth:`OptimizerState.synced`).
+The update itself runs inside the compiled training step (see ``step.py``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+HOST_GROUP = "host"
+SLOT_PREFIX = "seed_slots."
+
+
+def group_of(parameter_name: str) -> str:
+    """The optimizer group of a model parameter: ``"host"`` or its slot's name."""
+    if parameter_name.startswith(SLOT_PREFIX):
+        return parameter_name[len(SLOT_PREFIX):].split(".", 1)[0]
+    return HOST_GROUP
+
+
+@dataclass(frozen=True)
+class SGDConfig:
+    """Hyper-parameters: ``seed_lr`` defaults to ``lr``."""
+
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    seed_lr: float | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("lr", "momentum", "weight_decay"):
+            value = getattr(self, name)
+            if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
+                raise ValueError(f"SGDConfig.{name} must be a finite number >= 0, got {value!r}")
+        if self.momentum >= 1:
+            raise ValueError(f"SGDConfig.momentum must be < 1, got {self.momentum}")
+
+    def lr_for(self, group: str) -> float:
+        """The learning rate of a group."""
+        return self.lr if group == HOST_GROUP or self.seed_lr is None else self.seed_lr
+
+
+@dataclass(frozen=True)
+class OptimizerState:
+    """Momentum buffers by parameter name and the parameter names of each group."""
+
+    config: SGDConfig = field(default_factory=SGDConfig)
+    groups: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    momenta: Mapping[str, Tensor] = field(default_factory=dict)
+
+    def synced(self, model: nn.Module) -> OptimizerState:
+        """Groups and buffers matching ``model``'s parameters now.
+
+        New groups (a germinated seed) start with zero momentum; groups whose
+        parameters are gone (a pruned seed) leave with their buffers; existing
+        buffers are kept as they are.
+        """
+        named = dict(model.named_parameters())
+        groups: dict[str, list[str]] = {}
+        for name in named:
+            groups.setdefault(group_of(name), []).append(name)
+        momenta = {name: self.momenta[name] if name in self.momenta
+                   else torch.zeros_like(p, memory_format=torch.preserve_format).detach()
+                   for name, p in named.items()}
+        return OptimizerState(self.config, {g: tuple(n) for g, n in groups.items()}, momenta)
+
+    def learning_rates(self, device: torch.device | str = "cpu") -> dict[str, Tensor]:
+        """Parameter name -> 0-d learning-rate tensor (tensors, so lr changes never recompile)."""
+        return {name: torch.tensor(self.config.lr_for(group), device=device)
+                for group, names in self.groups.items() for name in names}
+
+
+def sgd_update(params: Mapping[str, Tensor], grads: Mapping[str, Tensor],
+               momenta: Mapping[str, Tensor], lrs: Mapping[str, Tensor],
+               momentum: float, weight_decay: float) -> None:
+    """In-place SGD with momentum and weight decay (runs inside the compiled step)."""
+    with torch.no_grad():
+        for name, p in params.items():
+            grad = grads[name]
+            if weight_decay:
+                grad = grad.add(p, alpha=weight_decay)
+            buffer = momenta[name]
+            buffer.mul_(momentum).add_(grad)
+            p.sub_(lrs[name] * buffer)

@@ -1,0 +1,130 @@
+"""What a run records: per-slot snapshots, per-epoch rows and the final summary.
+
+Plain frozen data with JSON-ready ``to_dict`` views; the trainer builds them,
+:mod:`esper.tolaria.report` writes them and :mod:`esper.tolaria.display` shows them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class SlotSnapshot:
+    """One slot at the end of one epoch.
+
+    Attributes:
+        slot: the slot's name (``"early"``, ``"mid"``...).
+        stage: the :class:`~esper.leyline.SeedStage` name, e.g. ``"BLENDING"``.
+        alpha: the blend weight of the seed, in [0, 1].
+        seed_id: the seed it holds, ``None`` when empty.
+        blueprint_id: the seed's blueprint, ``None`` when empty.
+        counterfactual: the seed's contribution in accuracy points, when measured.
+        gradient_ratio: the parameter-normalised seed/host gradient ratio, when measured.
+        last_gate: a short text of the last gate result, e.g. ``"G2 failed: improvement_low"``.
+    """
+
+    slot: str
+    stage: str
+    alpha: float
+    seed_id: str | None = None
+    blueprint_id: str | None = None
+    counterfactual: float | None = None
+    gradient_ratio: float | None = None
+    last_gate: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready view."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> SlotSnapshot:
+        """The inverse of :meth:`to_dict`."""
+        return cls(**data)
+
+
+@dataclass(frozen=True, slots=True)
+class EpochRecord:
+    """One epoch of a run.
+
+    Attributes:
+        epoch: the epoch number, from 1.
+        train_loss: mean training loss over the epoch.
+        val_accuracy: validation accuracy of the grown model, in percent.
+        slots: a snapshot of every slot, in the model's slot order.
+        seconds: wall time of the epoch.
+        baseline_accuracy: validation accuracy of the host alone, when run with a baseline.
+    """
+
+    epoch: int
+    train_loss: float
+    val_accuracy: float
+    slots: tuple[SlotSnapshot, ...]
+    seconds: float
+    baseline_accuracy: float | None = None
+
+    def slot(self, name: str) -> SlotSnapshot | None:
+        """The snapshot of slot ``name``, or ``None`` when this record lacks it."""
+        return next((s for s in self.slots if s.slot == name), None)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready view."""
+        return {"epoch": self.epoch, "train_loss": self.train_loss,
+                "val_accuracy": self.val_accuracy, "baseline_accuracy": self.baseline_accuracy,
+                "seconds": self.seconds, "slots": [s.to_dict() for s in self.slots]}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> EpochRecord:
+        """The inverse of :meth:`to_dict`."""
+        slots = tuple(SlotSnapshot.from_dict(s) for s in data["slots"])
+        return cls(int(data["epoch"]), data["train_loss"], data["val_accuracy"], slots,
+                   data["seconds"], data.get("baseline_accuracy"))
+
+
+@dataclass(frozen=True, slots=True)
+class RunSummary:
+    """The outcome of a whole run.
+
+    Attributes:
+        task: the task's name.
+        epochs: epochs run.
+        final_accuracy: validation accuracy at the end, in percent.
+        baseline_accuracy: the host-alone accuracy at the end, when a baseline ran.
+        seeds_germinated: seeds created over the run.
+        seeds_fossilized: seeds made permanent.
+        seeds_pruned: seeds removed.
+        parameters_host: parameters of the host.
+        parameters_added: parameters of the seeds alive at the end, fossilized included.
+        wall_seconds: wall time of the run.
+        compile_count: compilations (graphs built) over the run.
+        out_dir: where the run directory was written.
+    """
+
+    task: str
+    epochs: int
+    final_accuracy: float
+    baseline_accuracy: float | None
+    seeds_germinated: int
+    seeds_fossilized: int
+    seeds_pruned: int
+    parameters_host: int
+    parameters_added: int
+    wall_seconds: float
+    compile_count: int
+    out_dir: str
+
+    @property
+    def parameters_added_percent(self) -> float:
+        """``parameters_added`` as a percentage of the host (0 for an empty host)."""
+        return 100.0 * self.parameters_added / self.parameters_host if self.parameters_host else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready view."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> RunSummary:
+        """The inverse of :meth:`to_dict`; extra keys (``esper_version``) are ignored."""
+        return cls(**{f.name: data[f.name] for f in fields(cls)})

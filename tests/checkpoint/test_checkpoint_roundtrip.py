@@ -1,0 +1,122 @@
+"""Saving and loading grown models: identical outputs, states, momenta and layouts."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import struct
+from pathlib import Path
+
+import pytest
+import safetensors.torch
+import torch
+from checkpoint_support import grown_cnn, grown_transformer
+
+import esper
+from esper.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from esper.leyline import SeedStage
+
+BUILDERS = {"cnn": grown_cnn, "transformer": grown_transformer}
+
+
+@pytest.mark.parametrize("kind", list(BUILDERS))
+def test_round_trip_restores_everything(tmp_path: Path, kind: str) -> None:
+    model, optimizer, x = BUILDERS[kind]()
+    trainer = {"epoch": 7, "losses": [1.5, 0.25], "note": None}
+    path = save_checkpoint(tmp_path / "ckpt", model=model, optimizer=optimizer,
+                           trainer_state=trainer)
+    loaded = load_checkpoint(path)
+    assert isinstance(loaded, Checkpoint)
+    assert (loaded.esper_version, loaded.schema_version) == (esper.__version__, 1)
+    assert loaded.trainer_state == trainer
+    assert loaded.model.slot_states() == model.slot_states()
+    model.eval()
+    loaded.model.eval()
+    assert torch.equal(loaded.model(x), model(x))
+    assert loaded.optimizer is not None
+    assert loaded.optimizer.config == optimizer.config
+    assert dict(loaded.optimizer.groups) == dict(optimizer.groups)
+    assert list(loaded.optimizer.momenta) == list(optimizer.momenta)
+    for name, buffer in optimizer.momenta.items():
+        assert torch.equal(loaded.optimizer.momenta[name], buffer), name
+
+
+def test_grown_cnn_covers_the_stages_it_claims() -> None:
+    model, _, _ = grown_cnn()
+    stages = {name: s.stage for name, s in model.slot_states().items()}
+    assert stages == {"early": SeedStage.FOSSILIZED, "mid": SeedStage.BLENDING,
+                      "late": SeedStage.PRUNED}
+    assert model.seed_slots["mid"].gate is not None
+
+
+def test_layouts_match_the_saved_model_channels_last_seeds_included(tmp_path: Path) -> None:
+    model, optimizer, _ = grown_cnn()
+    loaded = load_checkpoint(save_checkpoint(tmp_path, model=model, optimizer=optimizer))
+    original = dict(model.named_parameters())
+    channels_last = [n for n, p in original.items() if not p.is_contiguous()
+                     and p.is_contiguous(memory_format=torch.channels_last)]
+    assert "seed_slots.early.seed.conv_in.weight" in channels_last
+    for name, param in loaded.model.named_parameters():
+        assert param.stride() == original[name].stride(), name
+        assert loaded.optimizer.momenta[name].stride() == param.stride(), name
+
+
+def test_files_are_json_and_pure_safetensors(saved: Path) -> None:
+    assert sorted(p.name for p in saved.iterdir()) == ["checkpoint.json", "weights.safetensors"]
+    document = json.loads((saved / "checkpoint.json").read_text())
+    assert document["format"] == "esper-checkpoint" and document["schema_version"] == 1
+    raw = (saved / "weights.safetensors").read_bytes()
+    (length,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8:8 + length])
+    ends = [entry["data_offsets"][1] for key, entry in header.items() if key != "__metadata__"]
+    assert 8 + length + max(ends) == len(raw)  # header + tensor bytes, nothing else
+    assert set(header) - {"__metadata__"} == set(document["tensors"])
+    assert not any(key.endswith("_extra_state") for key in header)
+
+
+def test_tied_weights_are_stored_once(tmp_path: Path) -> None:
+    model, optimizer, _ = grown_transformer()
+    path = save_checkpoint(tmp_path, model=model, optimizer=optimizer)
+    document = json.loads((path / "checkpoint.json").read_text())
+    assert document["tied"] == {"model/host.lm_head.weight": "model/host.wte.weight"}
+    assert "model/host.lm_head.weight" not in document["tensors"]
+    host = load_checkpoint(path).model.host
+    assert host.lm_head.weight is host.wte.weight
+
+
+def test_loading_never_unpickles_and_reads_safetensors(saved: Path, monkeypatch) -> None:
+    def refuse(*args, **kwargs):
+        raise AssertionError("unpickling during load_checkpoint")
+
+    for owner, name in ((torch, "load"), (torch.serialization, "load"), (pickle, "load"),
+                        (pickle, "loads")):
+        monkeypatch.setattr(owner, name, refuse)
+    calls = []
+    real = safetensors.torch.load_file
+    monkeypatch.setattr(safetensors.torch, "load_file",
+                        lambda *a, **k: calls.append(a) or real(*a, **k))
+    load_checkpoint(saved)
+    assert len(calls) == 1
+
+
+def test_loading_leaves_the_callers_rng_alone(saved: Path) -> None:
+    before = torch.get_rng_state()
+    load_checkpoint(saved)
+    assert torch.equal(torch.get_rng_state(), before)
+
+
+def test_resaving_a_loaded_checkpoint_is_byte_identical(saved: Path, tmp_path: Path) -> None:
+    loaded = load_checkpoint(saved)
+    again = save_checkpoint(tmp_path / "again", model=loaded.model, optimizer=loaded.optimizer,
+                            trainer_state=loaded.trainer_state)
+    for name in ("weights.safetensors", "checkpoint.json"):
+        assert (again / name).read_bytes() == (saved / name).read_bytes(), name
+
+
+def test_saving_over_a_checkpoint_replaces_it(saved: Path) -> None:
+    model, _, _ = grown_transformer()
+    save_checkpoint(saved, model=model)
+    loaded = load_checkpoint(saved)
+    assert loaded.model.host.topology == "transformer"
+    assert loaded.optimizer is None and loaded.trainer_state == {}
+    assert sorted(p.name for p in saved.iterdir()) == ["checkpoint.json", "weights.safetensors"]

@@ -1,0 +1,104 @@
+"""End to end: ``esper grow`` through its entry point, and exact resume."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from esper.checkpoint import load_checkpoint
+from esper.cli import main
+from esper.leyline import SeedStage, is_valid_transition
+from esper.tamiyo import ControllerConfig
+from esper.tolaria.config import GrowConfig
+from esper.tolaria.run import grow
+
+EAGER_CONTROLLER = ControllerConfig(warmup_epochs=0, plateau_patience=1, plateau_delta=100.0)
+
+
+def tiny(out: Path, epochs: int, **changes) -> GrowConfig:
+    return GrowConfig(epochs=epochs, limit=96, compile=False, quiet=True, out=out,
+                      max_seeds=2, controller=EAGER_CONTROLLER, **changes)
+
+
+def check_lifecycle(events: list[dict]) -> dict[str, list[str]]:
+    """Every slot's stage changes chain from DORMANT through valid transitions."""
+    stages: dict[str, list[str]] = {}
+    for event in events:
+        if event["kind"] == "lifecycle" and event["type"] == "SEED_STAGE_CHANGED":
+            path = stages.setdefault(event["slot_id"], ["DORMANT"])
+            source, target = event["payload"]["from"], event["payload"]["to"]
+            assert source == path[-1], f"{event['slot_id']}: {source} does not follow {path}"
+            assert is_valid_transition(SeedStage[source], SeedStage[target])
+            path.append(target)
+    return stages
+
+
+def test_grow_cli_writes_a_complete_run_directory(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["grow", "--epochs", "3", "--limit", "96", "--no-compile", "--quiet",
+                 "--max-seeds", "0", "--out", str(out)]) == 0
+    for name in ("events.jsonl", "metrics.csv", "growth.png", "summary.json"):
+        assert (out / name).is_file(), name
+    assert (out / "growth.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    rows = list(csv.DictReader((out / "metrics.csv").open()))
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["epochs"] == 3 and summary["seeds_germinated"] == 0
+    assert "final accuracy" in capsys.readouterr().out
+
+
+def test_grown_run_events_describe_a_valid_lifecycle(tmp_path):
+    out = tmp_path / "run"
+    summary = grow(tiny(out, epochs=6))
+    events = [json.loads(line) for line in (out / "events.jsonl").read_text().splitlines()]
+    stages = check_lifecycle(events)
+    assert summary.seeds_germinated >= 1 and stages
+    decisions = [e for e in events if e["kind"] == "decision"]
+    assert decisions and all(e["outcome"] for e in decisions)
+    checkpoint = load_checkpoint(out / "checkpoint")
+    assert checkpoint.trainer_state["epoch"] == 6
+
+
+def without_seconds(rows: list[dict]) -> list[dict]:
+    """Records and CSV rows less their wall-clock time."""
+    return [{k: v for k, v in row.items() if k != "seconds"} for row in rows]
+
+
+def test_resume_continues_exactly(tmp_path):
+    straight = tmp_path / "straight"
+    grow(tiny(straight, epochs=6))
+    split = tmp_path / "split"
+    grow(tiny(split, epochs=6, stop_after=3))
+    grow(tiny(split, epochs=6), resume=split)
+    a, b = load_checkpoint(straight / "checkpoint"), load_checkpoint(split / "checkpoint")
+    sa, sb = a.model.state_dict(), b.model.state_dict()
+    assert sa.keys() == sb.keys()
+    for key in sa:
+        if isinstance(sa[key], torch.Tensor):
+            assert torch.equal(sa[key], sb[key]), key
+    assert a.model.slot_states() == b.model.slot_states()
+    assert without_seconds(a.trainer_state["records"]) == without_seconds(
+        b.trainer_state["records"])
+    assert without_seconds(list(csv.DictReader((straight / "metrics.csv").open()))) == \
+        without_seconds(list(csv.DictReader((split / "metrics.csv").open())))
+    assert (straight / "events.jsonl").read_text() == (split / "events.jsonl").read_text()
+    for name in a.optimizer.momenta:
+        assert torch.equal(a.optimizer.momenta[name], b.optimizer.momenta[name]), name
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["grow", "--epochs", "0"], "must be >= 1"),
+    (["grow", "--task", "mnist"], "invalid choice"),
+    (["grow", "--blueprints", "nope", "--epochs", "1"], "unknown cnn blueprints"),
+    (["grow", "--task", "cifar10", "--data-dir", "/nonexistent/cifar"], "nonexistent"),
+    (["grow", "--slots", "middle", "--epochs", "1", "--limit", "8"], "injection points"),
+])
+def test_bad_cli_input_exits_2_with_a_message(argv, message, capsys, tmp_path):
+    with pytest.raises(SystemExit) as exit_info:
+        main([*argv, "--out", str(tmp_path / "bad")])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
