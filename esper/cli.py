@@ -39,7 +39,8 @@ def _grow(args: argparse.Namespace) -> int:
         blueprints=tuple(args.blueprints) if args.blueprints else None, seed=args.seed,
         out=args.out, baseline=args.baseline, compile=not args.no_compile,
         data_dir=args.data_dir, batch_size=args.batch_size, lr=args.lr, limit=args.limit,
-        quiet=args.quiet, width=args.width, stop_after=args.stop_after)
+        quiet=args.quiet, width=args.width, stop_after=args.stop_after,
+        compile_backend=args.compile_backend)
     grow(config, resume=args.resume)
     return 0
 
@@ -75,6 +76,8 @@ def _add_grow(commands: argparse._SubParsersAction) -> None:
                       help="also train the host alone and plot it beside the grown model")
     grow.add_argument("--no-compile", action="store_true",
                       help="run the training step eagerly instead of torch.compile")
+    grow.add_argument("--compile-backend", default="inductor",
+                      help="torch.compile backend of the training step (e.g. aot_eager)")
     grow.add_argument("--data-dir", type=Path, default=None,
                       help="directory of the CIFAR-10 python batches (cifar10 only)")
     grow.add_argument("--batch-size", type=_positive, default=64, help="training batch size")

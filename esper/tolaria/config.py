@@ -32,6 +32,7 @@ class GrowConfig:
     out: Path = Path("runs/grow")
     baseline: bool = False
     compile: bool = True
+    compile_backend: str = "inductor"
     data_dir: Path | None = None
     batch_size: int = 64
     lr: float = 0.05

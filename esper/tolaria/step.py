@@ -43,6 +43,7 @@ def train_step(
     groups: tuple[tuple[str, ...], ...],
     momentum: float,
     weight_decay: float,
+    measure: bool = True,
 ) -> tuple[Tensor, Tensor]:
     """One SGD step; ``params`` and ``momenta`` are updated in place.
 
@@ -56,6 +57,8 @@ def train_step(
         x, y: a batch.
         groups: parameter names per telemetry group (host first, then each seed).
         momentum, weight_decay: SGD hyper-parameters.
+        measure: compute the group norms; ``False`` returns an empty tensor in
+            their place (the step without telemetry, for benchmarks).
 
     Returns:
         The loss and the float32 squared gradient norm of each group.
@@ -64,22 +67,26 @@ def train_step(
         return task_loss(model.functional_forward(p, states, x, b), y)
 
     grads, loss = torch.func.grad_and_value(loss_of)(dict(params), dict(buffers))
-    squared = kernels.group_squared_norms([[grads[n] for n in group] for group in groups])
+    squared = (kernels.group_squared_norms([[grads[n] for n in group] for group in groups])
+               if measure else loss.new_empty(0))
     sgd_update(params, grads, momenta, lrs, momentum, weight_decay)
     return loss.detach(), squared
 
 
 class CompileCounter:
-    """An inductor backend that counts the graphs it compiles."""
+    """A dynamo backend that counts the graphs it compiles and hands them on.
 
-    def __init__(self) -> None:
+    Arguments:
+        backend: the backend that compiles them (``"inductor"``, ``"aot_eager"``...).
+    """
+
+    def __init__(self, backend: str = "inductor") -> None:
         self.graphs = 0
+        self.backend = torch._dynamo.lookup_backend(backend)
 
     def __call__(self, graph: torch.fx.GraphModule, example_inputs: list[Any]) -> Any:
-        from torch._inductor.compile_fx import compile_fx
-
         self.graphs += 1
-        return compile_fx(graph, example_inputs)
+        return self.backend(graph, example_inputs)
 
 
 def build_step(compile: bool, counter: CompileCounter | None = None) -> StepFn:
@@ -90,4 +97,4 @@ def build_step(compile: bool, counter: CompileCounter | None = None) -> StepFn:
     # run may see more topologies than dynamo's default limit allows.
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
     return torch.compile(train_step, fullgraph=True,
-                         backend=counter if counter is not None else "inductor")
+                         backend=counter if counter is not None else CompileCounter())

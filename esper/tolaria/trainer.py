@@ -51,7 +51,7 @@ class Trainer:
     memory: ControllerMemory = field(default_factory=ControllerMemory)
     epoch: int = 0
     records: list[EpochRecord] = field(default_factory=list)
-    counter: CompileCounter = field(default_factory=CompileCounter)
+    counter: CompileCounter = field(init=False)
     tally: dict[str, int] = field(default_factory=dict)
     events_written: int = 0
 
@@ -65,6 +65,7 @@ class Trainer:
             on_telemetry=self._lifecycle_event)
         self.optimizer = OptimizerState(SGDConfig(lr=self.config.lr)).synced(self.model)
         self.controller = HeuristicController(self.config.controller_config(topology))
+        self.counter = CompileCounter(self.config.compile_backend)
         self._step = build_step(self.config.compile, self.counter)
 
     # ------------------------------------------------------------------ events
@@ -105,8 +106,9 @@ class Trainer:
         ema: GradientEMA | None = None
         losses = []
         x, y = self.data.train
-        for index, (xb, yb) in enumerate(batches(x, y, cfg.batch_size, shuffle=True,
-                                                 generator=generator)):
+        # Full batches only: a ragged last batch would compile a graph of its own.
+        for index, (xb, yb) in enumerate(batches(x, y, min(cfg.batch_size, len(y)), shuffle=True,
+                                                 generator=generator, drop_last=True)):
             loss, squared = self._step(model, params, buffers, self.optimizer.momenta, lrs,
                                        states, xb, yb, groups, self.optimizer.config.momentum,
                                        self.optimizer.config.weight_decay)

@@ -20,8 +20,9 @@ EAGER_CONTROLLER = ControllerConfig(warmup_epochs=0, plateau_patience=1, plateau
 
 
 def tiny(out: Path, epochs: int, **changes) -> GrowConfig:
-    return GrowConfig(epochs=epochs, limit=96, compile=False, quiet=True, out=out,
-                      max_seeds=2, controller=EAGER_CONTROLLER, **changes)
+    options = {"limit": 96, "compile": False, "quiet": True, "max_seeds": 2,
+               "controller": EAGER_CONTROLLER, **changes}
+    return GrowConfig(epochs=epochs, out=out, **options)
 
 
 def check_lifecycle(events: list[dict]) -> dict[str, list[str]]:
@@ -88,6 +89,19 @@ def test_resume_continues_exactly(tmp_path):
     assert (straight / "events.jsonl").read_text() == (split / "events.jsonl").read_text()
     for name in a.optimizer.momenta:
         assert torch.equal(a.optimizer.momenta[name], b.optimizer.momenta[name]), name
+
+
+def test_compiled_run_recompiles_only_on_germinate_and_prune(tmp_path):
+    out = tmp_path / "compiled"
+    summary = grow(tiny(out, epochs=6, compile=True, compile_backend="aot_eager"))
+    events = [json.loads(line) for line in (out / "events.jsonl").read_text().splitlines()]
+    structural = {e["epoch"] for e in events if e["kind"] == "decision"
+                  and e["outcome"] in ("germinated", "pruned")}
+    structural |= {e["epoch"] for e in events if e["kind"] == "lifecycle"
+                   and e["type"] == "SEED_PRUNED"}
+    assert summary.seeds_germinated >= 1
+    # One graph to start, then at most one per epoch whose end changed the topology.
+    assert summary.compile_count == 1 + len({epoch for epoch in structural if epoch < 6})
 
 
 @pytest.mark.parametrize("argv, message", [
