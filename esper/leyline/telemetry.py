@@ -18,6 +18,8 @@ class EventType(StrEnum):
     SEED_GATE_EVALUATED = "SEED_GATE_EVALUATED"
     SEED_FOSSILIZED = "SEED_FOSSILIZED"
     SEED_PRUNED = "SEED_PRUNED"
+    COMMAND_REJECTED = "COMMAND_REJECTED"
+    BREAKER_CHANGED = "BREAKER_CHANGED"
 
 
 # The payload keys each event carries (the specification's lists).
@@ -32,6 +34,9 @@ EVENT_PAYLOAD_FIELDS: Mapping[EventType, tuple[str, ...]] = MappingProxyType({
     EventType.SEED_PRUNED: (
         "reason", "blueprint_id", "seed_id", "improvement", "blending_delta", "counterfactual",
         "epochs_total", "epochs_in_stage"),
+    EventType.COMMAND_REJECTED: ("reason", "slot", "nonce", "detail"),
+    EventType.BREAKER_CHANGED: (
+        "from", "to", "reason", "step", "failures", "probe_successes", "forced"),
 })
 
 

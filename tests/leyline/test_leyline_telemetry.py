@@ -13,7 +13,7 @@ from esper.leyline import EVENT_PAYLOAD_FIELDS, EventType, SlotTelemetry, Teleme
 def test_event_types_are_strings():
     assert {e.value for e in EventType} == {
         "SEED_GERMINATED", "SEED_STAGE_CHANGED", "SEED_GATE_EVALUATED", "SEED_FOSSILIZED",
-        "SEED_PRUNED"}
+        "SEED_PRUNED", "COMMAND_REJECTED", "BREAKER_CHANGED"}
     assert EventType.SEED_PRUNED == "SEED_PRUNED"
 
 

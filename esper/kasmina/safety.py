@@ -1,0 +1,281 @@
+"""Per-slot circuit breaker for seeds that go non-finite, and its device-side helpers.
+
+The breaker is pure: :class:`BreakerState` is a frozen dataclass and every
+transition returns ``(new_state, events)``; nothing is mutated or emitted here.
+Every status change, every probe success while HALF_OPEN and every manual
+override yields a ``BREAKER_CHANGED`` event, so recovery and overrides are
+observable. :func:`allows` answers with an explicit decision, not a bool.
+
+Status machine (``step`` is the optimizer step)::
+
+    CLOSED --failures >= failure_threshold--> OPEN --cooldown_steps (tick)--> HALF_OPEN
+    HALF_OPEN --half_open_successes successes--> CLOSED
+    HALF_OPEN --any failure--> OPEN
+
+The device-side pair, :func:`nonfinite_flag` and :func:`masked_update`, lets a
+compiled training step skip an update without a host sync, as AMP's
+``GradScaler`` skips steps: the trainer reads the flag on the host only when it
+syncs anyway, and then feeds the breaker.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from ..leyline import EventType, TelemetryEvent
+from ..leyline.constants import DEFAULT_MAX_HISTORY
+
+BreakerStatus = Literal["CLOSED", "OPEN", "HALF_OPEN"]
+Decision = Literal["allow", "deny_open", "probe"]
+STATUSES: tuple[BreakerStatus, ...] = ("CLOSED", "OPEN", "HALF_OPEN")
+_DECISIONS: dict[str, Decision] = {"CLOSED": "allow", "OPEN": "deny_open", "HALF_OPEN": "probe"}
+
+
+def _check_count(owner: str, name: str, value: object, minimum: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"{owner}.{name} must be an int, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{owner}.{name} must be >= {minimum}, got {value}")
+
+
+@dataclass(frozen=True, slots=True)
+class BreakerConfig:
+    """When the breaker opens and how it recovers.
+
+    Attributes:
+        failure_threshold: consecutive failures while CLOSED that open it (>= 1).
+        cooldown_steps: steps spent OPEN before :func:`tick` half-opens it (>= 0).
+        half_open_successes: probe successes while HALF_OPEN that close it (>= 1).
+    """
+
+    failure_threshold: int = 1
+    cooldown_steps: int = 50
+    half_open_successes: int = 3
+
+    def __post_init__(self) -> None:
+        _check_count("BreakerConfig", "failure_threshold", self.failure_threshold, 1)
+        _check_count("BreakerConfig", "cooldown_steps", self.cooldown_steps, 0)
+        _check_count("BreakerConfig", "half_open_successes", self.half_open_successes, 1)
+
+
+@dataclass(frozen=True, slots=True)
+class BreakerTransition:
+    """One entry of a breaker's bounded history (status changes and overrides)."""
+
+    step: int
+    from_status: BreakerStatus
+    to_status: BreakerStatus
+    reason: str
+    forced: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class BreakerState:
+    """The breaker of one slot (immutable; change it with the transition functions).
+
+    Attributes:
+        slot_id: the slot guarded.
+        status: ``"CLOSED"`` (seed runs), ``"OPEN"`` (seed denied) or ``"HALF_OPEN"``
+            (seed runs as a probe).
+        failures: consecutive failures (reset by a success while CLOSED and on closing).
+        opened_at_step: the step the cooldown counts from; set whenever OPEN.
+        probe_successes: successes counted in the current HALF_OPEN period.
+        history: the last ``DEFAULT_MAX_HISTORY`` transitions, oldest first.
+        seed_id: the seed in the slot, stamped on events (``None`` if unknown).
+    """
+
+    slot_id: str
+    status: BreakerStatus = "CLOSED"
+    failures: int = 0
+    opened_at_step: int | None = None
+    probe_successes: int = 0
+    history: tuple[BreakerTransition, ...] = ()
+    seed_id: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.status not in STATUSES:
+            raise ValueError(f"BreakerState.status must be one of {STATUSES}, got {self.status!r}")
+        _check_count("BreakerState", "failures", self.failures, 0)
+        _check_count("BreakerState", "probe_successes", self.probe_successes, 0)
+        if self.opened_at_step is not None:
+            _check_count("BreakerState", "opened_at_step", self.opened_at_step, 0)
+        elif self.status == "OPEN":
+            raise ValueError("an OPEN BreakerState needs opened_at_step")
+        if len(self.history) > DEFAULT_MAX_HISTORY:
+            raise ValueError(f"history holds at most {DEFAULT_MAX_HISTORY} records, "
+                             f"got {len(self.history)}")
+
+
+Result = tuple[BreakerState, tuple[TelemetryEvent, ...]]
+
+
+def _event(before: BreakerState, after: BreakerState, step: int, epoch: int | None,
+           reason: str, forced: bool = False, probes: int | None = None) -> TelemetryEvent:
+    payload = {"from": before.status, "to": after.status, "reason": reason, "step": step,
+               "failures": after.failures,
+               "probe_successes": after.probe_successes if probes is None else probes,
+               "forced": forced}
+    return TelemetryEvent(EventType.BREAKER_CHANGED, before.slot_id, before.seed_id,
+                          step if epoch is None else epoch, payload)
+
+
+def _move(state: BreakerState, step: int, epoch: int | None, to: BreakerStatus, reason: str,
+          *, forced: bool = False, probes: int | None = None, **changes: object) -> Result:
+    """The new state with ``changes`` applied, its history entry and its one event."""
+    record = BreakerTransition(step, state.status, to, reason, forced)
+    history = (*state.history, record)[-DEFAULT_MAX_HISTORY:]
+    new = dataclasses.replace(state, status=to, history=history, **changes)
+    return new, (_event(state, new, step, epoch, reason, forced, probes),)
+
+
+def _check_step(step: object) -> None:
+    _check_count("breaker", "step", step, 0)
+
+
+def record_failure(state: BreakerState, step: int, cfg: BreakerConfig, reason: str, *,
+                   epoch: int | None = None) -> Result:
+    """A non-finite activation or gradient was seen in the slot at ``step``.
+
+    CLOSED: counts it and opens at ``cfg.failure_threshold``. HALF_OPEN: the probe
+    failed, so it reopens. OPEN: counts it and restarts the cooldown (no event).
+
+    Arguments:
+        state: the breaker before.
+        step: the optimizer step (>= 0).
+        cfg: thresholds.
+        reason: why, e.g. ``"non_finite_grad"``; carried on the event.
+        epoch: stamped on events as ``TelemetryEvent.epoch``; defaults to ``step``.
+
+    Returns:
+        ``(new_state, events)``; ``events`` is empty when the status did not change.
+    """
+    _check_step(step)
+    failures = state.failures + 1
+    if state.status == "OPEN":
+        return dataclasses.replace(state, failures=failures, opened_at_step=step), ()
+    if state.status == "CLOSED" and failures < cfg.failure_threshold:
+        return dataclasses.replace(state, failures=failures), ()
+    return _move(state, step, epoch, "OPEN", reason, failures=failures, opened_at_step=step,
+                 probe_successes=0)
+
+
+def record_success(state: BreakerState, step: int, cfg: BreakerConfig, *,
+                   epoch: int | None = None) -> Result:
+    """The slot ran a finite step at ``step``.
+
+    CLOSED: resets the consecutive-failure count (no event). HALF_OPEN: counts a
+    probe success and emits an event for it (reason ``"probe_success"``, status
+    unchanged); the ``cfg.half_open_successes``-th closes the breaker instead
+    (reason ``"recovered"``; the event's ``probe_successes`` is the final count,
+    the closed state's is 0). OPEN: the seed was denied, so nothing changes.
+
+    Returns:
+        ``(new_state, events)``.
+    """
+    _check_step(step)
+    if state.status == "CLOSED":
+        return (dataclasses.replace(state, failures=0) if state.failures else state), ()
+    if state.status == "OPEN":
+        return state, ()
+    successes = state.probe_successes + 1
+    if successes >= cfg.half_open_successes:
+        return _move(state, step, epoch, "CLOSED", "recovered", probes=successes, failures=0,
+                     opened_at_step=None, probe_successes=0)
+    new = dataclasses.replace(state, probe_successes=successes)
+    return new, (_event(state, new, step, epoch, "probe_success"),)
+
+
+def tick(state: BreakerState, step: int, cfg: BreakerConfig, *,
+         epoch: int | None = None) -> Result:
+    """Advance time: an OPEN breaker half-opens once ``cfg.cooldown_steps`` have passed.
+
+    Returns:
+        ``(new_state, events)``; unchanged with no event unless it half-opened
+        (reason ``"cooldown_elapsed"``).
+    """
+    _check_step(step)
+    opened = state.opened_at_step
+    if state.status != "OPEN" or opened is None or step - opened < cfg.cooldown_steps:
+        return state, ()
+    return _move(state, step, epoch, "HALF_OPEN", "cooldown_elapsed", probe_successes=0)
+
+
+def force(state: BreakerState, status: BreakerStatus, step: int, reason: str, *,
+          epoch: int | None = None) -> Result:
+    """Manual override to ``status``: always one event (``forced=True``), even if unchanged.
+
+    OPEN starts a cooldown at ``step``; HALF_OPEN starts a fresh probe period;
+    CLOSED clears failures and probes. The failure count is otherwise kept.
+
+    Raises:
+        ValueError: ``status`` is not a breaker status.
+    """
+    _check_step(step)
+    if status not in STATUSES:
+        raise ValueError(f"status must be one of {STATUSES}, got {status!r}")
+    changes: dict[str, object] = {"probe_successes": 0}
+    if status == "OPEN":
+        changes["opened_at_step"] = step
+    elif status == "CLOSED":
+        changes.update(failures=0, opened_at_step=None)
+    return _move(state, step, epoch, status, reason, forced=True, **changes)
+
+
+def allows(state: BreakerState) -> Decision:
+    """What the slot may do now: ``"allow"`` (CLOSED), ``"deny_open"`` (OPEN: skip the
+    seed) or ``"probe"`` (HALF_OPEN: run it and report the outcome)."""
+    return _DECISIONS[state.status]
+
+
+def nonfinite_flag(*tensors: torch.Tensor | None) -> torch.Tensor:
+    """A 0-d bool tensor, ``True`` when any element of any tensor is NaN or infinite.
+
+    No host sync: it stays on the device, so it can be used inside a compiled
+    step (``fullgraph=True``). ``None`` entries (parameters without a gradient)
+    are skipped. Use ``ok = ~nonfinite_flag(...)`` with :func:`masked_update`.
+
+    Example:
+        >>> bad = nonfinite_flag(torch.ones(2), torch.tensor([float("nan")]))
+        >>> bool(bad)
+        True
+
+    Raises:
+        ValueError: no tensor was given.
+    """
+    present = [t for t in tensors if t is not None]
+    if not present:
+        raise ValueError("nonfinite_flag needs at least one tensor")
+    finite = torch.isfinite(present[0]).all()
+    for t in present[1:]:
+        finite = torch.logical_and(finite, torch.isfinite(t).all())
+    return torch.logical_not(finite)
+
+
+def masked_update(flag_ok: torch.Tensor, new: torch.Tensor, old: torch.Tensor) -> torch.Tensor:
+    """``new`` where ``flag_ok`` is true, else ``old`` (``torch.where``), with no host sync.
+
+    This skips an optimizer update on the device: compute the candidate ``new``
+    unconditionally and select. Unlike ``ok * new + (1 - ok) * old`` a NaN in
+    ``new`` never leaks into the result, so a skipped step leaves ``old``
+    bit-identical. Apply it functionally (return the result as the new
+    parameter) or in place with ``p.copy_(masked_update(ok, new, p))``.
+
+    Arguments:
+        flag_ok: 0-d bool tensor, e.g. ``~nonfinite_flag(*grads)``.
+        new: the updated value.
+        old: the value kept when the update is skipped; same shape as ``new``.
+
+    Raises:
+        ValueError: ``flag_ok`` is not a 0-d bool tensor or the shapes differ.
+    """
+    if flag_ok.dtype != torch.bool or flag_ok.dim() != 0:
+        raise ValueError(f"flag_ok must be a 0-d bool tensor, got {flag_ok.dtype} "
+                         f"with shape {tuple(flag_ok.shape)}")
+    if new.shape != old.shape:
+        raise ValueError(f"new and old must have one shape, got {tuple(new.shape)} "
+                         f"and {tuple(old.shape)}")
+    return torch.where(flag_ok, new, old)
