@@ -150,6 +150,8 @@ class CNNHost(_SegmentedHost):
             for i, (c_in, c_out) in enumerate(zip([in_channels, *widths], widths, strict=False)))
         self.head = nn.Linear(widths[-1], num_classes)
         self._specs = dict(zip(point_names(n_blocks, "block"), widths, strict=True))
+        # Conv weights in the activations' layout: no weight reorder on every step.
+        self.blocks.to(memory_format=memory_format)
 
     def run_segment(self, name: str, h: Tensor) -> Tensor:
         """Run block ``name``; the first converts the ``[B, in_channels, H, W]`` input's layout."""
