@@ -14,6 +14,7 @@ one point after each of ``num_segments`` layer groups: ``early``, ``mid``,
 
 from __future__ import annotations
 
+import abc
 import itertools
 import math
 from typing import Any
@@ -33,7 +34,7 @@ def point_names(count: int, prefix: str) -> tuple[str, ...]:
     return _THREE_POINTS if count == 3 else tuple(f"{prefix}{i + 1}" for i in range(count))
 
 
-class _SegmentedHost(nn.Module):
+class _SegmentedHost(nn.Module, abc.ABC):
     """The segment walk shared by both hosts; subclasses define the segments."""
 
     topology: Topology
@@ -53,11 +54,13 @@ class _SegmentedHost(nn.Module):
         """Injection point names in forward order."""
         return tuple(self._specs)
 
+    @abc.abstractmethod
     def run_segment(self, name: str, h: Tensor) -> Tensor:
-        raise NotImplementedError
+        """Run the segment ending at point ``name``; the first one takes the raw input."""
 
+    @abc.abstractmethod
     def run_head(self, h: Tensor) -> Tensor:
-        raise NotImplementedError
+        """Turn features at the last point into the network's output."""
 
     def _index(self, name: str) -> int:
         if name not in self._specs:
