@@ -31,6 +31,20 @@ def task_loss(logits: Tensor, targets: Tensor) -> Tensor:
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
 
 
+def group_squares(grads: Mapping[str, Tensor], groups: tuple[tuple[str, ...], ...]) -> Tensor:
+    """Float32 sum of squared gradients of each group.
+
+    Inside a compiled graph these are plain reductions, which inductor fuses
+    with the update that reads the same gradients (one pass over memory, Triton
+    on CUDA); run eagerly, the multi-tensor kernel op does it in one launch.
+    """
+    if not torch.compiler.is_compiling():
+        return kernels.group_squared_norms([[grads[n] for n in group] for group in groups])
+    zero = next(iter(grads.values())).new_zeros((), dtype=torch.float32)
+    return torch.stack([sum((grads[n].float().square().sum() for n in group), zero)
+                        for group in groups])
+
+
 def train_step(
     model: MorphogeneticModel,
     params: Mapping[str, Tensor],
@@ -67,8 +81,7 @@ def train_step(
         return task_loss(model.functional_forward(p, states, x, b), y)
 
     grads, loss = torch.func.grad_and_value(loss_of)(dict(params), dict(buffers))
-    squared = (kernels.group_squared_norms([[grads[n] for n in group] for group in groups])
-               if measure else loss.new_empty(0))
+    squared = group_squares(grads, groups) if measure else loss.new_empty(0)
     sgd_update(params, grads, momenta, lrs, momentum, weight_decay)
     return loss.detach(), squared
 
