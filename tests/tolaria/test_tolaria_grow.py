@@ -40,15 +40,18 @@ def check_lifecycle(events: list[dict]) -> dict[str, list[str]]:
 
 def test_grow_cli_writes_a_complete_run_directory(tmp_path, capsys):
     out = tmp_path / "run"
-    assert main(["grow", "--epochs", "3", "--limit", "96", "--no-compile", "--quiet",
-                 "--max-seeds", "0", "--out", str(out)]) == 0
+    assert main(["grow", "--epochs", "8", "--limit", "96", "--no-compile", "--quiet",
+                 "--max-seeds", "2", "--out", str(out)]) == 0
     for name in ("events.jsonl", "metrics.csv", "growth.png", "summary.json"):
         assert (out / name).is_file(), name
     assert (out / "growth.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     rows = list(csv.DictReader((out / "metrics.csv").open()))
-    assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
+    assert [int(r["epoch"]) for r in rows] == list(range(1, 9))
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["epochs"] == 3 and summary["seeds_germinated"] == 0
+    events = [json.loads(line) for line in (out / "events.jsonl").read_text().splitlines()]
+    stages = check_lifecycle(events)
+    assert summary["epochs"] == 8 and summary["seeds_germinated"] == len(stages) >= 1
+    assert {r["early_stage"] for r in rows} >= {"DORMANT"}
     assert "final accuracy" in capsys.readouterr().out
 
 
