@@ -20,10 +20,10 @@ def accuracy(model: MorphogeneticModel, x: Tensor, y: Tensor, batch_size: int = 
     """Validation accuracy in percent (eval mode, restored afterwards)."""
     was_training = model.training
     model.eval()
-    correct = sum(int(_correct(model(xb), yb)) for xb, yb in
+    correct = sum(_correct(model(xb), yb) for xb, yb in
                   batches(x, y, batch_size, shuffle=False))
     model.train(was_training)
-    return 100.0 * correct / y.numel()
+    return 100.0 * int(correct) / y.numel()  # one host sync for the whole pass
 
 
 def _per_sample_rank(model: MorphogeneticModel) -> int:
@@ -61,8 +61,8 @@ def counterfactuals(model: MorphogeneticModel, x: Tensor, y: Tensor, slots: Sequ
         for i, name in enumerate(batched):
             result[name] = reference - 100.0 * int(correct[i]) / y.numel()
     for name in single:
-        correct_one = sum(int(_correct(model(xb, alpha_overrides={name: 0.0}), yb))
+        correct_one = sum(_correct(model(xb, alpha_overrides={name: 0.0}), yb)
                           for xb, yb in batches(x, y, batch_size, shuffle=False))
-        result[name] = reference - 100.0 * correct_one / y.numel()
+        result[name] = reference - 100.0 * int(correct_one) / y.numel()
     model.train(was_training)
     return result
