@@ -1,13 +1,14 @@
 """Sums of squares over many tensors in plain torch: the CPU path.
 
 Tensors are bucketed by dtype and shape. Equal-shape small tensors are stacked
-a few at a time and reduced as the rows of one matrix; all other tensors of a
-dtype go through one ``torch._foreach_norm`` call, a large tensor as
-``PIECE``-element pieces of its flat memory whose squares are added in
-float64. One ``vector_norm`` over 4M float32 values loses about 2e-4 relative;
-128K-element pieces about 1e-6, for 5-10% more time on this CPU (64K-element
-pieces: 4e-7, 20% more). Float16, bfloat16 and float32 values are accumulated
-in float32, float64 values in float64.
+a few at a time and reduced as the rows of one matrix; the other small tensors
+of a dtype go through one ``torch._foreach_norm`` call. A large tensor's flat
+memory is viewed as rows of ``ROW`` elements (plus a ragged tail), one norm per
+row in one call, and the rows' squares are added in float64. On 4 x 4M float32
+values that is about 35% faster than ``torch._foreach_norm`` on this CPU and
+far more accurate: one ``vector_norm`` over 4M values loses about 2e-4
+relative, 4096-element rows about 1e-8. Float16, bfloat16 and float32 values
+are accumulated in float32, float64 values in float64.
 
 Stacked matrices stay below torch's parallel grain: on a busy two-core machine
 multi-threaded row reductions ran up to 3x slower than ``_foreach_norm``.
@@ -22,10 +23,10 @@ import torch
 
 from ._utils import TensorIndex, accumulator_dtype, flat_span, index_tensors, is_dense
 
-#: Length, in elements, of the pieces a large tensor is reduced in.
-PIECE = 1 << 17
-#: Tensors with more elements than this are reduced in pieces.
-LARGE = PIECE
+#: Length, in elements, of the rows a large tensor is reduced in.
+ROW = 1 << 12
+#: Tensors with more elements than this are reduced as rows.
+LARGE = 1 << 17
 #: Most elements stacked into one matrix (torch's grain size for parallel loops).
 STACK_ELEMENTS = 32768
 #: Fewest equal-shape tensors worth stacking.
@@ -38,28 +39,27 @@ def _stacked_norms(tensors: list[torch.Tensor], acc: torch.dtype) -> torch.Tenso
     return torch.linalg.vector_norm(rows, dim=1, dtype=None if rows.dtype == acc else acc)
 
 
-def _foreach_sum_squares(
-    small: list[torch.Tensor], large: list[torch.Tensor], acc: torch.dtype
-) -> torch.Tensor:
-    """Float64 sums of squares of ``small + large`` (one dtype), one ``_foreach_norm`` call.
+def _foreach_sum_squares(tensors: list[torch.Tensor], acc: torch.dtype) -> torch.Tensor:
+    """Float64 sums of squares of tensors of one dtype, in one ``_foreach_norm`` call."""
+    dtype = None if tensors[0].dtype == acc else acc
+    return torch.stack(torch._foreach_norm(tensors, 2, dtype=dtype)).double().square()
 
-    Each large tensor enters the call as ``PIECE``-element pieces of its flat
-    memory (of a contiguous copy if it is not dense); their squares are added
-    in float64.
+
+def _rows_sum_squares(tensor: torch.Tensor, acc: torch.dtype) -> torch.Tensor:
+    """Float64 sum of squares of a large tensor, reduced as ``ROW``-element rows.
+
+    Dense layouts (channels_last included) are read as their flat memory, other
+    tensors through a contiguous copy.
     """
-    pieces = list(small)
-    spans = []
-    for t in large:
-        flat = flat_span(t) if is_dense(t) else t.reshape(-1)
-        cut = flat.split(PIECE)
-        spans.append((len(pieces), len(cut)))
-        pieces.extend(cut)
-    dtype = None if pieces[0].dtype == acc else acc
-    squares = torch.stack(torch._foreach_norm(pieces, 2, dtype=dtype)).double().square()
-    if not large:
-        return squares
-    totals = [squares[start : start + count].sum() for start, count in spans]
-    return torch.cat((squares[: len(small)], torch.stack(totals)))
+    flat = flat_span(tensor) if is_dense(tensor) else tensor.reshape(-1)
+    dtype = None if flat.dtype == acc else acc
+    whole = flat.numel() // ROW * ROW
+    rows = torch.linalg.vector_norm(flat[:whole].view(-1, ROW), dim=1, dtype=dtype)
+    total = rows.double().square().sum()
+    if whole < flat.numel():
+        tail = torch.linalg.vector_norm(flat[whole:], dtype=dtype)
+        total = total + tail.double().square()
+    return total
 
 
 def per_tensor_sum_squares(
@@ -91,14 +91,14 @@ def per_tensor_sum_squares(
         else:
             (large if numel > LARGE else small).setdefault(dtype, []).extend(positions)
     sums = [torch.cat(norms).double().square()] if norms else []
-    for dtype in small.keys() | large.keys():
-        little, big = sorted(small.get(dtype, [])), sorted(large.get(dtype, []))
-        sums.append(
-            _foreach_sum_squares(
-                [tensors[i] for i in little], [tensors[i] for i in big], accumulator_dtype(dtype)
-            )
-        )
-        positions_done.extend(little + big)
+    for dtype, positions in small.items():
+        sums.append(_foreach_sum_squares([tensors[i] for i in positions], accumulator_dtype(dtype)))
+        positions_done.extend(positions)
+    big = [i for positions in large.values() for i in positions]
+    if big:
+        sums.append(torch.stack([_rows_sum_squares(tensors[i], accumulator_dtype(tensors[i].dtype))
+                                 for i in big]))
+        positions_done.extend(big)
 
     values = sums[0] if len(sums) == 1 else torch.cat(sums)
     if positions_done == list(range(len(tensors))):
