@@ -2,9 +2,32 @@
 
 from importlib.metadata import PackageNotFoundError, version
 
+from . import errors
+from .errors import AlphaShapeError as AlphaShapeError
+from .errors import AlphaValueError as AlphaValueError
+from .errors import CheckpointError as CheckpointError
+from .errors import CommandSourceError as CommandSourceError
+from .errors import DatasetError as DatasetError
+from .errors import EsperError as EsperError
+from .errors import FossilizedSeedError as FossilizedSeedError
+from .errors import InputDtypeError as InputDtypeError
+from .errors import InputShapeError as InputShapeError
+from .errors import InvalidTransitionError as InvalidTransitionError
+from .errors import MalformedCommandError as MalformedCommandError
+from .errors import NoLiveSeedError as NoLiveSeedError
+from .errors import SeedShapeError as SeedShapeError
+from .errors import SlotOccupiedError as SlotOccupiedError
+from .errors import StageError as StageError
+from .errors import StateDictMismatchError as StateDictMismatchError
+from .errors import TelemetryTypeError as TelemetryTypeError
+from .errors import TelemetryValueError as TelemetryValueError
+from .errors import TopologyMismatchError as TopologyMismatchError
+from .errors import UnknownBlueprintError as UnknownBlueprintError
+from .errors import UnknownSlotError as UnknownSlotError
+
 try:
     __version__ = version("esper")
 except PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0.0.0+source"
 
-__all__ = ["__version__"]
+__all__ = [*errors.__all__, "__version__"]

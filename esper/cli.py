@@ -34,13 +34,16 @@ def _grow(args: argparse.Namespace) -> int:
     from .tolaria.config import GrowConfig
     from .tolaria.run import grow
 
+    if (args.controller == "external") != (args.commands is not None):
+        raise ValueError("--controller external and --commands PATH go together: external "
+                         "commands are read from PATH (signed with ESPER_COMMAND_KEY)")
     config = GrowConfig(
         task=args.task, epochs=args.epochs, slots=tuple(args.slots), max_seeds=args.max_seeds,
         blueprints=tuple(args.blueprints) if args.blueprints else None, seed=args.seed,
         out=args.out, baseline=args.baseline, compile=not args.no_compile,
         data_dir=args.data_dir, batch_size=args.batch_size, lr=args.lr, limit=args.limit,
         quiet=args.quiet, width=args.width, stop_after=args.stop_after,
-        compile_backend=args.compile_backend)
+        compile_backend=args.compile_backend, commands=args.commands)
     grow(config, resume=args.resume)
     return 0
 
@@ -89,6 +92,13 @@ def _add_grow(commands: argparse._SubParsersAction) -> None:
     grow.add_argument("--stop-after", type=_positive, default=None,
                       help="stop after this epoch (the run's schedule still spans --epochs); "
                            "continue later with --resume")
+    grow.add_argument("--controller", choices=("heuristic", "external"), default="heuristic",
+                      help="who decides germinate/fossilize/prune: the built-in heuristic, or "
+                           "signed commands from --commands")
+    grow.add_argument("--commands", type=Path, default=None,
+                      help="JSON-lines file or FIFO of signed lifecycle commands, applied at "
+                           "epoch boundaries (with --controller external; the HMAC key comes "
+                           "from the environment variable ESPER_COMMAND_KEY)")
     grow.add_argument("--quiet", action="store_true", help="plain log lines, no live display")
     grow.set_defaults(run=_grow)
 

@@ -1,10 +1,7 @@
-"""The one exception a checkpoint raises."""
+"""The one exception a checkpoint raises (defined with the others in :mod:`esper.errors`)."""
 
 from __future__ import annotations
 
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be written or read; the message names the file and the problem."""
-
+from ..errors import CheckpointError
 
 __all__ = ["CheckpointError"]

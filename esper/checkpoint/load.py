@@ -29,6 +29,8 @@ from .format import (
     model_tensors,
 )
 
+_RESTORE = "restore both files from the same save, or save the checkpoint again"
+
 
 @dataclass(frozen=True)
 class Checkpoint:
@@ -82,10 +84,10 @@ def _read_weights(path: Path, document: dict[str, Any], doc_path: Path) -> dict[
         size, digest = int(weights["bytes"]), str(weights["sha256"])
     if path.stat().st_size != size:
         raise CheckpointError(f"{path}: {path.stat().st_size} bytes, {doc_path.name} expects "
-                              f"{size} (truncated or replaced)")
+                              f"{size} (truncated or replaced); {_RESTORE}")
     if file_digest(path) != digest:
         raise CheckpointError(f"{path}: SHA-256 differs from {doc_path.name}'s "
-                              "(corrupt or replaced)")
+                              f"(corrupt or replaced); {_RESTORE}")
     try:
         tensors = safetensors.torch.load_file(str(path), device="cpu")
     except (safetensors.SafetensorError, OSError) as error:

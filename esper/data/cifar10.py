@@ -29,6 +29,8 @@ CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer",
 _SIDE = 32
 _CHANNELS = 3
 _ROW = _CHANNELS * _SIDE * _SIDE
+_GET_CIFAR = ("download the CIFAR-10 python version (cifar-10-python.tar.gz), extract it and "
+              "pass its cifar-10-batches-py directory (--data-dir on the command line)")
 
 # The globals a pickled numpy array needs, taken from numpy's own pickling so that nothing
 # is imported by name; numpy 2 renamed the module numpy.core to numpy._core.
@@ -170,10 +172,11 @@ def load_cifar10(data_dir: str | Path | None, *, limit: int | None = None) -> Ta
     """
     check_limit(limit)
     if data_dir is None:
-        raise DatasetError("cifar10: needs data_dir, a directory of CIFAR-10 python batches")
+        raise DatasetError(f"cifar10: needs data_dir, a directory of CIFAR-10 python batches; "
+                           f"{_GET_CIFAR}")
     root = Path(data_dir)
     if not root.is_dir():
-        raise DatasetError(f"cifar10: data_dir {str(root)!r} is not a directory")
+        raise DatasetError(f"cifar10: data_dir {str(root)!r} is not a directory; {_GET_CIFAR}")
     missing = [name for name in (*TRAIN_FILES, VAL_FILE) if not (root / name).is_file()]
     if missing:
         raise DatasetError(f"cifar10: {root} is missing {', '.join(missing)}")

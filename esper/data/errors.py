@@ -1,9 +1,9 @@
-"""The one exception the data package raises."""
+"""The one exception the data package raises (defined with the others in :mod:`esper.errors`).
 
+:class:`DatasetError` subclasses :class:`ValueError`, so callers that already catch
+``ValueError`` keep working; the message always names the task or file and the problem.
+"""
 
-class DatasetError(ValueError):
-    """A task could not be loaded: unknown name, missing or malformed files, bad arguments.
+from ..errors import DatasetError
 
-    It subclasses :class:`ValueError`, so callers that already catch ``ValueError`` keep
-    working; the message always names the task or file and the problem.
-    """
+__all__ = ["DatasetError"]

@@ -37,6 +37,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from ..errors import MalformedCommandError
 from ..leyline import EventType, TelemetryEvent
 from ..tamiyo.decisions import ACTIONS, Action, Decision
 from .slot import TelemetryCallbackWarning
@@ -50,10 +51,6 @@ MAX_LINE_CHARS = 8192  # a signed command is a few hundred characters
 MAX_NONCE_CHARS = 128
 DEFAULT_MAX_SKEW_S = 5.0  # how far in the future a command may claim to be issued
 KEY_ENV = "ESPER_COMMAND_KEY"
-
-
-class MalformedCommandError(ValueError):
-    """A signed-command line that does not parse into a valid :class:`SignedCommand`."""
 
 
 def _check_text(name: str, value: object, optional: bool = False) -> None:

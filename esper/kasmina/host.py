@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..errors import InputDtypeError, InputShapeError
 from ..leyline import Topology
 
 _THREE_POINTS = ("early", "mid", "late")
@@ -144,6 +145,7 @@ class CNNHost(_SegmentedHost):
                              f"got {memory_format}")
         self.memory_format = memory_format
         self.in_channels = in_channels
+        self.min_side = 2**pool_layers  # each pooling block halves the side
         self._config = {"num_classes": num_classes, "n_blocks": n_blocks,
                         "base_channels": base_channels, "pool_layers": pool_layers,
                         "memory_format": _FORMAT_NAMES[memory_format], "in_channels": in_channels}
@@ -157,14 +159,32 @@ class CNNHost(_SegmentedHost):
         self.blocks.to(memory_format=memory_format)
 
     def run_segment(self, name: str, h: Tensor) -> Tensor:
-        """Run block ``name``; the first converts the ``[B, in_channels, H, W]`` input's layout."""
+        """Run block ``name``; the first checks the ``[B, in_channels, H, W]`` input and
+        converts its layout.
+
+        Raises:
+            InputShapeError: the input is not ``[B, in_channels, H, W]`` with
+                ``H, W >= min_side`` (a ``ValueError``).
+            InputDtypeError: the input's dtype is not the weights' (outside autocast;
+                a ``TypeError``).
+        """
         index = self._index(name)
         if index == 0:
-            if h.dim() != 4 or h.shape[1] != self.in_channels:
-                raise ValueError(f"CNNHost expects input [B, {self.in_channels}, H, W], "
-                                 f"got {tuple(h.shape)}")
+            self._check_input(h)
             h = h.contiguous(memory_format=self.memory_format)
         return self.blocks[index](h)
+
+    def _check_input(self, x: Tensor) -> None:
+        """Static checks of shape and dtype only: free under ``torch.compile``."""
+        side = self.min_side
+        if x.dim() != 4 or x.shape[1] != self.in_channels or min(x.shape[2:]) < side:
+            raise InputShapeError(
+                f"CNNHost expects input [B, {self.in_channels}, H, W] with H and W >= {side}, "
+                f"got {tuple(x.shape)}: images batched as [batch, channels, height, width]")
+        weight = self.blocks[0][0].weight
+        if x.dtype != weight.dtype and not torch.is_autocast_enabled(x.device.type):
+            raise InputDtypeError(f"CNNHost computes in {weight.dtype} but the input is "
+                                  f"{x.dtype}: convert it with x.to({weight.dtype})")
 
     def run_head(self, h: Tensor) -> Tensor:
         """Global average pool and the linear classifier: ``[B, num_classes]``."""
@@ -255,10 +275,12 @@ class TransformerHost(_SegmentedHost):
 
     def _embed(self, idx: Tensor) -> Tensor:
         if idx.dtype != torch.int64:
-            raise TypeError(f"TransformerHost expects int64 token ids, got {idx.dtype}")
+            raise InputDtypeError(f"TransformerHost expects int64 token ids, got {idx.dtype}: "
+                                  "convert them with .long()")
         if idx.dim() != 2 or idx.shape[1] > self.block_size:
-            raise ValueError(f"TransformerHost expects tokens [B, T] with T <= "
-                             f"{self.block_size}, got {tuple(idx.shape)}")
+            raise InputShapeError(f"TransformerHost expects tokens [B, T] with T <= "
+                                  f"{self.block_size}, got {tuple(idx.shape)}: batch the ids "
+                                  f"as [batch, tokens] and cut sequences to {self.block_size}")
         positions = torch.arange(idx.shape[1], device=idx.device)
         return self.drop(self.wte(idx) + self.wpe(positions))
 

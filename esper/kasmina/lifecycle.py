@@ -19,6 +19,16 @@ import math
 
 import torch
 
+from ..errors import (
+    AlphaShapeError,
+    AlphaValueError,
+    FossilizedSeedError,
+    InvalidTransitionError,
+    NoLiveSeedError,
+    SlotOccupiedError,
+    StageError,
+    TelemetryTypeError,
+)
 from ..leyline import VALID_TRANSITIONS, GateResult, SeedStage, SlotTelemetry, is_valid_transition
 from ..leyline.constants import BLEND_ALGORITHMS, DEFAULT_BLEND_ALGORITHM, DEFAULT_MAX_HISTORY
 from . import gates as G
@@ -46,7 +56,8 @@ def _coefficient(state: SlotState, value: float) -> torch.Tensor:
 def _enter(state: SlotState, target: SeedStage, reason: str, **changes: object) -> SlotState:
     """Move to ``target`` with the coefficients it implies and a history record."""
     if not is_valid_transition(state.stage, target):
-        raise ValueError(f"invalid transition {state.stage.name} -> {target.name}")
+        raise InvalidTransitionError(f"invalid transition {state.stage.name} -> {target.name} "
+                                     f"(allowed: {_allowed(state.stage)})")
     a, b, g = stage_coefficients(target, state.isolate)
     alpha = changes.pop("alpha", None)
     if alpha is None:
@@ -62,6 +73,11 @@ def _enter(state: SlotState, target: SeedStage, reason: str, **changes: object) 
         metrics=metrics, history=(*state.history, record)[-DEFAULT_MAX_HISTORY:],
         transitions=state.transitions + 1, **changes,
     )
+
+
+def _allowed(stage: SeedStage) -> str:
+    """The stages that may follow ``stage``, for messages."""
+    return ", ".join(s.name for s in sorted(VALID_TRANSITIONS[stage])) or "nothing"
 
 
 def _with_gate(state: SlotState, result: GateResult) -> SlotState:
@@ -98,7 +114,9 @@ def _observe(metrics: SeedMetrics, t: SlotTelemetry, *, count_epoch: bool) -> Se
 
 def _check_telemetry(telemetry: object) -> SlotTelemetry:
     if not isinstance(telemetry, SlotTelemetry):
-        raise TypeError(f"telemetry must be a SlotTelemetry, got {type(telemetry).__name__}")
+        raise TelemetryTypeError(f"telemetry must be a SlotTelemetry, got "
+                                 f"{type(telemetry).__name__}: build one with "
+                                 "SlotTelemetry(accuracy, ...)")
     return telemetry
 
 
@@ -135,13 +153,12 @@ def germinate(
         The GERMINATED state.
 
     Raises:
-        RuntimeError: the slot is not DORMANT.
+        SlotOccupiedError: the slot is not DORMANT (a ``RuntimeError``).
         ValueError: a missing id, an unknown blend algorithm or a negative count.
     """
     _check_state(state)
     if state.stage != _S.DORMANT:
-        raise RuntimeError(f"slot {state.slot_id!r} is {state.stage.name}, not DORMANT: "
-                           "prune the current seed and wait for the slot to reset")
+        raise SlotOccupiedError(_occupied_message(state))
     result = G.g0_identity(blueprint_id, seed_id)
     if not result.passed:
         raise ValueError(f"cannot germinate in {state.slot_id!r}: {result.message}")
@@ -156,22 +173,37 @@ def germinate(
                   metrics=SeedMetrics(), prune_reason=None)
 
 
+def _occupied_message(state: SlotState) -> str:
+    """Why ``state`` cannot take a seed now, and what to do about it."""
+    where = f"slot {state.slot_id!r} is {state.stage.name}, not DORMANT"
+    if state.stage == _S.FOSSILIZED:
+        return (f"{where}: it holds the fossilized seed {state.seed_id!r} for good; "
+                "germinate in another slot")
+    if state.stage in _LIVE:
+        return (f"{where}: it holds the seed {state.seed_id!r}; prune it first "
+                "(prune_seed(slot=...)) and step epochs until the slot is DORMANT again")
+    return (f"{where}: it is on its way back from a pruned seed; step epochs until it is "
+            "DORMANT again")
+
+
 def prune(state: SlotState, reason: str) -> SlotState:
     """Remove the live seed: the slot moves to PRUNED and then rests in embargo.
 
     Raises:
-        ValueError: the seed is FOSSILIZED (permanent), the slot holds no live
-            seed, or ``reason`` is empty.
+        FossilizedSeedError: the seed is FOSSILIZED (permanent; a ``ValueError``).
+        NoLiveSeedError: the slot holds no live seed (a ``ValueError``).
+        ValueError: ``reason`` is empty.
     """
     _check_state(state)
     if not isinstance(reason, str) or not reason:
         raise ValueError(f"prune needs a non-empty reason, got {reason!r}")
     if state.stage == _S.FOSSILIZED:
-        raise ValueError(f"seed {state.seed_id!r} in {state.slot_id!r} is FOSSILIZED and "
-                         "cannot be pruned: fossilization is permanent")
+        raise FossilizedSeedError(
+            f"seed {state.seed_id!r} in {state.slot_id!r} is FOSSILIZED and cannot be pruned: "
+            "fossilization is permanent; leave it, and grow in another slot")
     if state.stage not in _LIVE:
-        raise ValueError(f"slot {state.slot_id!r} is {state.stage.name}: there is no live seed "
-                         "to prune")
+        raise NoLiveSeedError(f"slot {state.slot_id!r} is {state.stage.name}: there is no live "
+                              "seed to prune; nothing needs doing")
     return _enter(state, _S.PRUNED, reason, prune_reason=reason)
 
 
@@ -224,10 +256,10 @@ def advance(
     target = SeedStage.parse(target)
     source = state.stage
     if not is_valid_transition(source, target):
-        allowed = ", ".join(s.name for s in sorted(VALID_TRANSITIONS[source])) or "nothing"
         return state, GateResult.refused(
             target, "out_of_order",
-            f"{source.name} -> {target.name} is not a valid transition (allowed: {allowed})")
+            f"{source.name} -> {target.name} is not a valid transition "
+            f"(allowed: {_allowed(source)}): request one of those")
     if target == _S.FOSSILIZED:
         return fossilize(state, telemetry)
     if target == _S.PRUNED:
@@ -368,17 +400,18 @@ def transition(state: SlotState, target: SeedStage) -> SlotState:
     slot only through :func:`germinate`.
 
     Raises:
-        ValueError: an invalid transition, or DORMANT -> GERMINATED.
+        InvalidTransitionError: an invalid transition, or DORMANT -> GERMINATED
+            (a ``ValueError``).
+        ValueError: ``target`` names no stage.
     """
     _check_state(state)
     target = SeedStage.parse(target)
     if state.stage == _S.DORMANT and target == _S.GERMINATED:
-        raise ValueError("a seed enters a slot only through germinate(state, blueprint_id, "
-                         "seed_id)")
+        raise InvalidTransitionError("a seed enters a slot only through germinate(state, "
+                                     "blueprint_id, seed_id)")
     if not is_valid_transition(state.stage, target):
-        allowed = ", ".join(s.name for s in sorted(VALID_TRANSITIONS[state.stage])) or "nothing"
-        raise ValueError(f"invalid transition {state.stage.name} -> {target.name} "
-                         f"(allowed: {allowed})")
+        raise InvalidTransitionError(f"invalid transition {state.stage.name} -> {target.name} "
+                                     f"(allowed: {_allowed(state.stage)}): request one of those")
     if target == _S.PRUNED:
         return prune(state, "transition")
     if target == _S.DORMANT:
@@ -397,28 +430,32 @@ def set_alpha(state: SlotState, value: float | torch.Tensor) -> SlotState:
     [0, 1]; nothing is clamped silently.
 
     Raises:
-        ValueError: another stage, a wrong shape, or a value outside [0, 1].
+        StageError: another stage (a ``ValueError``).
+        AlphaShapeError: a wrong shape or dtype (a ``ValueError``).
+        AlphaValueError: a value outside [0, 1] or non-finite (a ``ValueError``).
         TypeError: ``value`` is neither a number nor a tensor.
     """
     _check_state(state)
     if state.stage not in (_S.BLENDING, _S.HOLDING):
-        raise ValueError(f"alpha is fixed by the stage in {state.stage.name}; set_alpha needs "
+        raise StageError(f"alpha is fixed by the stage in {state.stage.name}; set_alpha needs "
                          "a BLENDING or HOLDING seed")
     if isinstance(value, torch.Tensor):
         expected = () if state.alpha_mode == "scalar" else (state.channels,)
         if tuple(value.shape) != expected or not value.is_floating_point():
-            raise ValueError(f"{state.alpha_mode} alpha must be a float tensor of shape "
-                             f"{expected}, got {value.dtype} {tuple(value.shape)}")
+            raise AlphaShapeError(f"{state.alpha_mode} alpha must be a float tensor of shape "
+                                  f"{expected}, got {value.dtype} {tuple(value.shape)}")
         tensor = _alpha_tensor(state, value)
     elif isinstance(value, int | float) and not isinstance(value, bool):
         if state.alpha_mode == "channel":
-            raise ValueError(f"slot {state.slot_id!r} blends per channel: alpha must be a "
-                             f"vector of {state.channels} values, not a number")
+            raise AlphaShapeError(f"slot {state.slot_id!r} blends per channel: alpha must be a "
+                                  f"vector of {state.channels} values, not a number")
         if not 0.0 <= value <= 1.0:  # also refuses NaN, before any tensor is built
-            raise ValueError(f"alpha must be finite and in [0, 1], got {value!r}")
+            raise AlphaValueError(f"alpha must be finite and in [0, 1], got {value!r}: "
+                                  "0 is the host alone, 1 the seed alone")
         tensor = _alpha_tensor(state, value)
     else:
         raise TypeError(f"alpha must be a number or a tensor, got {type(value).__name__}")
     if not bool((torch.isfinite(tensor) & (tensor >= 0) & (tensor <= 1)).all()):
-        raise ValueError(f"alpha must be finite and in [0, 1], got {tensor.tolist()}")
+        raise AlphaValueError(f"alpha must be finite and in [0, 1], got {tensor.tolist()}: "
+                              "0 is the host alone, 1 the seed alone")
     return state.replace(alpha=tensor)

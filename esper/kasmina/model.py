@@ -2,22 +2,31 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from ..errors import (
+    AlphaValueError,
+    InputDtypeError,
+    StateDictMismatchError,
+    TelemetryTypeError,
+    UnknownSlotError,
+)
 from ..leyline import QualityGates, SlotTelemetry, TaskConfig
 from ..leyline.constants import DEFAULT_BLEND_ALGORITHM
-from .isolation import IsolationReport
+from .isolation import IsolationReport, ProbeSquares, probe_squares
 from .protocol import HostProtocol
+from .safety import activation_fault
 from .slot import SeedSlot, TelemetryCallback
-from .state import AlphaMode, SlotState
+from .state import AlphaMode, SlotState, _check_override_shape
 from .telemetry import GradientCapture, GradientEMA, GradientStats, capture, materialize, record
 
 _COMPILED_PREFIX = "_orig_mod."
+# (module, "_parameters" or "_buffers", name, the tensor object, a copy of its values)
+_TensorSnapshot = list[tuple[nn.Module, str, str, Tensor, Tensor]]
 
 
 class MorphogeneticModel(nn.Module):
@@ -60,8 +69,8 @@ class MorphogeneticModel(nn.Module):
         unknown = [name for name in slots if name not in specs]
         if unknown or len(set(slots)) != len(slots):
             problem = f"unknown {unknown}" if unknown else f"duplicates in {list(slots)}"
-            raise ValueError(f"bad slots: {problem}; this host's injection points are "
-                             f"{list(specs)}")
+            raise UnknownSlotError(f"bad slots: {problem}; this host's injection points are "
+                                   f"{list(specs)}: choose slots among them, each once")
         task = task_config if task_config is not None else TaskConfig(topology=host.topology)
         memory_format = getattr(host, "memory_format", torch.contiguous_format)
         self.host = host.to(device)
@@ -78,7 +87,9 @@ class MorphogeneticModel(nn.Module):
     # ------------------------------------------------------------------ forward
 
     def forward(self, x: Tensor, alpha_overrides: Mapping[str, float | Tensor] | None = None,
-                *, states: Mapping[str, SlotState] | None = None) -> Tensor:
+                *, states: Mapping[str, SlotState] | None = None,
+                features: dict[str, Tensor] | None = None,
+                faults: dict[str, Tensor] | None = None) -> Tensor:
         """Run the host with every slot in place.
 
         Arguments:
@@ -88,18 +99,42 @@ class MorphogeneticModel(nn.Module):
                 :meth:`functional_forward` with ``state.with_alpha(...)``, which
                 reuses the training graph.
             states: slot name -> state to run with instead of the slots' own.
+            features: if given, filled with the host features arriving at each
+                slot that holds a seed (slot name -> tensor, part of the graph).
+            faults: if given, filled with a 0-d bool per seeded slot: its input
+                was finite and its output was not (see
+                :func:`~esper.kasmina.safety.activation_fault`; no host sync).
+
+        Raises:
+            InputDtypeError: ``x`` is not a tensor, or not of the dtype the host
+                computes in (a ``TypeError``).
+            InputShapeError: ``x`` has the wrong shape for the host (a ``ValueError``).
+            UnknownSlotError: an override names no slot (a ``ValueError``).
+            AlphaValueError: an override outside [0, 1] or non-finite (a ``ValueError``).
+            AlphaShapeError: an override of the wrong shape (a ``ValueError``).
         """
+        if not isinstance(x, Tensor):
+            raise InputDtypeError(f"the model's input must be a tensor, got {type(x).__name__}: "
+                                  "convert it with torch.as_tensor")
         overrides = self._check_overrides(alpha_overrides) if alpha_overrides else {}
         h = x
         for name in self.host.segment_names():
             h = self.host.run_segment(name, h)
             if name in self.seed_slots:
+                slot = self.seed_slots[name]
+                if features is not None and slot.seed is not None:
+                    features[name] = h
                 state = states.get(name) if states is not None else None
-                h = self.seed_slots[name](h, state, overrides.get(name))
+                out = slot(h, state, overrides.get(name))
+                if faults is not None and slot.seed is not None:
+                    faults[name] = activation_fault(h, out)
+                h = out
         return self.host.run_head(h)
 
     def functional_forward(self, params: Mapping[str, Tensor], states: Mapping[str, SlotState],
-                           x: Tensor, buffers: Mapping[str, Tensor] | None = None) -> Tensor:
+                           x: Tensor, buffers: Mapping[str, Tensor] | None = None, *,
+                           features: dict[str, Tensor] | None = None,
+                           faults: dict[str, Tensor] | None = None) -> Tensor:
         """The forward as a pure function of parameters and slot states.
 
         Arguments:
@@ -110,6 +145,11 @@ class MorphogeneticModel(nn.Module):
             buffers: name -> tensor, as from ``dict(model.named_buffers())``. Inside
                 ``torch.func.grad`` pass them as an input of the transformed
                 function: BatchNorm updates its running statistics in place.
+            features: if given, filled with the host features at each seeded
+                slot (the training step returns a few samples of them for
+                :meth:`probe_isolation`).
+            faults: if given, filled with each seeded slot's activation fault
+                flag (see :meth:`forward`).
 
         Nothing else is mutated. Compiles with ``fullgraph=True``; states
         differing only in their tensor values (every stage, every alpha) reuse
@@ -117,32 +157,55 @@ class MorphogeneticModel(nn.Module):
         """
         unknown = set(states) - set(self.seed_slots)
         if unknown:
-            raise ValueError(f"states for unknown slots {sorted(unknown)}; slots are "
-                             f"{list(self.seed_slots)}")
+            raise UnknownSlotError(f"states for unknown slots {sorted(unknown)}; slots are "
+                                   f"{list(self.seed_slots)}")
         tensors = dict(params) if buffers is None else (dict(params), dict(buffers))
-        return torch.func.functional_call(self, tensors, (x,), {"states": states})
+        return torch.func.functional_call(self, tensors, (x,),
+                                          {"states": states, "features": features,
+                                           "faults": faults})
 
     def slot_states(self) -> dict[str, SlotState]:
         """Every slot's current state, by slot name."""
         return {name: slot.state for name, slot in self.seed_slots.items()}
 
     def _check_overrides(self, overrides: Mapping[str, float | Tensor]) -> dict[str, Any]:
+        """Check every alpha override before the forward runs (see :meth:`forward`).
+
+        Shapes and dtypes are always checked; a tensor's values only when not
+        compiling (that check reads the tensor, a host sync dynamo cannot trace).
+        """
         for name, value in overrides.items():
             if name not in self.seed_slots:
-                raise ValueError(f"alpha override for unknown slot {name!r}; slots are "
-                                 f"{list(self.seed_slots)}")
+                raise UnknownSlotError(f"alpha override for unknown slot {name!r}; slots are "
+                                       f"{list(self.seed_slots)}")
             if isinstance(value, bool) or not isinstance(value, int | float | Tensor):
                 raise TypeError(f"alpha override for {name!r} must be a number or a tensor, "
                                 f"got {type(value).__name__}")
-            if isinstance(value, int | float) and not (math.isfinite(value) and 0 <= value <= 1):
-                raise ValueError(f"alpha override for {name!r} must be in [0, 1], got {value}")
+            if isinstance(value, Tensor):
+                self._check_override_tensor(name, value)
+            elif not 0 <= value <= 1:  # also refuses NaN (and traces under torch.compile)
+                raise AlphaValueError(f"alpha override for {name!r} must be in [0, 1], got "
+                                      f"{value}: 0 is the host alone, 1 the seed alone")
         return dict(overrides)
+
+    def _check_override_tensor(self, name: str, value: Tensor) -> None:
+        if not value.is_floating_point():
+            raise TypeError(f"alpha override for {name!r} must be a float tensor, got "
+                            f"{value.dtype}: convert it with .float()")
+        _check_override_shape(value, self.seed_slots[name].channels)
+        if torch.compiler.is_compiling():
+            return
+        if not bool(((value >= 0) & (value <= 1)).all()):  # NaN fails both comparisons
+            raise AlphaValueError(f"alpha override for {name!r} must be finite and in [0, 1], "
+                                  f"got {value.detach().cpu().flatten()[:8].tolist()}: 0 is "
+                                  "the host alone, 1 the seed alone")
 
     # ------------------------------------------------------------------ lifecycle
 
     def _slot(self, slot: str) -> SeedSlot:
         if slot not in self.seed_slots:
-            raise ValueError(f"unknown slot {slot!r}; slots are {list(self.seed_slots)}")
+            raise UnknownSlotError(f"unknown slot {slot!r}; slots are {list(self.seed_slots)}: "
+                                   "name one of those")
         return self.seed_slots[slot]  # type: ignore[return-value]
 
     def germinate_seed(self, blueprint_id: str, seed_id: str, *, slot: str,
@@ -162,8 +225,9 @@ class MorphogeneticModel(nn.Module):
         for name, telemetry in telemetry_by_slot.items():
             self._slot(name)
             if not isinstance(telemetry, SlotTelemetry):
-                raise TypeError(f"telemetry for {name!r} must be a SlotTelemetry, got "
-                                f"{type(telemetry).__name__}")
+                raise TelemetryTypeError(f"telemetry for {name!r} must be a SlotTelemetry, got "
+                                         f"{type(telemetry).__name__}: build one with "
+                                         "SlotTelemetry(accuracy, ...)")
         return {name: self._slot(name).step_epoch(t) for name, t in telemetry_by_slot.items()}
 
     # ------------------------------------------------------------------ parameters
@@ -195,37 +259,70 @@ class MorphogeneticModel(nn.Module):
                 slot._commit(record(slot.state, seed_gradient_norm_ratio=measured.ratio))
         return stats
 
-    def probe_isolation(self, x: Tensor, *, samples: int = 8,
-                        generator: torch.Generator | None = None) -> dict[str, IsolationReport]:
-        """Probe every seeded slot on the first ``samples`` inputs; record violations.
+    def probe_isolation(self, x: Tensor | None = None, *,
+                        features: Mapping[str, Tensor] | None = None, samples: int = 8,
+                        generator: torch.Generator | None = None,
+                        squares: ProbeSquares = probe_squares) -> dict[str, IsolationReport]:
+        """Probe every seeded slot on ``samples`` inputs; record violations.
 
-        Runs outside any compiled step: features are computed without grad,
-        each slot is probed on its own input, and leaks while isolated add one
-        violation to that slot's metrics.
+        Runs outside any compiled step, on the host features at each slot:
+        either computed here from the model input ``x`` (a no-grad host
+        forward), or ``features`` as the training step returns them (slot name
+        -> features, which skips the host forward). Each slot's seed runs in
+        eval mode so the probe moves no statistics; a leak while isolated adds
+        one violation to that slot's metrics.
+
+        Arguments:
+            x: the model's input (exclusive with ``features``).
+            features: slot name -> host features at that slot, for every seeded slot.
+            samples: how many leading samples to probe on.
+            generator: for the random cotangents.
+            squares: :func:`~esper.kasmina.isolation.probe_squares` or a
+                compiled version of it (the trainer compiles it like its step).
         """
+        if (x is None) == (features is None):
+            raise ValueError("probe_isolation needs exactly one of x (model input) or "
+                             "features (slot name -> host features at the slot)")
+        seeded = [name for name, slot in self.seed_slots.items() if slot.seed is not None]
+        if features is None:
+            assert x is not None
+            features = self._features_at(seeded, x[:samples])
+        missing = [name for name in seeded if name not in features]
+        if missing:
+            raise ValueError(f"features missing for seeded slots {missing}; got {list(features)}")
         reports: dict[str, IsolationReport] = {}
-        h = x[:samples]
-        was_training = self.training
-        self.eval()  # the probe must not move BatchNorm statistics
-        try:
-            self._probe_segments(h, generator, reports)
-        finally:
-            self.train(was_training)
+        for name in seeded:
+            slot = self._slot(name)
+            was_training = slot.training
+            slot.eval()
+            try:
+                report = slot._probe(features[name][:samples], generator, squares)
+            finally:
+                slot.train(was_training)
+            reports[name] = report
+            if report.violated:
+                slot._commit(record(slot.state, isolation_violations=1))
         return reports
 
-    def _probe_segments(self, h: Tensor, generator: torch.Generator | None,
-                        reports: dict[str, IsolationReport]) -> None:
-        with torch.no_grad():
-            for name in self.host.segment_names():
-                h = self.host.run_segment(name, h)
-                if name not in self.seed_slots:
-                    continue
-                slot = self.seed_slots[name]
-                if slot.seed is not None:
-                    report = slot._probe(h, generator)
-                    reports[name] = report
-                    slot._commit(record(slot.state, isolation_violations=int(report.violated)))
-                h = slot(h)
+    def _features_at(self, slots: Sequence[str], x: Tensor) -> dict[str, Tensor]:
+        """Host features at each of ``slots`` (no grad, eval mode; stops after the last)."""
+        features: dict[str, Tensor] = {}
+        was_training = self.training
+        self.eval()
+        try:
+            with torch.no_grad():
+                h = x
+                for name in self.host.segment_names():
+                    if len(features) == len(slots):
+                        break
+                    h = self.host.run_segment(name, h)
+                    if name in self.seed_slots:
+                        if name in slots:
+                            features[name] = h
+                        h = self.seed_slots[name](h)
+        finally:
+            self.train(was_training)
+        return features
 
     # ------------------------------------------------------------------ persistence
 
@@ -234,6 +331,39 @@ class MorphogeneticModel(nn.Module):
         """Load weights and slot states; seeds are re-created from their blueprints.
 
         Keys saved from a ``torch.compile`` wrapper (``_orig_mod.`` prefix) are accepted.
+        All or nothing: when loading fails, every tensor, seed and slot state is
+        put back as it was.
+
+        Raises:
+            StateDictMismatchError: ``state_dict`` does not fit this model (a
+                ``RuntimeError``, as ``nn.Module`` raises, and a ``ValueError``).
         """
         cleaned = {k.replace(_COMPILED_PREFIX, ""): v for k, v in state_dict.items()}
-        return super().load_state_dict(cleaned, strict=strict, assign=assign)
+        slots = {slot: (slot.seed, slot.gate, slot.state) for slot in self.seed_slots.values()}
+        tensors = self._snapshot_tensors()
+        try:
+            return super().load_state_dict(cleaned, strict=strict, assign=assign)
+        except (RuntimeError, ValueError, TypeError, KeyError) as error:
+            self._restore(slots, tensors)
+            raise StateDictMismatchError(
+                f"state_dict does not fit this model, nothing was loaded: "
+                f"{str(error).strip().rstrip('.')}; build the model with the host and slots "
+                "of the one that saved it") from error
+
+    def _snapshot_tensors(self) -> _TensorSnapshot:
+        """Every parameter and buffer of every submodule, with a copy of its values."""
+        with torch.no_grad():
+            return [(module, kind, name, tensor, tensor.detach().clone())
+                    for module in self.modules()
+                    for kind in ("_parameters", "_buffers")
+                    for name, tensor in getattr(module, kind).items() if tensor is not None]
+
+    def _restore(self, slots: dict[SeedSlot, tuple[Any, Any, SlotState]],
+                 tensors: _TensorSnapshot) -> None:
+        """Undo a failed load: seeds, gates and states, then each tensor's object and values."""
+        for slot, (seed, gate, state) in slots.items():
+            slot.seed, slot.gate, slot._state = seed, gate, state
+        with torch.no_grad():
+            for module, kind, name, tensor, values in tensors:
+                getattr(module, kind)[name] = tensor
+                tensor.copy_(values)

@@ -33,6 +33,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..errors import AlphaShapeError, SeedShapeError
 from .state import SlotState
 
 SeedFn = Callable[[Tensor], Tensor]
@@ -98,22 +99,25 @@ def broadcast_alpha(alpha: Tensor, host: Tensor) -> Tensor:
         otherwise unchanged.
 
     Raises:
-        ValueError: if ``alpha`` has no broadcast against ``host`` of those kinds.
-            The checks read only shapes, so they cost nothing under compile.
+        AlphaShapeError: if ``alpha`` has no broadcast against ``host`` of those
+            kinds (a ``ValueError``). The checks read only shapes, so they cost
+            nothing under compile.
     """
     if alpha.dim() == 0:
         return alpha
     if alpha.dim() == 1 and host.dim() >= 2:
         dim = channel_dim(host)
         if alpha.shape[0] != host.shape[dim]:
-            raise ValueError(f"per-channel alpha has {alpha.shape[0]} entries but host "
-                             f"{tuple(host.shape)} has {host.shape[dim]} channels")
+            raise AlphaShapeError(f"per-channel alpha has {alpha.shape[0]} entries but host "
+                                  f"{tuple(host.shape)} has {host.shape[dim]} channels: give "
+                                  f"exactly {host.shape[dim]} values")
         return alpha.view(-1, *([1] * (host.dim() - dim - 1)))
     fits = all(a in (1, h) for a, h in zip(alpha.shape, host.shape, strict=False))
     if alpha.dim() != host.dim() or not fits:
-        raise ValueError(f"alpha of shape {tuple(alpha.shape)} does not broadcast against host "
-                         f"{tuple(host.shape)}: use a 0-d tensor, a per-sample tensor like "
-                         f"{(host.shape[0],) + (1,) * (host.dim() - 1)} or a per-channel vector")
+        raise AlphaShapeError(
+            f"alpha of shape {tuple(alpha.shape)} does not broadcast against host "
+            f"{tuple(host.shape)}: use a 0-d tensor, a per-sample tensor like "
+            f"{(host.shape[0],) + (1,) * (host.dim() - 1)} or a per-channel vector")
     return alpha
 
 
@@ -133,13 +137,15 @@ def check_channel_alpha(alpha: Tensor | None, channels: int) -> Tensor:
         ``alpha`` itself.
 
     Raises:
-        ValueError: if ``alpha`` is missing, not a vector, or of the wrong length.
+        AlphaShapeError: if ``alpha`` is missing, not a vector, or of the wrong
+            length (a ``ValueError``).
     """
     if alpha is None:
-        raise ValueError(f"channel alpha mode needs a vector of {channels} alphas, got None")
+        raise AlphaShapeError(f"channel alpha mode needs a vector of {channels} alphas, "
+                              "got None")
     if alpha.dim() != 1 or alpha.shape[0] != channels:
-        raise ValueError(f"channel alpha mode needs a vector of {channels} alphas, "
-                         f"got shape {tuple(alpha.shape)}")
+        raise AlphaShapeError(f"channel alpha mode needs a vector of {channels} alphas, "
+                              f"got shape {tuple(alpha.shape)}")
     return alpha
 
 
@@ -193,8 +199,9 @@ class _Mix(torch.autograd.Function):
 
 def _check_seed_output(seed_out: Tensor, host: Tensor) -> None:
     if seed_out.shape != host.shape:
-        raise ValueError(f"seed changed the feature shape: host {tuple(host.shape)}, "
-                         f"seed output {tuple(seed_out.shape)}")
+        raise SeedShapeError(f"seed changed the feature shape: host {tuple(host.shape)}, "
+                             f"seed output {tuple(seed_out.shape)}; a seed must return "
+                             "features of exactly the shape it receives")
 
 
 def slot_forward(
@@ -224,7 +231,8 @@ def slot_forward(
         seed-input gradient to the host through the seed.
 
     Raises:
-        ValueError: if alpha does not broadcast or the seed changes the shape.
+        AlphaShapeError: alpha does not broadcast (a ``ValueError``).
+        SeedShapeError: the seed changes the shape (a ``ValueError``).
     """
     # A free view first: under torch.compile, a torch.func.grad primal passed straight
     # into an autograd.Function loses the custom backward (pytorch/pytorch#193279).

@@ -255,6 +255,16 @@ def nonfinite_flag(*tensors: torch.Tensor | None) -> torch.Tensor:
     return torch.logical_not(finite)
 
 
+def activation_fault(host: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """0-d bool: the slot's input ``host`` is all finite and its output ``out`` is not.
+
+    A NaN or infinity that arrives from the host is the host's, not the seed's;
+    one that appears inside the slot is the seed's. No host sync.
+    """
+    return torch.logical_and(torch.isfinite(host).all(),
+                             torch.logical_not(torch.isfinite(out).all()))
+
+
 def masked_update(flag_ok: torch.Tensor, new: torch.Tensor, old: torch.Tensor) -> torch.Tensor:
     """``new`` where ``flag_ok`` is true, else ``old`` (``torch.where``), with no host sync.
 

@@ -17,13 +17,14 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..errors import AlphaValueError, TopologyMismatchError
 from ..leyline import GateResult, QualityGates, SeedStage, SlotTelemetry, TaskConfig, Topology
 from ..leyline.constants import DEFAULT_BLEND_ALGORITHM
 from . import blueprints
 from . import lifecycle as L
 from .blending import create_blend
 from .events import events
-from .isolation import IsolationReport, isolation_probe
+from .isolation import IsolationReport, ProbeSquares, isolation_probe, probe_squares
 from .ops import blend_weight, isolate, slot_forward
 from .serialize import state_from_dict, state_to_dict
 from .state import AlphaMode, SlotState
@@ -78,8 +79,9 @@ class SeedSlot(nn.Module):
         super().__init__()
         task = task_config if task_config is not None else TaskConfig(topology=topology)
         if task.topology != topology:
-            raise ValueError(f"task_config.topology {task.topology!r} does not match the slot's "
-                             f"topology {topology!r}")
+            raise TopologyMismatchError(
+                f"task_config.topology {task.topology!r} does not match the slot's topology "
+                f"{topology!r}: build the TaskConfig with topology={topology!r}")
         self.slot_id = slot_id
         self.channels = channels
         self.topology: Topology = topology
@@ -152,19 +154,24 @@ class SeedSlot(nn.Module):
                   blend_algorithm_id: str = DEFAULT_BLEND_ALGORITHM) -> SlotState:
         """Build, validate and plant a seed; the slot is unchanged if anything fails.
 
+        A failed germination also leaves the CPU random number generator as it
+        was (building the refused seed drew from it).
+
         Raises:
-            RuntimeError: the slot is not DORMANT.
-            ValueError: unknown blueprint, wrong topology, a shape-changing seed,
-                bad ids or an unknown blend algorithm.
+            SlotOccupiedError: the slot is not DORMANT (a ``RuntimeError``).
+            UnknownBlueprintError: no such blueprint (a ``ValueError``).
+            TopologyMismatchError: a blueprint of the other topology (a ``ValueError``).
+            SeedShapeError: the seed changes the feature shape (a ``ValueError``).
+            ValueError: bad ids or an unknown blend algorithm.
         """
         self._require_unforced()
         L.germinate(self._state, blueprint_id, seed_id, blend_algorithm_id=blend_algorithm_id)
-        seed = blueprints.create(self.topology, blueprint_id, self.channels)
-        seed = seed.to(self.device, memory_format=self.memory_format)
-        blueprints.validate_seed(seed, topology=self.topology, channels=self.channels,
-                                 device=self.device, name=blueprint_id)
-        gate = create_blend(blend_algorithm_id, self.channels, self.topology)
-        gate = gate.to(self.device) if gate is not None else None
+        rng = torch.get_rng_state()
+        try:
+            seed, gate = self._build_seed(blueprint_id, blend_algorithm_id)
+        except BaseException:
+            torch.set_rng_state(rng)
+            raise
         params = sum(p.numel() for m in (seed, gate) if m is not None for p in m.parameters())
         new = L.germinate(self._state, blueprint_id, seed_id,
                           blend_algorithm_id=blend_algorithm_id, seed_params=params)
@@ -175,11 +182,22 @@ class SeedSlot(nn.Module):
             self.seed = self.gate = None
             raise
 
+    def _build_seed(self, blueprint_id: str,
+                    blend_algorithm_id: str) -> tuple[nn.Module, nn.Module | None]:
+        """A checked seed of ``blueprint_id`` and its blend gate, on the slot's device."""
+        seed = blueprints.create(self.topology, blueprint_id, self.channels)
+        seed = seed.to(self.device, memory_format=self.memory_format)
+        blueprints.validate_seed(seed, topology=self.topology, channels=self.channels,
+                                 device=self.device, name=blueprint_id)
+        gate = create_blend(blend_algorithm_id, self.channels, self.topology)
+        return seed, gate.to(self.device) if gate is not None else None
+
     def prune(self, reason: str = "manual") -> SlotState:
         """Remove the live seed (its parameters leave the module).
 
         Raises:
-            ValueError: the seed is FOSSILIZED, or there is no live seed.
+            FossilizedSeedError: the seed is FOSSILIZED (a ``ValueError``).
+            NoLiveSeedError: there is no live seed (a ``ValueError``).
         """
         self._require_unforced()
         new = L.prune(self._state, reason)
@@ -288,15 +306,19 @@ class SeedSlot(nn.Module):
                             isolation_violations=int(probe is not None and probe.violated)))
         return GradientReport(gradients, probe)
 
-    def _probe(self, host: Tensor, generator: torch.Generator | None = None) -> IsolationReport:
+    def _probe(self, host: Tensor, generator: torch.Generator | None = None,
+               squares: ProbeSquares = probe_squares) -> IsolationReport:
         """The isolation probe of this slot on ``host`` features (outside any compiled step)."""
-        state, gate = self._state, self.gate
-        gate_fn = None
-        if gate is not None:
-            def gate_fn(h: Tensor) -> Tensor:
-                return gate(isolate(h, state.g), blend_weight(state.alpha, h))
-        return isolation_probe(lambda h, a: self(h, alpha=a), state, host, gate_fn=gate_fn,
-                               generator=generator)
+        gate_fn = self._probe_gate if self.gate is not None else None
+        return isolation_probe(self._probe_slot, self._state, host, gate_fn=gate_fn,
+                               generator=generator, squares=squares)
+
+    def _probe_slot(self, host: Tensor, state: SlotState, a: Tensor) -> Tensor:
+        return self(host, state, alpha=a)
+
+    def _probe_gate(self, host: Tensor, state: SlotState) -> Tensor:
+        assert self.gate is not None
+        return self.gate(isolate(host, state.g), blend_weight(state.alpha, host))
 
     # ------------------------------------------------------------------ forward
 
@@ -310,6 +332,10 @@ class SeedSlot(nn.Module):
                 defaults to the slot's.
             alpha: replaces the effective blend weight for this call only (a
                 gated blend's gate is bypassed: the weight is exactly ``alpha``).
+
+        Raises:
+            AlphaValueError: a number ``alpha`` outside [0, 1] or NaN (a
+                ``ValueError``; tensors are checked by ``MorphogeneticModel.forward``).
         """
         if self.seed is None:
             return host
@@ -317,6 +343,9 @@ class SeedSlot(nn.Module):
         if alpha is None:
             return slot_forward(state, self.seed, host, gate=self.gate)
         if not isinstance(alpha, Tensor):
+            if not 0.0 <= alpha <= 1.0:  # also refuses NaN
+                raise AlphaValueError(f"slot {self.slot_id!r}: alpha must be in [0, 1], got "
+                                      f"{alpha!r}: 0 is the host alone, 1 the seed alone")
             alpha = torch.tensor(float(alpha), dtype=torch.float32, device=host.device)
         return slot_forward(state, self.seed, host, alpha=alpha)
 

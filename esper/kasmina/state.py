@@ -16,6 +16,7 @@ from typing import Any, Literal
 import torch
 import torch.utils._pytree as pytree
 
+from ..errors import AlphaShapeError, AlphaValueError
 from ..leyline import GateResult, QualityGates, SeedStage, TaskConfig, is_active
 from ..leyline.constants import BLEND_ALGORITHMS, DEFAULT_BLEND_ALGORITHM, DEFAULT_MAX_HISTORY
 
@@ -98,8 +99,8 @@ def _check_override_shape(alpha: torch.Tensor, channels: int) -> None:
     shape = tuple(alpha.shape)
     per_sample = len(shape) >= 2 and all(d == 1 for d in shape[1:])
     if shape not in ((), (channels,)) and not per_sample:
-        raise ValueError(f"alpha override must be a scalar, {channels} channel values or a "
-                         f"per-sample [B, 1, ...] tensor, got shape {shape}")
+        raise AlphaShapeError(f"alpha override must be a scalar, {channels} channel values or a "
+                              f"per-sample [B, 1, ...] tensor, got shape {shape}")
 
 
 def _is_count(value: object) -> bool:
@@ -209,10 +210,12 @@ class SlotState:
             if self.alpha_overridden and name == "alpha":
                 _check_override_shape(value, self.channels)
             elif tuple(value.shape) != shape:
-                raise ValueError(f"SlotState.{name} must have shape {shape} in "
-                                 f"{self.alpha_mode} mode, got {tuple(value.shape)}")
+                error = AlphaShapeError if name == "alpha" else ValueError
+                raise error(f"SlotState.{name} must have shape {shape} in "
+                            f"{self.alpha_mode} mode, got {tuple(value.shape)}")
         if not bool((torch.isfinite(self.alpha) & (self.alpha >= 0) & (self.alpha <= 1)).all()):
-            raise ValueError(f"alpha must be finite and lie in [0, 1], got {self.alpha.tolist()}")
+            raise AlphaValueError(f"alpha must be finite and lie in [0, 1], got "
+                                  f"{self.alpha.tolist()}: 0 is the host alone, 1 the seed alone")
         a, b, g = stage_coefficients(self.stage, self.isolate)
         a = None if self.alpha_overridden else a
         actual_b, actual_g = float(self.b), float(self.g)
@@ -246,8 +249,9 @@ class SlotState:
         lifecycle functions refuse overridden states.
 
         Raises:
-            ValueError: a value outside [0, 1], non-finite, or of the wrong shape.
-            TypeError: neither a number nor a tensor.
+            AlphaValueError: a value outside [0, 1] or non-finite (a ``ValueError``).
+            AlphaShapeError: a tensor of the wrong shape (a ``ValueError``).
+            TypeError: neither a number nor a float tensor.
         """
         if isinstance(value, torch.Tensor):
             if not value.is_floating_point():

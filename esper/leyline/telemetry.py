@@ -9,6 +9,8 @@ from enum import StrEnum
 from types import MappingProxyType
 from typing import Any
 
+from ..errors import TelemetryTypeError, TelemetryValueError
+
 
 class EventType(StrEnum):
     """Lifecycle events a slot transition implies."""
@@ -77,9 +79,11 @@ def _check_number(name: str, value: object, optional: bool) -> None:
         return
     if not isinstance(value, int | float) or isinstance(value, bool):
         kind = "a number or None" if optional else "a number"
-        raise TypeError(f"SlotTelemetry.{name} must be {kind}, got {value!r}")
+        raise TelemetryTypeError(f"SlotTelemetry.{name} must be {kind}, got {value!r}: "
+                                 "pass a float (float('nan') marks a failed measurement)")
     if isinstance(value, int) and abs(value) > 2**1023:
-        raise ValueError(f"SlotTelemetry.{name} is too large for a float: {value}")
+        raise TelemetryValueError(f"SlotTelemetry.{name} is too large for a float: {value}; "
+                                  "pass the measurement as a float")
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,8 +101,9 @@ class SlotTelemetry:
             gradient; the seed is then pruned with reason ``"non_finite"``.
 
     Non-finite numbers are accepted (they are data: :attr:`is_finite` reports
-    them); wrong types raise ``TypeError`` and a negative violation count
-    raises ``ValueError``.
+    them); wrong types raise :class:`~esper.errors.TelemetryTypeError` (a
+    ``TypeError``) and a negative violation count
+    :class:`~esper.errors.TelemetryValueError` (a ``ValueError``).
     """
 
     accuracy: float
@@ -113,12 +118,16 @@ class SlotTelemetry:
         _check_number("seed_gradient_norm_ratio", self.seed_gradient_norm_ratio, True)
         violations = self.isolation_violations
         if not isinstance(violations, int) or isinstance(violations, bool):
-            raise TypeError(
-                f"SlotTelemetry.isolation_violations must be an int, got {violations!r}")
+            raise TelemetryTypeError(
+                f"SlotTelemetry.isolation_violations must be an int, got {violations!r}: "
+                "pass the count of leaking isolation probes")
         if violations < 0:
-            raise ValueError(f"SlotTelemetry.isolation_violations must be >= 0, got {violations}")
+            raise TelemetryValueError(
+                f"SlotTelemetry.isolation_violations must be >= 0, got {violations}: "
+                "pass the count of leaking isolation probes")
         if not isinstance(self.finite, bool):
-            raise TypeError(f"SlotTelemetry.finite must be a bool, got {self.finite!r}")
+            raise TelemetryTypeError(f"SlotTelemetry.finite must be a bool, got "
+                                     f"{self.finite!r}: pass False after a non-finite epoch")
 
     @property
     def is_finite(self) -> bool:

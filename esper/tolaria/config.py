@@ -9,8 +9,10 @@ from pathlib import Path
 from torch import nn
 
 from ..data import TaskData
+from ..errors import UnknownBlueprintError
 from ..kasmina import blueprints
 from ..kasmina.host import CNNHost, TransformerHost
+from ..kasmina.safety import BreakerConfig
 from ..leyline import QualityGates, TaskConfig
 from ..leyline.constants import DEFAULT_TELEMETRY_STRIDE
 from ..tamiyo import ControllerConfig
@@ -21,7 +23,12 @@ DEFAULT_BLUEPRINTS = {"cnn": ("norm", "conv_light", "attention", "depthwise"),
 
 @dataclass(frozen=True)
 class GrowConfig:
-    """Everything that determines a run (see ``esper grow --help``)."""
+    """Everything that determines a run (see ``esper grow --help``).
+
+    ``commands`` switches the controller to an external one: signed lifecycle
+    commands read from that JSON-lines file or FIFO at each epoch boundary
+    (the key from ``ESPER_COMMAND_KEY``), instead of the heuristic policy.
+    """
 
     task: str = "digits"
     epochs: int = 16
@@ -43,6 +50,8 @@ class GrowConfig:
     controller: ControllerConfig | None = None
     stop_after: int | None = None
     gates: QualityGates = field(default_factory=QualityGates)
+    breaker: BreakerConfig = field(default_factory=BreakerConfig)
+    commands: Path | None = None
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "telemetry_stride"):
@@ -53,6 +62,8 @@ class GrowConfig:
             raise ValueError(f"max_seeds must be an int >= 0, got {self.max_seeds!r}")
         if not self.lr > 0:
             raise ValueError(f"lr must be > 0, got {self.lr!r}")
+        if self.commands is not None and not isinstance(self.commands, Path):
+            raise TypeError(f"commands must be a Path, got {self.commands!r}")
 
     def blueprints_for(self, topology: str) -> tuple[str, ...]:
         """The blueprints the controller may plant, checked against the registry."""
@@ -60,7 +71,8 @@ class GrowConfig:
         known = blueprints.names(topology)
         unknown = [b for b in chosen if b not in known]
         if unknown:
-            raise ValueError(f"unknown {topology} blueprints {unknown}; known: {list(known)}")
+            raise UnknownBlueprintError(f"unknown {topology} blueprints {unknown}; known: "
+                                        f"{list(known)}: choose among those (--blueprints)")
         return tuple(chosen)
 
     def controller_config(self, topology: str) -> ControllerConfig:

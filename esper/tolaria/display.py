@@ -190,7 +190,8 @@ def render_summary(summary: RunSummary) -> Table:
     share = f"{summary.parameters_added_percent:+.2f}% of host"
     table.add_row("parameters added", f"{summary.parameters_added:,} ({share})")
     table.add_row("wall time", _duration(summary.wall_seconds))
-    table.add_row("compiles", str(summary.compile_count))
+    table.add_row("graphs compiled", f"{summary.compile_count} step + "
+                  f"{summary.probe_compile_count} probe")
     table.add_row("output", summary.out_dir)
     return table
 

@@ -16,24 +16,41 @@ def _correct(logits: Tensor, y: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def accuracy(model: MorphogeneticModel, x: Tensor, y: Tensor, batch_size: int = 256) -> float:
-    """Validation accuracy in percent (eval mode, restored afterwards)."""
+def count_correct(model: MorphogeneticModel, x: Tensor, y: Tensor, batch_size: int = 256) -> int:
+    """How many of ``y``'s targets the model predicts (eval mode, restored afterwards)."""
     was_training = model.training
     model.eval()
     correct = sum(_correct(model(xb), yb) for xb, yb in
                   batches(x, y, batch_size, shuffle=False))
     model.train(was_training)
-    return 100.0 * int(correct) / y.numel()  # one host sync for the whole pass
+    return int(correct)  # one host sync for the whole pass
+
+
+def percent(correct: int, total: int) -> float:
+    """``correct`` out of ``total`` in percent (what every accuracy here reports)."""
+    return 100.0 * correct / total
+
+
+def accuracy(model: MorphogeneticModel, x: Tensor, y: Tensor, batch_size: int = 256) -> float:
+    """Validation accuracy in percent (eval mode, restored afterwards)."""
+    return percent(count_correct(model, x, y, batch_size), y.numel())
 
 
 def _per_sample_rank(model: MorphogeneticModel) -> int:
     return 4 if model.host.topology == "cnn" else 3
 
 
-@torch.no_grad()
 def counterfactuals(model: MorphogeneticModel, x: Tensor, y: Tensor, slots: Sequence[str],
                     reference: float, batch_size: int = 256) -> dict[str, float]:
-    """Accuracy points each slot adds: ``reference`` minus accuracy with its alpha at 0.
+    """Accuracy points each slot adds: ``reference`` minus accuracy with its alpha at 0."""
+    counts = count_correct_without(model, x, y, slots, batch_size)
+    return {name: reference - percent(count, y.numel()) for name, count in counts.items()}
+
+
+@torch.no_grad()
+def count_correct_without(model: MorphogeneticModel, x: Tensor, y: Tensor,
+                          slots: Sequence[str], batch_size: int = 256) -> dict[str, int]:
+    """Slot name -> how many targets the model predicts with that slot's alpha at 0.
 
     Slots with scalar alpha and no gate are evaluated together in one pass:
     the batch is repeated once per slot and a per-sample alpha zeroes slot
@@ -44,7 +61,7 @@ def counterfactuals(model: MorphogeneticModel, x: Tensor, y: Tensor, slots: Sequ
     batched = [s for s in slots if model.seed_slots[s].gate is None
                and model.seed_slots[s].state.alpha_mode == "scalar"]
     single = [s for s in slots if s not in batched]
-    result: dict[str, float] = {}
+    result: dict[str, int] = {}
     if batched:
         correct = torch.zeros(len(batched), dtype=torch.long)
         for xb, yb in batches(x, y, max(1, batch_size // len(batched)), shuffle=False):
@@ -59,10 +76,10 @@ def counterfactuals(model: MorphogeneticModel, x: Tensor, y: Tensor, slots: Sequ
             hits = (logits.argmax(-1) == yb.repeat((k,) + (1,) * (yb.dim() - 1)))
             correct += hits.reshape(k, -1).sum(dim=1)
         for i, name in enumerate(batched):
-            result[name] = reference - 100.0 * int(correct[i]) / y.numel()
+            result[name] = int(correct[i])
     for name in single:
         correct_one = sum(_correct(model(xb, alpha_overrides={name: 0.0}), yb)
                           for xb, yb in batches(x, y, batch_size, shuffle=False))
-        result[name] = reference - 100.0 * int(correct_one) / y.numel()
+        result[name] = int(correct_one)
     model.train(was_training)
-    return result
+    return {name: result[name] for name in slots}

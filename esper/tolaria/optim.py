@@ -81,13 +81,25 @@ class OptimizerState:
 
 def sgd_update(params: Mapping[str, Tensor], grads: Mapping[str, Tensor],
                momenta: Mapping[str, Tensor], lrs: Mapping[str, Tensor],
-               momentum: float, weight_decay: float) -> None:
-    """In-place SGD with momentum and weight decay (runs inside the compiled step)."""
+               momentum: float, weight_decay: float,
+               ok: Mapping[str, Tensor] | None = None) -> None:
+    """In-place SGD with momentum and weight decay (runs inside the compiled step).
+
+    Arguments:
+        ok: parameter name -> 0-d bool; where false, that parameter and its
+            momentum keep their values bit for bit (a device-side select, no
+            host sync). ``None`` updates everything.
+    """
     with torch.no_grad():
         for name, p in params.items():
             grad = grads[name]
             if weight_decay:
                 grad = grad.add(p, alpha=weight_decay)
             buffer = momenta[name]
-            buffer.mul_(momentum).add_(grad)
-            p.sub_(lrs[name] * buffer)
+            if ok is None:
+                buffer.mul_(momentum).add_(grad)
+                p.sub_(lrs[name] * buffer)
+                continue
+            new_buffer = buffer * momentum + grad
+            buffer.copy_(torch.where(ok[name], new_buffer, buffer))
+            p.copy_(torch.where(ok[name], p - lrs[name] * new_buffer, p))

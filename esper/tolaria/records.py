@@ -98,7 +98,8 @@ class RunSummary:
         parameters_host: parameters of the host.
         parameters_added: parameters of the seeds alive at the end, fossilized included.
         wall_seconds: wall time of the run.
-        compile_count: compilations (graphs built) over the run.
+        compile_count: training-step graphs compiled over the run.
+        probe_compile_count: isolation-probe graphs compiled over the run.
         out_dir: where the run directory was written.
     """
 
@@ -113,6 +114,7 @@ class RunSummary:
     parameters_added: int
     wall_seconds: float
     compile_count: int
+    probe_compile_count: int
     out_dir: str
 
     @property

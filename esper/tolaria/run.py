@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import json
 import time
+from contextlib import closing
 from dataclasses import replace
 from pathlib import Path
 
@@ -13,7 +15,9 @@ from ..checkpoint import load_checkpoint, save_checkpoint
 from ..data import load_task
 from ..leyline import EventType
 from .config import GrowConfig
+from .data_parallel import NullWriter, dump_replica, make_trainer
 from .display import Progress, print_summary
+from .distributed import Replicas, session
 from .records import RunSummary
 from .report import EVENTS_FILE, RunWriter
 from .trainer import Trainer
@@ -21,21 +25,27 @@ from .trainer import Trainer
 CHECKPOINT_DIR = "checkpoint"
 
 
-def _baseline(config: GrowConfig, data) -> list[float]:  # type: ignore[no-untyped-def]
+def _baseline(config: GrowConfig, data,  # type: ignore[no-untyped-def]
+              replicas: Replicas | None = None) -> list[float]:
     """Validation accuracy per epoch of the host alone, same data and seed."""
-    alone = Trainer(replace(config, max_seeds=0), data)
+    alone = make_trainer(replace(config, max_seeds=0), data, replicas=replicas)
     return [alone.run_epoch().val_accuracy for _ in range(config.epochs)]
 
 
-def _resume(trainer: Trainer, resume: Path) -> list[dict]:
-    """Restore ``trainer`` from a run directory; the events logged before its checkpoint."""
+def _resume(trainer: Trainer, resume: Path, read_events: bool = True) -> list[dict]:
+    """Restore ``trainer`` from a run directory; the events logged before its checkpoint.
+
+    ``read_events=False`` (ranks other than 0, which write nothing) skips the log,
+    which rank 0 is about to rewrite.
+    """
     run_dir = resume.parent if resume.name == CHECKPOINT_DIR else resume
     checkpoint = load_checkpoint(run_dir / CHECKPOINT_DIR)
     if checkpoint.optimizer is None:
         raise ValueError(f"{run_dir}: the checkpoint has no optimizer state to resume from")
     trainer.restore(checkpoint.model, checkpoint.optimizer, checkpoint.trainer_state)
     events = run_dir / EVENTS_FILE
-    lines = events.read_text(encoding="utf-8").splitlines() if events.exists() else []
+    lines = events.read_text(encoding="utf-8").splitlines() \
+        if read_events and events.exists() else []
     return [json.loads(line) for line in lines[: trainer.events_written]]
 
 
@@ -47,7 +57,21 @@ def grow(config: GrowConfig, resume: Path | None = None,
         config: the run's configuration.
         resume: a run directory (or its checkpoint directory) to continue from.
         console: where the live display goes (stdout by default).
+
+    Under ``torchrun`` (``WORLD_SIZE`` > 1) every rank runs this with the same
+    arguments: each trains on its shard (see :mod:`esper.tolaria.data_parallel`)
+    and only rank 0 writes ``config.out`` and shows progress.
     """
+    with session() as replicas:
+        return _grow(config, resume, console, replicas)
+
+
+def _grow(config: GrowConfig, resume: Path | None, console: Console | None,
+          replicas: Replicas | None) -> RunSummary:
+    """:func:`grow` on this process: the only one, or one rank of a torchrun job."""
+    main = replicas is None or replicas.is_main
+    if not main:
+        console = Console(file=io.StringIO())  # one display: rank 0's
     started = time.perf_counter()
     data = load_task(config.task, data_dir=config.data_dir, seed=config.seed, limit=config.limit)
     out = Path(config.out)
@@ -58,11 +82,19 @@ def grow(config: GrowConfig, resume: Path | None = None,
         if record["kind"] == "decision":
             progress.note(f"epoch {record['epoch']}: {record['action']} {record['slot']} "
                           f"({record['blueprint_id'] or record['reason']}): {record['outcome']}")
+        elif record.get("type") == EventType.COMMAND_REJECTED.value:
+            payload = record["payload"]
+            progress.note(f"command rejected ({payload['reason']}): {payload['detail']}")
+        elif record["kind"] == "consensus":
+            progress.note(f"epoch {record['epoch']}: ranks {record['dissenting']} disagree on "
+                          f"the {record['item']} of {record['slot']}: not applied")
 
-    trainer = Trainer(config, data, sink=sink)
-    earlier = _resume(trainer, resume) if resume is not None else []
-    baseline = _baseline(config, data) if config.baseline else None
-    with RunWriter(out, slots=config.slots if config.max_seeds else ()) as writer, progress:
+    trainer = make_trainer(config, data, sink, replicas)
+    earlier = _resume(trainer, resume, read_events=main) if resume is not None else []
+    baseline = _baseline(config, data, replicas) if config.baseline else None
+    slots = config.slots if config.max_seeds else ()
+    with (RunWriter(out, slots=slots) if main else NullWriter()) as writer, progress, \
+            closing(trainer):
         for record in earlier:
             writer.event(record)
         for epoch_record in trainer.records:
@@ -77,11 +109,15 @@ def grow(config: GrowConfig, resume: Path | None = None,
                 trainer.records[-1] = epoch_record
             writer.epoch(epoch_record)
             progress.update(epoch_record)
-            save_checkpoint(out / CHECKPOINT_DIR, model=trainer.model,
-                            optimizer=trainer.optimizer, trainer_state=trainer.trainer_state())
+            if main:
+                save_checkpoint(out / CHECKPOINT_DIR, model=trainer.model,
+                                optimizer=trainer.optimizer,
+                                trainer_state=trainer.trainer_state())
+        dump_replica(trainer, replicas)
         summary = _summary(config, trainer, baseline, time.perf_counter() - started)
         writer.finish(summary, trainer.records, baseline)
-    print_summary(summary, console)
+    if main:
+        print_summary(summary, console)
     return summary
 
 
@@ -97,4 +133,5 @@ def _summary(config: GrowConfig, trainer: Trainer, baseline: list[float] | None,
         seeds_pruned=tally.get(EventType.SEED_PRUNED.value, 0),
         parameters_host=sum(p.numel() for p in model.get_host_parameters()),
         parameters_added=sum(p.numel() for p in model.get_seed_parameters()),
-        wall_seconds=seconds, compile_count=trainer.counter.graphs, out_dir=str(config.out))
+        wall_seconds=seconds, compile_count=trainer.counter.graphs,
+        probe_compile_count=trainer.probe_counter.graphs, out_dir=str(config.out))

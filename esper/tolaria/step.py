@@ -5,13 +5,16 @@ compiles with ``fullgraph=True`` into one graph per topology: every stage
 change and every alpha is a tensor input, so only germinate and prune (new or
 removed parameters) compile another graph. The step also returns the squared
 gradient norm of each optimizer group (host, then each seed), computed in the
-same graph, which the telemetry folds in at its stride without a host sync.
+same graph, which the telemetry folds in at its stride without a host sync,
+the host features at each seeded slot for the first few samples, which the
+isolation probe reads instead of running the host again, and the flags of the
+circuit breaker: which groups were updated and which seeds misbehaved.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -19,11 +22,38 @@ from torch import Tensor
 
 import kernels
 
+from ..kasmina.isolation import ProbeSquares, probe_squares
 from ..kasmina.model import MorphogeneticModel
 from ..kasmina.state import SlotState
-from .optim import sgd_update
+from .optim import group_of, sgd_update
 
-StepFn = Callable[..., tuple[Tensor, Tensor]]
+
+class StepResult(NamedTuple):
+    """What one training step returns (all device tensors; nothing is synced).
+
+    Attributes:
+        loss: the batch loss (NaN or infinite when the step was skipped for it).
+        squared: float32 squared gradient norm of each group (host, then each
+            seed); empty when the step did not measure.
+        features: slot name -> host features at that slot for the first few
+            samples (for the isolation probe).
+        updated: bool per group: its update was applied (finite loss, finite
+            gradients, no activation fault of its seed).
+        faults: bool per seed group: the seed produced a non-finite activation,
+            or non-finite gradients under a finite loss.
+    """
+
+    loss: Tensor
+    squared: Tensor
+    features: dict[str, Tensor]
+    updated: Tensor
+    faults: Tensor
+
+
+StepFn = Callable[..., StepResult]
+# Data-parallel reduction of (gradients, loss, activation faults); see tolaria/distributed.py.
+StepReduce = Callable[[dict[str, Tensor], Tensor, dict[str, Tensor]],
+                      tuple[dict[str, Tensor], Tensor, dict[str, Tensor]]]
 
 
 def task_loss(logits: Tensor, targets: Tensor) -> Tensor:
@@ -45,6 +75,19 @@ def group_squares(grads: Mapping[str, Tensor], groups: tuple[tuple[str, ...], ..
                         for group in groups])
 
 
+def group_finite(grads: Mapping[str, Tensor], groups: tuple[tuple[str, ...], ...]) -> Tensor:
+    """Bool per group: every gradient in it is finite (one multi-tensor norm per group).
+
+    The eager step's check when it does not measure: cheaper than the
+    float64-accurate :func:`group_squares`, and a norm is finite exactly when
+    every element is (or the values are too large to square, which is a
+    failure too).
+    """
+    flags = [torch.stack(torch._foreach_norm([grads[n] for n in group])).sum().isfinite()
+             if group else torch.ones((), dtype=torch.bool) for group in groups]
+    return torch.stack(flags)
+
+
 def train_step(
     model: MorphogeneticModel,
     params: Mapping[str, Tensor],
@@ -58,8 +101,14 @@ def train_step(
     momentum: float,
     weight_decay: float,
     measure: bool = True,
-) -> tuple[Tensor, Tensor]:
+    feature_samples: int = 8,
+    reduce: StepReduce | None = None,
+) -> StepResult:
     """One SGD step; ``params`` and ``momenta`` are updated in place.
+
+    A group whose update would not be finite is skipped on the device, the
+    way AMP's gradient scaler skips steps: its parameters and momenta stay
+    bit-identical, with no host sync. A non-finite loss skips every group.
 
     Arguments:
         model: the model (its modules provide the structure, ``params`` the values).
@@ -69,21 +118,42 @@ def train_step(
         lrs: parameter name -> 0-d learning rate.
         states: slot name -> slot state.
         x, y: a batch.
-        groups: parameter names per telemetry group (host first, then each seed).
+        groups: parameter names per optimizer group: the host's first, then one
+            per seeded slot (as :class:`~esper.tolaria.optim.OptimizerState` groups them).
         momentum, weight_decay: SGD hyper-parameters.
         measure: compute the group norms; ``False`` returns an empty tensor in
-            their place (the step without telemetry, for benchmarks).
+            their place (and checks finiteness more cheaply).
+        feature_samples: how many leading samples of the host features at each
+            seeded slot to return (0 returns none).
+        reduce: data-parallel training: averages gradients and loss and ORs the
+            activation faults over the ranks, before anything reads them
+            (:meth:`esper.tolaria.distributed.Replicas.reduce_step`).
 
     Returns:
-        The loss and the float32 squared gradient norm of each group.
+        A :class:`StepResult`; its features are this batch's, before the update.
     """
-    def loss_of(p: dict[str, Tensor], b: dict[str, Tensor]) -> Tensor:
-        return task_loss(model.functional_forward(p, states, x, b), y)
+    def loss_of(p: dict[str, Tensor], b: dict[str, Tensor]) -> tuple[Tensor, Any]:
+        taps: dict[str, Tensor] = {}
+        faults: dict[str, Tensor] = {}
+        logits = model.functional_forward(p, states, x, b, features=taps, faults=faults)
+        kept = {name: h[:feature_samples] for name, h in taps.items()} if feature_samples else {}
+        return task_loss(logits, y), (kept, faults)
 
-    grads, loss = torch.func.grad_and_value(loss_of)(dict(params), dict(buffers))
+    grads, (loss, (features, activation_faults)) = torch.func.grad_and_value(
+        loss_of, has_aux=True)(dict(params), dict(buffers))
+    if reduce is not None:
+        grads, loss, activation_faults = reduce(grads, loss, activation_faults)
     squared = group_squares(grads, groups) if measure else loss.new_empty(0)
-    sgd_update(params, grads, momenta, lrs, momentum, weight_decay)
-    return loss.detach(), squared
+    finite = squared.isfinite() if measure else group_finite(grads, groups)
+    loss_ok = loss.isfinite()
+    faults = [activation_faults[group_of(group[0])] | (loss_ok & ~finite[i + 1])
+              for i, group in enumerate(groups[1:])]
+    updated = [loss_ok & finite[0], *(loss_ok & finite[i + 1] & ~fault
+                                       for i, fault in enumerate(faults))]
+    ok = {name: flag for flag, group in zip(updated, groups, strict=True) for name in group}
+    sgd_update(params, grads, momenta, lrs, momentum, weight_decay, ok)
+    stacked = torch.stack(faults) if faults else loss_ok.new_zeros(0)
+    return StepResult(loss.detach(), squared, features, torch.stack(updated), stacked)
 
 
 class CompileCounter:
@@ -102,12 +172,27 @@ class CompileCounter:
         return self.backend(graph, example_inputs)
 
 
+def _compiled(fn: Any, counter: CompileCounter | None) -> Any:
+    # Each germinate or prune compiles one more graph for the same code; a long
+    # run may see more topologies than dynamo's default limit allows. Shapes are
+    # static (full batches only): dynamic=False keeps shapes seen by an earlier
+    # compile of the same function (another model, another batch size) from
+    # turning this one's graphs dynamic.
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+    return torch.compile(fn, fullgraph=True, dynamic=False,
+                         backend=counter if counter is not None else CompileCounter())
+
+
 def build_step(compile: bool, counter: CompileCounter | None = None) -> StepFn:
     """The training step, compiled (inductor, ``fullgraph=True``) or eager."""
-    if not compile:
-        return train_step
-    # Each germinate or prune compiles one more graph for the same code; a long
-    # run may see more topologies than dynamo's default limit allows.
-    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
-    return torch.compile(train_step, fullgraph=True,
-                         backend=counter if counter is not None else CompileCounter())
+    return _compiled(train_step, counter) if compile else train_step
+
+
+def build_probe(compile: bool, counter: CompileCounter | None = None) -> ProbeSquares:
+    """The isolation probe's arithmetic, compiled like the step or eager.
+
+    Compiled, it is one small graph per seed (built at the seed's first probe);
+    eagerly, a probe costs about a millisecond of per-op overhead, which on a
+    small model is several percent of ten steps.
+    """
+    return _compiled(probe_squares, counter) if compile else probe_squares

@@ -1,15 +1,17 @@
 """The trainer: epochs of compiled steps, telemetry, lifecycle and controller.
 
 Per epoch: train (the compiled step; gradient norms folded into a moving
-average at the telemetry stride, isolation probed at the same stride), then
-validation accuracy, each blended slot's counterfactual contribution, one
-``step`` for every slot, and the controller's decisions. Every random draw is
+average at the telemetry stride, isolation probed at the same stride on the
+host features the step returns), then validation accuracy, each blended
+slot's counterfactual contribution, one ``step`` for every slot, and the
+controller's decisions. Every random draw is
 seeded from ``(seed, epoch)``, so a run is deterministic on CPU and a resumed
 run continues exactly.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Callable
@@ -19,15 +21,20 @@ from typing import Any
 import torch
 
 from ..data import TaskData, batches
+from ..kasmina import safety
+from ..kasmina.commands import load_key_from_env
 from ..kasmina.model import MorphogeneticModel
+from ..kasmina.safety import BreakerState, BreakerStatus
 from ..kasmina.telemetry import GradientCapture, GradientEMA, due
 from ..leyline import SeedStage, SlotTelemetry, TelemetryEvent
 from ..tamiyo import ControllerMemory, Decision, HeuristicController
+from . import breakers
 from .config import GrowConfig, build_host
 from .evaluate import accuracy, counterfactuals
+from .external import CommandSource, open_source
 from .optim import HOST_GROUP, OptimizerState, SGDConfig
 from .records import EpochRecord, SlotSnapshot
-from .step import CompileCounter, build_step
+from .step import CompileCounter, build_probe, build_step
 
 _BLENDED = (SeedStage.BLENDING, SeedStage.HOLDING, SeedStage.FOSSILIZED)
 EventSink = Callable[[dict[str, Any]], None]
@@ -52,8 +59,12 @@ class Trainer:
     epoch: int = 0
     records: list[EpochRecord] = field(default_factory=list)
     counter: CompileCounter = field(init=False)
+    probe_counter: CompileCounter = field(init=False)
     tally: dict[str, int] = field(default_factory=dict)
     events_written: int = 0
+    global_step: int = 0
+    breakers: dict[str, BreakerState] = field(init=False)
+    commands: CommandSource | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
         torch.manual_seed(epoch_seed(self.config.seed, 0))
@@ -65,8 +76,14 @@ class Trainer:
             on_telemetry=self._lifecycle_event)
         self.optimizer = OptimizerState(SGDConfig(lr=self.config.lr)).synced(self.model)
         self.controller = HeuristicController(self.config.controller_config(topology))
+        self.breakers = breakers.fresh(tuple(self.model.seed_slots), {})
+        if self.config.commands is not None:
+            self.commands = open_source(self.config.commands, load_key_from_env(),
+                                        frozenset(self.model.seed_slots), self._command_event)
         self.counter = CompileCounter(self.config.compile_backend)
         self._step = build_step(self.config.compile, self.counter)
+        self.probe_counter = CompileCounter(self.config.compile_backend)
+        self._probe = build_probe(self.config.compile, self.probe_counter)
 
     # ------------------------------------------------------------------ events
 
@@ -77,6 +94,9 @@ class Trainer:
     def _lifecycle_event(self, event: TelemetryEvent) -> None:
         self.tally[event.type.value] = self.tally.get(event.type.value, 0) + 1
         self._emit({"kind": "lifecycle", **event.to_dict()})
+
+    def _command_event(self, event: TelemetryEvent) -> None:
+        self._lifecycle_event(dataclasses.replace(event, epoch=self.epoch))
 
     def _decision_event(self, decision: Decision, outcome: str) -> None:
         self._emit({"kind": "decision", "epoch": self.epoch, **decision.to_dict(),
@@ -105,28 +125,98 @@ class Trainer:
         probe_generator = torch.Generator().manual_seed(seed + 7)
         ema: GradientEMA | None = None
         losses = []
+        faults = torch.zeros(len(names), dtype=torch.int64)  # since the last look, on device
+        skipped = torch.zeros(len(groups), dtype=torch.int64)
         x, y = self.data.train
         # Full batches only: a ragged last batch would compile a graph of its own.
         for index, (xb, yb) in enumerate(batches(x, y, min(cfg.batch_size, len(y)), shuffle=True,
                                                  generator=generator, drop_last=True)):
-            loss, squared = self._step(model, params, buffers, self.optimizer.momenta, lrs,
-                                       states, xb, yb, groups, self.optimizer.config.momentum,
-                                       self.optimizer.config.weight_decay)
-            losses.append(loss)
-            if due(index, cfg.telemetry_stride) and names:
-                sample = GradientCapture(names, squared, counts[0], counts[1:])
+            probe = due(index, cfg.telemetry_stride) and bool(names)
+            # Compiled, the norms are part of the one graph (a flag would make two);
+            # eagerly they cost a kernel call, so only the steps that use them pay it.
+            result = self._step(
+                model, params, buffers, self.optimizer.momenta, lrs, states, xb, yb, groups,
+                self.optimizer.config.momentum, self.optimizer.config.weight_decay,
+                measure=cfg.compile or probe)
+            self.global_step += 1
+            losses.append(result.loss)
+            faults += result.faults
+            skipped += ~result.updated
+            if probe:
+                sample = GradientCapture(names, result.squared, counts[0], counts[1:])
                 ema = GradientEMA.start(sample) if ema is None else ema.update(sample)
-                model.probe_isolation(xb, generator=probe_generator)
+                model.probe_isolation(features=result.features, generator=probe_generator,
+                                      squares=self._probe)
                 states = model.slot_states()
-        return float(torch.stack(losses).mean()), ema
+                self._look_at_faults(names, faults, lrs)  # syncs, as the probe just did
+        self._look_at_faults(names, faults, lrs)
+        self._report_skipped(("host", *names), skipped)
+        values = torch.stack(losses)
+        finite = values[values.isfinite()]  # skipped steps do not count
+        return float(finite.mean() if finite.numel() else values.mean()), ema
+
+    # ------------------------------------------------------------------ circuit breakers
+
+    def _look_at_faults(self, names: tuple[str, ...], faults: torch.Tensor,
+                        lrs: dict[str, torch.Tensor]) -> None:
+        """Feed the fault counts into the breakers (one sync) and reset them.
+
+        A breaker that opens denies its seed: the seed's learning rates (tensor
+        inputs of the step, so nothing recompiles) are zeroed for the epoch.
+        """
+        if not names:
+            return
+        counts = dict(zip(names, faults.tolist(), strict=True))
+        faults.zero_()
+        self.breakers, events = breakers.observe(self.breakers, counts, self.global_step,
+                                                 self.epoch, self.config.breaker)
+        for event in events:
+            self._lifecycle_event(event)
+        for slot in breakers.tripped(self.breakers):
+            for name in self.optimizer.groups.get(slot, ()):
+                lrs[name].zero_()
+
+    def _report_skipped(self, groups: tuple[str, ...], skipped: torch.Tensor) -> None:
+        counts = {g: n for g, n in zip(groups, skipped.tolist(), strict=True) if n}
+        if counts:
+            self._emit({"kind": "safety", "epoch": self.epoch, "skipped_updates": counts})
+
+    def override_breaker(self, slot: str, status: BreakerStatus, reason: str) -> None:
+        """Manually set ``slot``'s breaker (an event is emitted even if unchanged).
+
+        Raises:
+            ValueError: unknown slot or status.
+        """
+        if slot not in self.breakers:
+            raise ValueError(f"unknown slot {slot!r}; slots are {list(self.breakers)}")
+        self.breakers[slot], events = safety.force(self.breakers[slot], status,
+                                                   self.global_step, reason, epoch=self.epoch)
+        for event in events:
+            self._lifecycle_event(event)
+
+    def _prune_tripped(self) -> None:
+        """Prune every seed whose breaker is not CLOSED (reason ``non_finite``)."""
+        for slot in breakers.tripped(self.breakers):
+            seed = self.model.seed_slots[slot]
+            if seed.state.has_seed and seed.state.stage is not SeedStage.FOSSILIZED:
+                seed.prune(breakers.NON_FINITE)
+            self.breakers[slot] = BreakerState(slot, seed_id=seed.state.seed_id)
 
     # ------------------------------------------------------------------ lifecycle
+
+    def _apply_external(self, decision: Decision, telemetry: dict[str, SlotTelemetry]) -> None:
+        """A verified command: one the lifecycle refuses changes nothing and is reported."""
+        try:
+            self._apply(decision, telemetry)
+        except (ValueError, RuntimeError) as exc:
+            self._decision_event(decision, f"rejected: {exc}")
 
     def _apply(self, decision: Decision, telemetry: dict[str, SlotTelemetry]) -> None:
         slot = self.model.seed_slots[decision.slot]
         if decision.action == "germinate":
             assert decision.blueprint_id is not None and decision.seed_id is not None
             slot.germinate(decision.blueprint_id, decision.seed_id)
+            self.breakers[decision.slot] = BreakerState(decision.slot, seed_id=decision.seed_id)
             outcome = "germinated"
         elif decision.action == "fossilize":
             result = slot.fossilize(telemetry[decision.slot])
@@ -139,25 +229,47 @@ class Trainer:
     def end_epoch(self, loss: float, ema: GradientEMA | None, seconds: float) -> EpochRecord:
         """Validation, counterfactuals, lifecycle step and controller decisions."""
         model = self.model
-        (vx, vy) = self.data.val
-        val = accuracy(model, vx, vy)
+        self._prune_tripped()
         blended = [n for n, s in model.slot_states().items() if s.stage in _BLENDED]
-        contributions = counterfactuals(model, vx, vy, blended, reference=val)
+        val, contributions = self._validate(blended)
         if ema is not None:
             model.record_gradients(ema)
         finite = math.isfinite(loss) and math.isfinite(val)
         telemetry = {name: SlotTelemetry(val, contributions.get(name), finite=finite)
                      for name in model.seed_slots}
-        model.step_epoch(telemetry)
-        torch.manual_seed(epoch_seed(self.config.seed, self.epoch) + 11)  # seed initialisation
-        decisions, self.memory = self.controller.decide(self.epoch, val, model.slot_states(),
-                                                        self.memory)
-        for decision in decisions:
-            self._apply(decision, telemetry)
+        self._lifecycle(val, telemetry)
         self.optimizer = self.optimizer.synced(model)
         record = EpochRecord(self.epoch, loss, val, self._snapshots(contributions), seconds)
         self.records.append(record)
         return record
+
+    def _validate(self, blended: list[str]) -> tuple[float, dict[str, float]]:
+        """Validation accuracy and the counterfactual contribution of each ``blended`` slot.
+
+        (:class:`~esper.tolaria.data_parallel.DataParallelTrainer` sums the counts
+        over the ranks instead.)
+        """
+        vx, vy = self.data.val
+        val = accuracy(self.model, vx, vy)
+        return val, counterfactuals(self.model, vx, vy, blended, reference=val)
+
+    def _lifecycle(self, val: float, telemetry: dict[str, SlotTelemetry]) -> None:
+        """Step every slot, then apply the controller's decisions (or the commands').
+
+        (:class:`~esper.tolaria.data_parallel.DataParallelTrainer` puts the whole
+        outcome through one consensus collective instead.)
+        """
+        model = self.model
+        model.step_epoch(telemetry)
+        torch.manual_seed(epoch_seed(self.config.seed, self.epoch) + 11)  # seed initialisation
+        if self.commands is None:
+            decisions, self.memory = self.controller.decide(self.epoch, val,
+                                                            model.slot_states(), self.memory)
+            for decision in decisions:
+                self._apply(decision, telemetry)
+        else:
+            for decision in self.commands.poll():
+                self._apply_external(decision, telemetry)
 
     def _snapshots(self, contributions: dict[str, float]) -> tuple[SlotSnapshot, ...]:
         shots = []
@@ -178,12 +290,18 @@ class Trainer:
         loss, ema = self.train_epoch()
         return self.end_epoch(loss, ema, time.perf_counter() - started)
 
+    def close(self) -> None:
+        """Release the command source, if any (the run calls it when it ends)."""
+        if self.commands is not None:
+            self.commands.close()
+
     # ------------------------------------------------------------------ persistence
 
     def trainer_state(self) -> dict[str, Any]:
         """JSON-ready progress for a checkpoint (weights and optimizer saved beside it)."""
         return {"epoch": self.epoch, "records": [r.to_dict() for r in self.records],
                 "tally": dict(self.tally), "events_written": self.events_written,
+                "global_step": self.global_step,
                 "controller": {"accuracies": list(self.memory.accuracies),
                                "germinations": dict(self.memory.germinations),
                                "seeds_created": self.memory.seeds_created}}
@@ -197,6 +315,9 @@ class Trainer:
         self.epoch = int(state["epoch"])
         self.tally = {str(k): int(v) for k, v in state["tally"].items()}
         self.events_written = int(state["events_written"])
+        self.global_step = int(state["global_step"])
+        self.breakers = breakers.fresh(tuple(model.seed_slots),
+                                       {n: s.state.seed_id for n, s in model.seed_slots.items()})
         self.records = [EpochRecord.from_dict(r) for r in state["records"]]
         memory = state["controller"]
         self.memory = ControllerMemory(tuple(memory["accuracies"]), dict(memory["germinations"]),

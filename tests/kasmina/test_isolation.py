@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import Tensor
+from torch._dynamo.testing import CompileCounterWithBackend
 
 from esper.kasmina import set_alpha, transition
 from esper.kasmina.gates import g2_ready_to_blend
 from esper.kasmina.host import TransformerHost
-from esper.kasmina.isolation import isolation_probe, measure_leak
-from esper.kasmina.ops import blend_weight, slot_forward
+from esper.kasmina.isolation import isolation_probe, measure_leak, probe_squares
+from esper.kasmina.ops import blend_weight
 from esper.kasmina.slot import SeedSlot
 from esper.leyline import SeedStage
+from tests.leaky_slot import LeakySlot
 
 STAGES = (SeedStage.TRAINING, SeedStage.BLENDING, SeedStage.HOLDING, SeedStage.FOSSILIZED)
 
@@ -29,16 +32,6 @@ def perturb(module: torch.nn.Module) -> None:
     with torch.no_grad():
         for p in module.parameters():
             p.add_(torch.randn_like(p))
-
-
-class LeakySlot(SeedSlot):
-    """A broken slot: its seed reads the host features without the isolation step."""
-
-    def forward(self, host: Tensor, state=None, alpha=None) -> Tensor:
-        if self.seed is None:
-            return host
-        seed = self.seed
-        return slot_forward(state or self.state, lambda _isolated: seed(host), host, alpha=alpha)
 
 
 def host_params() -> list[torch.nn.Parameter]:
@@ -108,7 +101,66 @@ def test_gated_blend_gate_path_is_reported_separately():
     report = slot.capture_gradient_telemetry(host_params(), features()).isolation
     assert report.gate_leak == 0.0 and not report.violated  # the gate reads isolated input
     # A gate reading the raw host features: its path is reported, never counted.
-    state, gate = slot.state, slot.gate
-    report = isolation_probe(lambda h, a: slot(h, alpha=a), state, features(),
-                             gate_fn=lambda h: gate(h, blend_weight(state.alpha, h)))
+    gate = slot.gate
+    report = isolation_probe(lambda h, s, a: slot(h, s, alpha=a), slot.state, features(),
+                             gate_fn=lambda h, s: gate(h, blend_weight(s.alpha, h)))
     assert report.gate_leak > 0 and not report.violated
+
+
+def _probed_slot(slot_class, blueprint: str, stage: SeedStage, blend: str = "linear") -> SeedSlot:
+    torch.manual_seed(0)
+    slot = slot_class("mid", 8, memory_format=torch.channels_last)
+    slot.germinate(blueprint, "s1", blend_algorithm_id=blend)
+    perturb(slot)
+    walk(slot, stage)
+    if stage is SeedStage.BLENDING:
+        slot.state = set_alpha(slot.state, 0.4)
+    return slot
+
+
+@pytest.mark.parametrize(("slot_class", "blueprint", "stage", "blend"), [
+    (SeedSlot, "norm", SeedStage.TRAINING, "linear"),
+    (SeedSlot, "conv_light", SeedStage.BLENDING, "gated"),
+    (LeakySlot, "conv_heavy", SeedStage.TRAINING, "linear"),
+    (LeakySlot, "conv_light", SeedStage.BLENDING, "linear"),
+])
+def test_compiled_probe_matches_eager(slot_class, blueprint, stage, blend):
+    slot = _probed_slot(slot_class, blueprint, stage, blend)
+    counter = CompileCounterWithBackend("aot_eager")
+    compiled = torch.compile(probe_squares, fullgraph=True, backend=counter)
+    h = features()
+    eager = slot._probe(h, torch.Generator().manual_seed(5))
+    traced = slot._probe(h, torch.Generator().manual_seed(5), squares=compiled)
+    assert counter.frame_count == 1
+    assert traced.violated == eager.violated == (slot_class is LeakySlot)
+    assert traced.leak == pytest.approx(eager.leak, rel=1e-5, abs=1e-7)
+    assert traced.gate_leak == pytest.approx(eager.gate_leak, rel=1e-5, abs=1e-7)
+
+
+def test_compiled_probe_reuses_its_graph_across_alpha_and_stage():
+    slot = _probed_slot(SeedSlot, "norm", SeedStage.TRAINING)
+    counter = CompileCounterWithBackend("aot_eager")
+    compiled = torch.compile(probe_squares, fullgraph=True, backend=counter)
+    h = features()
+    leaks = []
+    for stage in (SeedStage.BLENDING, SeedStage.HOLDING):
+        slot.state = transition(slot.state, stage)
+        for alpha in (0.1, 0.7):
+            if stage is SeedStage.BLENDING:
+                slot.state = set_alpha(slot.state, alpha)
+            leaks.append(slot._probe(h, squares=compiled).leak)
+    assert counter.frame_count == 1
+    assert max(leaks) < 1e-6
+
+
+def test_probe_squares_gives_the_squared_norms():
+    slot = _probed_slot(LeakySlot, "conv_light", SeedStage.TRAINING)
+    h, v, w = features(), torch.randn(2, 8, 6, 6), torch.randn(2, 8, 6, 6)
+    squares = probe_squares(slot._probe_slot, None, slot.state, h, v, w)
+    assert squares.dtype == torch.float64 and squares.shape == (4,)
+    hx = h.detach().requires_grad_(True)
+    (through,) = torch.autograd.grad(slot(hx), hx, v)
+    expected = (through - v).double().square().sum()  # a = 0 in TRAINING
+    torch.testing.assert_close(squares[0], expected)
+    torch.testing.assert_close(squares[1], v.double().square().sum())
+    assert squares[2:].tolist() == [0.0, 0.0]

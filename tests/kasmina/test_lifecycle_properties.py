@@ -24,6 +24,15 @@ import torch
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
+from esper.errors import (
+    AlphaShapeError,
+    AlphaValueError,
+    FossilizedSeedError,
+    InvalidTransitionError,
+    NoLiveSeedError,
+    SlotOccupiedError,
+    StageError,
+)
 from esper.kasmina import (
     SlotState,
     advance,
@@ -165,35 +174,38 @@ def _expected_error(state: SlotState, action: tuple) -> type[Exception] | None:
     if kind == "germinate":
         _, bp, sid, algo, params = action
         if state.stage != S.DORMANT:
-            return RuntimeError
+            return SlotOccupiedError
         bad = (not bp or not sid or algo not in BLEND_ALGORITHMS
                or not isinstance(params, int) or params < 0)
         return ValueError if bad else None
     if kind == "prune":
         reason = action[1]
-        bad = not isinstance(reason, str) or not reason or state.stage not in LIVE
-        return ValueError if bad else None
+        if not isinstance(reason, str) or not reason:
+            return ValueError
+        if state.stage == S.FOSSILIZED:
+            return FossilizedSeedError
+        return None if state.stage in LIVE else NoLiveSeedError
     if kind == "transition":
         target = S.parse(action[1])
         if state.stage == S.DORMANT and target == S.GERMINATED:
-            return ValueError
-        return None if target in VALID_TRANSITIONS[state.stage] else ValueError
+            return InvalidTransitionError
+        return None if target in VALID_TRANSITIONS[state.stage] else InvalidTransitionError
     if kind == "set_alpha":
         value = action[1]
         if state.stage not in (S.BLENDING, S.HOLDING):
-            return ValueError
+            return StageError
         if isinstance(value, bool) or not isinstance(value, int | float | torch.Tensor):
             return TypeError
         if isinstance(value, torch.Tensor):
             shape = () if state.alpha_mode == "scalar" else (state.channels,)
             if tuple(value.shape) != shape or not value.is_floating_point():
-                return ValueError
+                return AlphaShapeError
             ok = bool((torch.isfinite(value) & (value >= 0) & (value <= 1)).all())
         else:
             if state.alpha_mode == "channel":
-                return ValueError
+                return AlphaShapeError
             ok = math.isfinite(value) and 0 <= value <= 1
-        return None if ok else ValueError
+        return None if ok else AlphaValueError
     return None  # step, advance and fossilize never raise on well-typed input
 
 

@@ -182,3 +182,52 @@ def test_transformer_model_runs_every_stage():
         logits = model(tokens)
         assert logits.shape == (2, 16, 32) and torch.isfinite(logits).all()
     assert model.seed_slots["mid"].state.isolate is False
+
+
+def test_forward_reports_features_at_seeded_slots_only():
+    model = cnn_model()
+    model.germinate_seed("norm", "s1", slot="mid")
+    model.eval()
+    x = images()
+    features: dict[str, torch.Tensor] = {}
+    out = model(x, features=features)
+    assert list(features) == ["mid"]
+    with torch.no_grad():
+        h = model.host.run_segment("early", x)
+        h = model.host.run_segment("mid", h)
+    torch.testing.assert_close(features["mid"], h)
+    torch.testing.assert_close(out, model(x))
+
+
+def test_probe_isolation_on_features_matches_probe_on_input():
+    model = cnn_model()
+    model.germinate_seed("norm", "s1", slot="mid")
+    model.germinate_seed("conv_light", "s2", slot="late")
+    walk(model, "mid", SeedStage.TRAINING)
+    x = images(8)
+    model.eval()
+    features: dict[str, torch.Tensor] = {}
+    with torch.no_grad():
+        model(x, features=features)
+    model.train()
+    from_input = model.probe_isolation(x, generator=torch.Generator().manual_seed(3))
+    from_features = model.probe_isolation(features=features,
+                                          generator=torch.Generator().manual_seed(3))
+    assert set(from_input) == set(from_features) == {"mid", "late"}
+    for name in from_input:
+        assert from_input[name].leak == pytest.approx(from_features[name].leak, abs=1e-9)
+        assert not from_features[name].violated
+    assert model.training and all(s.training for s in model.seed_slots.values())
+
+
+def test_probe_isolation_rejects_ambiguous_or_incomplete_input():
+    model = cnn_model()
+    model.germinate_seed("norm", "s1", slot="mid")
+    x = images()
+    with pytest.raises(ValueError, match="exactly one of x"):
+        model.probe_isolation()
+    with pytest.raises(ValueError, match="exactly one of x"):
+        model.probe_isolation(x, features={"mid": x})
+    with pytest.raises(ValueError, match=r"features missing for seeded slots \['mid'\]"):
+        model.probe_isolation(features={"early": x})
+    assert model.seed_slots["mid"].state.metrics.isolation_violations == 0

@@ -96,18 +96,18 @@ def _render(summary: RunSummary) -> str:
 
 
 def test_summary_table_contains_the_numbers() -> None:
-    summary = RunSummary("cifar10", 25, 88.12, 83.6, 3, 1, 2, 1_234_567, 45_678, 3723.4, 4,
+    summary = RunSummary("cifar10", 25, 88.12, 83.6, 3, 1, 2, 1_234_567, 45_678, 3723.4, 4, 3,
                          "runs/cifar10-1")
     text = _render(summary)
     for fragment in ("cifar10", "25", "88.12%", "83.60%", "+4.52 pts", "germinated", "fossilized",
                      "pruned", "1,234,567", "45,678", "+3.70% of host", "1h 02m 03.4s",
-                     "runs/cifar10-1"):
+                     "4 step + 3 probe", "runs/cifar10-1"):
         assert fragment in text, fragment
     assert render_summary(summary).row_count == 11
 
 
 def test_summary_without_baseline_or_host() -> None:
-    summary = RunSummary("digits", 2, 91.0, None, 0, 0, 0, 0, 0, 12.25, 1, "out")
+    summary = RunSummary("digits", 2, 91.0, None, 0, 0, 0, 0, 0, 12.25, 1, 0, "out")
     text = _render(summary)
     assert "baseline" not in text and "91.00%" in text and "12.2s" in text
     assert render_summary(summary).row_count == 10

@@ -102,9 +102,13 @@ def test_compiled_run_recompiles_only_on_germinate_and_prune(tmp_path):
                   and e["outcome"] in ("germinated", "pruned")}
     structural |= {e["epoch"] for e in events if e["kind"] == "lifecycle"
                    and e["type"] == "SEED_PRUNED"}
+    germinated = [e["epoch"] for e in events if e["kind"] == "decision"
+                  and e["outcome"] == "germinated"]
     assert summary.seeds_germinated >= 1
     # One graph to start, then at most one per epoch whose end changed the topology.
     assert summary.compile_count == 1 + len({epoch for epoch in structural if epoch < 6})
+    # The probe: one small graph per seed, built at its first probe (the next epoch).
+    assert summary.probe_compile_count == len([e for e in germinated if e < 6])
 
 
 @pytest.mark.parametrize("argv, message", [

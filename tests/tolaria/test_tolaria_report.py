@@ -31,7 +31,7 @@ def _record(epoch: int, *slots: SlotSnapshot, baseline: float | None = None) -> 
 
 
 def _summary(out_dir: Path, baseline: float | None = 52.0) -> RunSummary:
-    return RunSummary("digits", 3, 53.0, baseline, 1, 1, 0, 1000, 120, 1.5, 2, str(out_dir))
+    return RunSummary("digits", 3, 53.0, baseline, 1, 1, 0, 1000, 120, 1.5, 2, 1, str(out_dir))
 
 
 def _assert_png(path: Path) -> None:
@@ -155,7 +155,7 @@ def test_records_are_json_ready() -> None:
     assert json.loads(json.dumps(record.to_dict()))["slots"][0] == snapshot.to_dict()
     assert EpochRecord.from_dict(json.loads(json.dumps(record.to_dict()))) == record
     assert record.slot("mid") is snapshot and record.slot("nope") is None
-    summary = RunSummary("digits", 4, 80.0, None, 1, 0, 0, 1000, 50, 2.0, 1, "runs/x")
+    summary = RunSummary("digits", 4, 80.0, None, 1, 0, 0, 1000, 50, 2.0, 1, 1, "runs/x")
     assert json.loads(json.dumps(summary.to_dict()))["parameters_added"] == 50
     assert summary.parameters_added_percent == pytest.approx(5.0)
     assert RunSummary.from_dict({**summary.to_dict(), "esper_version": "x"}) == summary

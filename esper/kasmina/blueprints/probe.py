@@ -7,6 +7,8 @@ import functools
 import torch
 from torch import Tensor, nn
 
+from ...errors import SeedShapeError
+
 _CNN_PROBE_SIZE = 8  # spatial side of the CNN probe
 _TRANSFORMER_PROBE_TOKENS = 8
 _PROBE_BATCH = 2
@@ -48,8 +50,8 @@ def validate_seed(
         name: the blueprint's name, for the error message.
 
     Raises:
-        ValueError: naming the blueprint and both shapes if the output shape
-            differs, or if the seed does not return a tensor.
+        SeedShapeError: naming the blueprint and both shapes if the output shape
+            differs, or if the seed does not return a tensor (a ``ValueError``).
     """
     probe = _probe(topology, channels, torch.device(device)).clone()
     modes = {module: module.training for module in seed.modules()}
@@ -61,10 +63,13 @@ def validate_seed(
         for module, training in modes.items():
             module.training = training
     if not isinstance(output, Tensor):
-        raise ValueError(f"blueprint {name!r} returned {type(output).__name__}, not a tensor")
+        raise SeedShapeError(f"blueprint {name!r} returned {type(output).__name__}, not a "
+                             "tensor: a seed's forward must return the features it was given, "
+                             "transformed, as one tensor")
     if output.shape != probe.shape:
-        raise ValueError(f"blueprint {name!r} changes the feature shape: input "
-                         f"{tuple(probe.shape)}, output {tuple(output.shape)}")
+        raise SeedShapeError(f"blueprint {name!r} changes the feature shape: input "
+                             f"{tuple(probe.shape)}, output {tuple(output.shape)}; a seed must "
+                             "return features of exactly the shape it receives: fix its factory")
 
 
 __all__ = ["validate_seed"]

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from ...errors import TopologyMismatchError, UnknownBlueprintError
 from ...leyline import TOPOLOGIES, Topology
 from .probe import validate_seed
 
@@ -88,16 +89,21 @@ def get(topology: str, name: str) -> BlueprintSpec:
     """The blueprint ``name`` for ``topology``.
 
     Raises:
-        ValueError: naming the blueprints that exist, and the topology that has
-            ``name`` if it is registered for the other one.
+        UnknownBlueprintError: naming the blueprints that exist (a ``ValueError``).
+        TopologyMismatchError: ``name`` is registered for the other topology only
+            (a ``ValueError``).
     """
     catalog = _check_topology(topology)
     if name in catalog:
         return catalog[name]
+    known = f"known {topology} blueprints: {', '.join(catalog) or 'none'}"
     elsewhere = [other for other, specs in _CATALOG.items() if name in specs]
-    hint = f" (it is a {' and '.join(elsewhere)} blueprint)" if elsewhere else ""
-    raise ValueError(f"unknown {topology} blueprint {name!r}{hint}; "
-                     f"known {topology} blueprints: {', '.join(catalog) or 'none'}")
+    if elsewhere:
+        raise TopologyMismatchError(
+            f"unknown {topology} blueprint {name!r} (it is a {' and '.join(elsewhere)} "
+            f"blueprint, for the other host topology); {known}: choose one of those")
+    raise UnknownBlueprintError(f"unknown {topology} blueprint {name!r}; {known}: choose one "
+                                "of those or register a new one with blueprints.register")
 
 
 def names(topology: str) -> tuple[str, ...]:
@@ -109,7 +115,10 @@ def create(topology: str, name: str, channels: int) -> nn.Module:
     """Build a seed of blueprint ``name`` for ``channels`` channels, checked by a shape probe.
 
     Raises:
-        ValueError: unknown blueprint, bad ``channels``, or a seed that changes the shape.
+        UnknownBlueprintError: no such blueprint (a ``ValueError``).
+        TopologyMismatchError: a blueprint of the other topology (a ``ValueError``).
+        SeedShapeError: a seed that changes the shape (a ``ValueError``).
+        ValueError: bad ``channels``.
         TypeError: if the factory returns something other than an ``nn.Module``.
     """
     spec = get(topology, name)

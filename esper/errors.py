@@ -1,0 +1,151 @@
+"""Every exception Esper raises on bad input, in one place.
+
+Each class subclasses :class:`EsperError` (so ``except esper.EsperError``
+catches them all) *and* the built-in exception Esper raised there before
+(``ValueError``, ``TypeError``, ``RuntimeError`` or ``OSError``), so existing ``except
+ValueError`` code keeps working. Messages name what was wrong and say what to
+do. Raising one never leaves a state half-changed: the object that raised is
+as it was before the call.
+
+The README's "Bad input" section maps each bad input to its exception; the
+table is checked against ``tests/test_bad_inputs.py``.
+
+This module imports nothing from Esper or torch, so any layer may raise from it.
+"""
+
+from __future__ import annotations
+
+
+class EsperError(Exception):
+    """Base of every Esper exception; never raised by itself."""
+
+
+# --------------------------------------------------------------------------- blueprints
+
+
+class UnknownBlueprintError(EsperError, ValueError):
+    """No blueprint of that name exists for the topology (the message lists those that do)."""
+
+
+class TopologyMismatchError(EsperError, ValueError):
+    """Something built for one host topology was used with another (a transformer blueprint on a
+    CNN slot, a task config of the other topology)."""
+
+
+class SeedShapeError(EsperError, ValueError):
+    """A seed returns features of a different shape than it receives; seeds must preserve it."""
+
+
+# --------------------------------------------------------------------------- slots and stages
+
+
+class UnknownSlotError(EsperError, ValueError):
+    """A slot name the model does not have (the message lists the model's slots)."""
+
+
+class SlotOccupiedError(EsperError, RuntimeError):
+    """Germination in a slot that is not DORMANT."""
+
+
+class StageError(EsperError, ValueError):
+    """A request the slot's current stage does not allow."""
+
+
+class InvalidTransitionError(StageError):
+    """A stage change the transition table does not allow (the message lists the allowed ones)."""
+
+
+class FossilizedSeedError(StageError):
+    """A request to remove a FOSSILIZED seed: fossilization is permanent."""
+
+
+class NoLiveSeedError(StageError):
+    """A request that needs a live seed in a slot that holds none."""
+
+
+# --------------------------------------------------------------------------- alpha
+
+
+class AlphaValueError(EsperError, ValueError):
+    """An alpha (blend weight) that is non-finite or outside [0, 1]."""
+
+
+class AlphaShapeError(EsperError, ValueError):
+    """An alpha of the wrong shape: not a scalar, ``channels`` values or per-sample ``[B, 1, ...]``.
+    """
+
+
+# --------------------------------------------------------------------------- model input
+
+
+class InputShapeError(EsperError, ValueError):
+    """A model input of the wrong rank, channel count or size for the host."""
+
+
+class InputDtypeError(EsperError, TypeError):
+    """A model input that is not a tensor of the dtype the host computes in."""
+
+
+# --------------------------------------------------------------------------- telemetry
+
+
+class TelemetryTypeError(EsperError, TypeError):
+    """Telemetry of the wrong type: not a ``SlotTelemetry``, or a field of the wrong type."""
+
+
+class TelemetryValueError(EsperError, ValueError):
+    """Telemetry with an impossible value (a negative count, a number too large for a float)."""
+
+
+# --------------------------------------------------------------------------- files and commands
+
+
+class CheckpointError(EsperError, ValueError):
+    """A checkpoint that cannot be written or read; the message names the file and the problem."""
+
+
+class StateDictMismatchError(CheckpointError, RuntimeError):
+    """A ``state_dict`` that does not fit the model it is loaded into (nothing is loaded).
+
+    Also a ``RuntimeError``, which is what ``nn.Module.load_state_dict`` raises.
+    """
+
+
+class DatasetError(EsperError, ValueError):
+    """A task could not be loaded: unknown name, missing or malformed files, bad arguments.
+
+    The message always names the task or file and the problem.
+    """
+
+
+class MalformedCommandError(EsperError, ValueError):
+    """A signed-command line that does not parse into a valid command."""
+
+
+class CommandSourceError(EsperError, OSError):
+    """The ``--commands`` path cannot be read (missing, a directory, unreadable)."""
+
+
+__all__ = [
+    "AlphaShapeError",
+    "AlphaValueError",
+    "CheckpointError",
+    "CommandSourceError",
+    "DatasetError",
+    "EsperError",
+    "FossilizedSeedError",
+    "InputDtypeError",
+    "InputShapeError",
+    "InvalidTransitionError",
+    "MalformedCommandError",
+    "NoLiveSeedError",
+    "SeedShapeError",
+    "SlotOccupiedError",
+    "StageError",
+    "StateDictMismatchError",
+    "TelemetryTypeError",
+    "TelemetryValueError",
+    "TopologyMismatchError",
+    "UnknownBlueprintError",
+    "UnknownSlotError",
+]

@@ -1,0 +1,58 @@
+"""The trainer's circuit breakers: one per slot, fed by the step's fault flags.
+
+The compiled step reports, per seed, whether it misbehaved (a non-finite
+activation, or non-finite gradients under a finite loss) and skips that
+seed's update on the device. The trainer adds the flags up on the device and
+reads them only where it syncs anyway (at the telemetry stride and at the end
+of the epoch); :func:`observe` then moves each breaker (pure functions of
+:mod:`esper.kasmina.safety`). A seed whose breaker is not CLOSED at the epoch
+boundary is pruned with reason :data:`NON_FINITE`, after which its slot starts
+with a fresh breaker, so breakers are always CLOSED between epochs (and need
+no checkpoint of their own).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from ..kasmina.safety import BreakerConfig, BreakerState, record_failure, record_success, tick
+from ..leyline import TelemetryEvent
+
+NON_FINITE = "non_finite"
+Breakers = dict[str, BreakerState]
+Observed = tuple[Breakers, tuple[TelemetryEvent, ...]]
+
+
+def fresh(slots: Sequence[str], seed_ids: Mapping[str, str | None]) -> Breakers:
+    """A CLOSED breaker for each slot, stamped with its seed (``None`` if dormant)."""
+    return {slot: BreakerState(slot, seed_id=seed_ids.get(slot)) for slot in slots}
+
+
+def observe(breakers: Mapping[str, BreakerState], fault_counts: Mapping[str, int], step: int,
+            epoch: int, cfg: BreakerConfig) -> Observed:
+    """Feed each seeded slot's fault count since the last look into its breaker.
+
+    A count above zero is one failure (reason :data:`NON_FINITE`), zero is one
+    success; then time advances to ``step`` (an OPEN breaker may half-open).
+    Slots without a count (no seed) are left as they are.
+
+    Returns:
+        The new breakers and every event their changes produced, in slot order.
+    """
+    new = dict(breakers)
+    events: list[TelemetryEvent] = []
+    for slot, count in fault_counts.items():
+        state = new[slot]
+        if count > 0:
+            state, changed = record_failure(state, step, cfg, NON_FINITE, epoch=epoch)
+        else:
+            state, changed = record_success(state, step, cfg, epoch=epoch)
+        state, ticked = tick(state, step, cfg, epoch=epoch)
+        new[slot] = state
+        events.extend((*changed, *ticked))
+    return new, tuple(events)
+
+
+def tripped(breakers: Mapping[str, BreakerState]) -> tuple[str, ...]:
+    """Slots whose breaker is not CLOSED (their seeds are pruned at the epoch boundary)."""
+    return tuple(slot for slot, state in breakers.items() if state.status != "CLOSED")

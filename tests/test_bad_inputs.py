@@ -1,0 +1,651 @@
+"""Every row of the README's "Bad input" table, each a test, and the table checked against them.
+
+Each case gives one bad input to the public API or the CLI and checks three
+things: the exception (or, for signed commands and gate requests, the refusal
+value), a fragment of the message that says what to do, and that nothing
+changed: slot states, parameter values and identities, the CPU RNG, files.
+``test_readme_table_and_cases_agree`` keeps the table and :data:`CASES` in step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+from torch import Tensor, nn
+
+import esper
+from esper.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from esper.cli import main
+from esper.data import DatasetError, load_task
+from esper.errors import (
+    AlphaShapeError,
+    AlphaValueError,
+    EsperError,
+    FossilizedSeedError,
+    InputDtypeError,
+    InputShapeError,
+    InvalidTransitionError,
+    NoLiveSeedError,
+    SeedShapeError,
+    SlotOccupiedError,
+    StateDictMismatchError,
+    TelemetryTypeError,
+    TelemetryValueError,
+    TopologyMismatchError,
+    UnknownBlueprintError,
+    UnknownSlotError,
+)
+from esper.kasmina import blueprints, set_alpha, transition
+from esper.kasmina.commands import CommandVerifier, LifecycleCommand, Verdict, sign
+from esper.kasmina.host import CNNHost, TransformerHost
+from esper.kasmina.model import MorphogeneticModel
+from esper.kasmina.slot import SeedSlot
+from esper.leyline import EventType, SeedStage, SlotTelemetry, TaskConfig
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+SLOTS = ("early", "mid", "late")
+KEY = b"k" * 32
+T0 = 1_000_000.0
+
+
+# --------------------------------------------------------------------------- the registry
+
+
+@dataclass(frozen=True)
+class Case:
+    """One table row: the test body and what the row's exception column must name."""
+
+    run: Callable[[Path, pytest.CaptureFixture[str]], None]
+    names: tuple[str, ...]
+
+
+CASES: dict[str, Case] = {}
+
+
+def case(row_id: str, *names: str) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """Register the test of README row ``row_id``; ``names`` appear in its exception column."""
+    def register(run: Callable[..., None]) -> Callable[..., None]:
+        assert row_id not in CASES, row_id
+        CASES[row_id] = Case(run, names)
+        return run
+    return register
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def cnn_model(alpha_mode: str = "scalar") -> MorphogeneticModel:
+    """A tiny three-slot CNN model (8x8 inputs) with a short lifecycle."""
+    torch.manual_seed(0)
+    task = TaskConfig(max_epochs=5, blending_steps=2, embargo_epochs=1)
+    return MorphogeneticModel(CNNHost(base_channels=4), slots=SLOTS, task_config=task,
+                              alpha_mode=alpha_mode)  # type: ignore[arg-type]
+
+
+def images(batch: int = 2) -> Tensor:
+    return torch.randn(batch, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+
+
+def walk(model: MorphogeneticModel, slot: str, stage: SeedStage) -> None:
+    """Germinate a ``norm`` seed in ``slot`` and drive it to ``stage`` with passing telemetry."""
+    model.germinate_seed("norm", f"seed-{slot}", slot=slot)
+    seed_slot = model.seed_slots[slot]
+    accuracy = 50.0
+    for _ in range(50):
+        if seed_slot.state.stage == stage:
+            return
+        if seed_slot.state.stage == SeedStage.HOLDING:
+            assert seed_slot.fossilize(SlotTelemetry(accuracy, counterfactual_contribution=2.0))
+            continue
+        accuracy += 1.0
+        model.step_epoch({slot: SlotTelemetry(accuracy, seed_gradient_norm_ratio=0.5)})
+    raise AssertionError(f"{slot} stuck in {seed_slot.state.stage.name}")
+
+
+@dataclass
+class Snapshot:
+    """What "unchanged" means for a model: states, tensors (values and objects), the RNG."""
+
+    states: dict[str, object]
+    tensors: dict[str, Tensor]
+    identities: list[int]
+    rng: Tensor
+
+    @classmethod
+    def of(cls, model: nn.Module) -> Snapshot:
+        states = ({name: slot.state for name, slot in model.seed_slots.items()}
+                  if isinstance(model, MorphogeneticModel) else {})
+        tensors = {k: v.detach().clone() for k, v in model.state_dict().items()
+                   if isinstance(v, Tensor)}
+        identities = [id(t) for t in (*model.parameters(), *model.buffers())]
+        return cls(states, tensors, identities, torch.get_rng_state())
+
+    def assert_same(self, model: nn.Module) -> None:
+        after = Snapshot.of(model)
+        assert after.states == self.states
+        assert after.tensors.keys() == self.tensors.keys()
+        for key, value in self.tensors.items():
+            assert torch.equal(after.tensors[key], value), key
+        assert after.identities == self.identities
+        assert torch.equal(after.rng, self.rng)
+
+
+@contextlib.contextmanager
+def unchanged(model: nn.Module) -> Iterator[None]:
+    """Assert that ``model`` (its slots, tensors) and the CPU RNG are as before the block."""
+    snapshot = Snapshot.of(model)
+    yield
+    snapshot.assert_same(model)
+
+
+def expect(error: type[BaseException], fragment: str, call: Callable[[], object]) -> str:
+    """Run ``call``; it must raise exactly ``error`` with ``fragment`` in its message."""
+    with pytest.raises(error) as info:
+        call()
+    assert type(info.value) is error
+    message = str(info.value)
+    assert fragment in message, message
+    return message
+
+
+def files_of(directory: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(directory.iterdir())}
+
+
+# --------------------------------------------------------------------------- blueprints
+
+
+@case("unknown-blueprint", "UnknownBlueprintError", "ValueError")
+def _unknown_blueprint(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    model = cnn_model()
+    with unchanged(model):
+        message = expect(UnknownBlueprintError, "known cnn blueprints: noop, norm",
+                         lambda: model.germinate_seed("nope", "s1", slot="mid"))
+    assert "register" in message
+
+
+@case("wrong-topology-blueprint", "TopologyMismatchError", "ValueError")
+def _wrong_topology_blueprint(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    model = cnn_model()
+    with unchanged(model):
+        expect(TopologyMismatchError, "it is a transformer blueprint",
+               lambda: model.germinate_seed("lora", "s1", slot="mid"))
+
+
+@case("wrong-topology-task", "TopologyMismatchError", "ValueError")
+def _wrong_topology_task(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rng = torch.get_rng_state()
+    expect(TopologyMismatchError, "topology='cnn'",
+           lambda: SeedSlot("mid", 8, topology="cnn",
+                            task_config=TaskConfig(topology="transformer")))
+    assert torch.equal(torch.get_rng_state(), rng)
+
+
+class _Widen(nn.Module):
+    """A broken seed: one more output channel than input channels."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels + 1, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.conv(x)
+
+
+@case("shape-changing-seed", "SeedShapeError", "ValueError")
+def _shape_changing_seed(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    model = cnn_model()
+    blueprints.register(blueprints.BlueprintSpec("widen", "cnn", _Widen))
+    try:
+        with unchanged(model):
+            expect(SeedShapeError, "(2, 8, 8, 8), output (2, 9, 8, 8)",
+                   lambda: model.germinate_seed("widen", "s1", slot="mid"))
+    finally:
+        blueprints.unregister("cnn", "widen")
+
+
+# --------------------------------------------------------------------------- slots and stages
+
+
+@case("unknown-slot", "UnknownSlotError", "ValueError")
+def _unknown_slot(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    model = cnn_model()
+    with unchanged(model):
+        expect(UnknownSlotError, "slots are ['early', 'mid', 'late']",
+               lambda: model.germinate_seed("norm", "s1", slot="middle"))
+
+
+@case("germinate-occupied-slot", "SlotOccupiedError", "RuntimeError")
+def _germinate_occupied(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    model = cnn_model()
+    model.germinate_seed("norm", "s1", slot="mid")
+    with unchanged(model):
+        expect(SlotOccupiedError, "prune it first",
+               lambda: model.germinate_seed("attention", "s2", slot="mid"))
+
+
+@case("germinate-fossilized-slot", "SlotOccupiedError", "RuntimeError")
+def _germinate_fossilized(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    model = cnn_model()
+    walk(model, "mid", SeedStage.FOSSILIZED)
+    with unchanged(model):
+        expect(SlotOccupiedError, "germinate in another slot",
+               lambda: model.germinate_seed("norm", "s2", slot="mid"))
+
+
+@case("prune-fossil", "FossilizedSeedError", "ValueError")
+def _prune_fossil(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    model = cnn_model()
+    walk(model, "mid", SeedStage.FOSSILIZED)
+    with unchanged(model):
+        expect(FossilizedSeedError, "fossilization is permanent",
+               lambda: model.prune_seed(slot="mid"))
+
+
+@case("prune-empty-slot", "NoLiveSeedError", "ValueError")
+def _prune_empty(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    model = cnn_model()
+    with unchanged(model):
+        expect(NoLiveSeedError, "no live seed to prune", lambda: model.prune_seed(slot="mid"))
+
+
+@case("out-of-order-advance", "GateResult", "out_of_order")
+def _out_of_order_advance(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    model = cnn_model()
+    walk(model, "mid", SeedStage.TRAINING)
+    with unchanged(model):
+        result = model.seed_slots["mid"].advance_stage(SeedStage.FOSSILIZED)
+    assert not result.passed and result.checks_failed == ("out_of_order",)
+    assert "allowed: BLENDING, PRUNED" in result.message
+
+
+@case("out-of-order-transition", "InvalidTransitionError", "ValueError")
+def _out_of_order_transition(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    model = cnn_model()
+    walk(model, "mid", SeedStage.TRAINING)
+    state = model.seed_slots["mid"].state
+    with unchanged(model):
+        expect(InvalidTransitionError, "allowed: BLENDING, PRUNED",
+               lambda: transition(state, SeedStage.FOSSILIZED))
+    assert model.seed_slots["mid"].state is state
+
+
+# --------------------------------------------------------------------------- alpha
+
+
+@case("nan-alpha-override", "AlphaValueError", "ValueError")
+def _nan_alpha_override(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    model = cnn_model()
+    walk(model, "mid", SeedStage.BLENDING)
+    x = images()
+    for value in (float("nan"), torch.tensor(float("nan")), torch.full((1,), 2.0).squeeze()):
+        with unchanged(model):
+            expect(AlphaValueError, "must be", lambda v=value: model(x, {"mid": v}))
+
+
+@case("out-of-range-alpha", "AlphaValueError", "ValueError")
+def _out_of_range_alpha(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    model = cnn_model()
+    walk(model, "mid", SeedStage.BLENDING)
+    slot = model.seed_slots["mid"]
+    with unchanged(model):
+        expect(AlphaValueError, "0 is the host alone, 1 the seed alone",
+               lambda: set_alpha(slot.state, 1.5))
+        with pytest.raises(AlphaValueError, match="lie in"), slot.force_alpha(-0.25):
+            pass
+
+
+@case("wrong-length-channel-alpha", "AlphaShapeError", "ValueError")
+def _wrong_length_channel_alpha(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    model = cnn_model(alpha_mode="channel")
+    walk(model, "mid", SeedStage.BLENDING)
+    slot = model.seed_slots["mid"]
+    wrong = torch.full((slot.channels + 1,), 0.5)
+    with unchanged(model):
+        expect(AlphaShapeError, f"shape ({slot.channels},)", lambda: set_alpha(slot.state, wrong))
+        expect(AlphaShapeError, f"{slot.channels} channel values",
+               lambda: model(images(), {"mid": wrong}))
+
+
+# --------------------------------------------------------------------------- model input
+
+
+@case("wrong-input-shape", "InputShapeError", "ValueError")
+def _wrong_input_shape(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    model = cnn_model()
+    one_channel, unbatched = torch.zeros(2, 1, 8, 8), torch.zeros(3, 8, 8)
+    with unchanged(model):
+        expect(InputShapeError, "[B, 3, H, W]", lambda: model(one_channel))
+        expect(InputShapeError, "[B, 3, H, W]", lambda: model(unbatched))
+
+
+@case("too-small-input", "InputShapeError", "ValueError")
+def _too_small_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    model = cnn_model()
+    small = torch.zeros(2, 3, 4, 4)
+    with unchanged(model):
+        expect(InputShapeError, "H and W >= 8", lambda: model(small))
+
+
+@case("wrong-input-dtype", "InputDtypeError", "TypeError")
+def _wrong_input_dtype(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    model = cnn_model()
+    with unchanged(model):
+        expect(InputDtypeError, "x.to(torch.float32)", lambda: model(images().double()))
+        expect(InputDtypeError, "x.to(torch.float32)", lambda: model(images().long()))
+        expect(InputDtypeError, "torch.as_tensor", lambda: model(images().tolist()))
+
+
+@case("wrong-token-dtype", "InputDtypeError", "TypeError")
+def _wrong_token_dtype(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    torch.manual_seed(0)
+    host = TransformerHost(vocab_size=16, n_embd=8, n_head=2, n_layer=3, block_size=8)
+    model = MorphogeneticModel(host, slots=SLOTS)
+    with unchanged(model):
+        expect(InputDtypeError, ".long()", lambda: model(torch.zeros(2, 8)))
+        expect(InputShapeError, "cut sequences to 8",
+               lambda: model(torch.zeros(2, 9, dtype=torch.long)))
+
+
+# --------------------------------------------------------------------------- telemetry
+
+
+@case("malformed-telemetry-type", "TelemetryTypeError", "TypeError")
+def _malformed_telemetry_type(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    model = cnn_model()
+    model.germinate_seed("norm", "s1", slot="mid")
+    expect(TelemetryTypeError, "must be a number", lambda: SlotTelemetry("high"))  # type: ignore[arg-type]
+    with unchanged(model):
+        expect(TelemetryTypeError, "SlotTelemetry(accuracy, ...)",
+               lambda: model.step_epoch({"mid": SlotTelemetry(50.0),  # validated first
+                                         "late": {"accuracy": 50.0}}))  # type: ignore[dict-item]
+
+
+@case("malformed-telemetry-value", "TelemetryValueError", "ValueError")
+def _malformed_telemetry_value(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    expect(TelemetryValueError, "count of leaking isolation probes",
+           lambda: SlotTelemetry(50.0, isolation_violations=-1))
+    expect(TelemetryValueError, "too large", lambda: SlotTelemetry(10**400))
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+def _saved(tmp_path: Path, name: str,
+           slots: tuple[str, ...] = SLOTS) -> tuple[Path, MorphogeneticModel]:
+    """A saved tiny model with a seed in its last slot, and the model."""
+    torch.manual_seed(0)
+    model = MorphogeneticModel(CNNHost(base_channels=4), slots=slots)
+    model.germinate_seed("norm", "s1", slot=slots[-1])
+    return save_checkpoint(tmp_path / name, model=model), model
+
+
+def _refused_load(directory: Path, error: type[BaseException], fragment: str) -> None:
+    """Loading ``directory`` raises; its files and the caller's RNG stay as they were."""
+    before, rng = files_of(directory), torch.get_rng_state()
+    expect(error, fragment, lambda: load_checkpoint(directory))
+    assert files_of(directory) == before
+    assert torch.equal(torch.get_rng_state(), rng)
+
+
+@case("corrupt-checkpoint", "CheckpointError", "ValueError")
+def _corrupt_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    directory, _ = _saved(tmp_path, "ck")
+    weights = directory / "weights.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    _refused_load(directory, CheckpointError, "restore both files from the same save")
+
+
+@case("mismatched-checkpoint", "CheckpointError", "ValueError")
+def _mismatched_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    directory, _ = _saved(tmp_path, "a")
+    other, _ = _saved(tmp_path, "b", slots=("mid",))
+    (directory / "weights.safetensors").write_bytes((other / "weights.safetensors").read_bytes())
+    _refused_load(directory, CheckpointError, "restore both files from the same save")
+
+
+@case("newer-checkpoint", "CheckpointError", "ValueError")
+def _newer_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    directory, _ = _saved(tmp_path, "ck")
+    document = directory / "checkpoint.json"
+    data = json.loads(document.read_text())
+    document.write_text(json.dumps({**data, "schema_version": 99}))
+    _refused_load(directory, CheckpointError, "written by a newer Esper")
+
+
+@case("mismatched-state-dict", "StateDictMismatchError", "CheckpointError", "RuntimeError")
+def _mismatched_state_dict(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    model = cnn_model()
+    model.germinate_seed("norm", "s1", slot="mid")
+    _, other = _saved(tmp_path, "other", slots=("early", "mid"))
+    with unchanged(model):
+        expect(StateDictMismatchError, "nothing was loaded",
+               lambda: model.load_state_dict(other.state_dict()))
+
+
+# --------------------------------------------------------------------------- CLI and data
+
+
+def run_cli(argv: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> str:
+    """Run ``esper`` in-process; it must exit 2, write nothing, and explain on stderr."""
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit) as info:
+        main([*argv, "--out", str(out)])
+    assert info.value.code == 2
+    assert not out.exists()
+    return capsys.readouterr().err
+
+
+@case("bad-cli-number", "SystemExit(2)")
+def _bad_cli_number(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert "--epochs: must be >= 1, got 0" in run_cli(["grow", "--epochs", "0"], tmp_path, capsys)
+
+
+@case("bad-cli-choice", "SystemExit(2)")
+def _bad_cli_choice(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    err = run_cli(["grow", "--task", "mnist"], tmp_path, capsys)
+    assert "invalid choice: 'mnist'" in err and "choose from" in err
+
+
+@case("bad-cli-blueprint", "SystemExit(2)", "UnknownBlueprintError")
+def _bad_cli_blueprint(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    err = run_cli(["grow", "--blueprints", "nope", "--epochs", "1", "--limit", "16"],
+                  tmp_path, capsys)
+    assert "esper: error: unknown cnn blueprints ['nope']" in err
+    assert "choose among those (--blueprints)" in err
+
+
+@case("bad-cli-slot", "SystemExit(2)", "UnknownSlotError")
+def _bad_cli_slot(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    err = run_cli(["grow", "--slots", "middle", "--epochs", "1", "--limit", "16"], tmp_path, capsys)
+    assert "this host's injection points are ['early', 'mid', 'late']" in err
+
+
+@case("missing-data-directory", "DatasetError", "ValueError", "SystemExit(2)")
+def _missing_data_directory(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    missing = tmp_path / "no-cifar"
+    expect(DatasetError, "download the CIFAR-10 python version",
+           lambda: load_task("cifar10", data_dir=missing))
+    err = run_cli(["grow", "--task", "cifar10", "--data-dir", str(missing)], tmp_path, capsys)
+    assert f"'{missing}' is not a directory; download" in err
+    assert not missing.exists()
+
+
+@contextlib.contextmanager
+def command_key(value: str | None) -> Iterator[None]:
+    """``ESPER_COMMAND_KEY`` set to ``value`` (unset for ``None``) for the block only."""
+    saved = os.environ.pop("ESPER_COMMAND_KEY", None)
+    if value is not None:
+        os.environ["ESPER_COMMAND_KEY"] = value
+    try:
+        yield
+    finally:
+        os.environ.pop("ESPER_COMMAND_KEY", None)
+        if saved is not None:
+            os.environ["ESPER_COMMAND_KEY"] = saved
+
+
+@case("bad-cli-controller", "SystemExit(2)")
+def _bad_cli_controller(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    commands = tmp_path / "commands.jsonl"
+    commands.write_text("")
+    for extra in (["--controller", "external"], ["--commands", str(commands)]):
+        err = run_cli(["grow", "--epochs", "1", "--limit", "16", *extra], tmp_path, capsys)
+        assert "--controller external and --commands PATH go together" in err
+    assert commands.read_text() == ""
+
+
+@case("missing-command-key", "SystemExit(2)")
+def _missing_command_key(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    commands = tmp_path / "commands.jsonl"
+    commands.write_text("")
+    argv = ["grow", "--epochs", "1", "--limit", "16", "--controller", "external",
+            "--commands", str(commands)]
+    with command_key(None):
+        err = run_cli(argv, tmp_path, capsys)
+    assert "environment variable ESPER_COMMAND_KEY is unset or empty" in err
+
+
+@case("missing-commands-file", "CommandSourceError", "OSError", "SystemExit(2)")
+def _missing_commands_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    missing = tmp_path / "no-commands"
+    argv = ["grow", "--epochs", "1", "--limit", "16", "--controller", "external",
+            "--commands", str(missing)]
+    with command_key("k" * 32):
+        err = run_cli(argv, tmp_path, capsys)
+    assert f"--commands {missing}: No such file or directory; create the file" in err
+    assert not missing.exists()
+
+
+# --------------------------------------------------------------------------- signed commands
+
+
+class Commands:
+    """A verifier with a settable clock, its rejection events, and a model to command."""
+
+    def __init__(self) -> None:
+        self.now = T0
+        self.events: list[object] = []
+        self.verifier = CommandVerifier(KEY, freshness_s=30.0, clock=lambda: self.now,
+                                        known_slots=frozenset(SLOTS), on_event=self.events.append)
+        self.model = cnn_model()
+
+    def line(self, nonce: str = "n-1", issued_at: float = T0, slot: str = "mid",
+             key: bytes = KEY) -> str:
+        command = LifecycleCommand("germinate", slot, "norm", "s1", issued_at, nonce)
+        return sign(command, key).to_json()
+
+    def submit(self, line: str) -> Verdict:
+        """Verify ``line`` and apply it only if accepted (the external controller's loop)."""
+        verdict = self.verifier.verify(line)
+        if verdict.accepted:
+            assert verdict.command is not None
+            command = verdict.command
+            self.model.germinate_seed(command.blueprint_id or "", command.seed_id or "",
+                                      slot=command.slot)
+        return verdict
+
+    def refused(self, line: str, reason: str) -> None:
+        """``line`` is rejected for ``reason``: reported, nothing recorded, nothing applied."""
+        nonces, events = self.verifier.nonce_count, len(self.events)
+        with unchanged(self.model):
+            verdict = self.submit(line)
+        assert (verdict.accepted, verdict.reason, verdict.command) == (False, reason, None)
+        assert self.verifier.nonce_count == nonces
+        assert len(self.events) == events + 1
+        event = self.events[-1]
+        assert event.type == EventType.COMMAND_REJECTED  # type: ignore[attr-defined]
+        assert event.payload["reason"] == reason  # type: ignore[attr-defined]
+
+
+@case("tampered-command", "Verdict", "bad_signature")
+def _tampered_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    commands = Commands()
+    commands.refused(commands.line().replace('"s1"', '"s2"'), "bad_signature")
+    commands.refused(commands.line(key=b"not the key"), "bad_signature")
+
+
+@case("replayed-command", "Verdict", "replayed_nonce")
+def _replayed_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    commands = Commands()
+    line = commands.line()
+    assert commands.submit(line).accepted
+    assert commands.model.seed_slots["mid"].state.stage == SeedStage.GERMINATED
+    commands.refused(line, "replayed_nonce")
+
+
+@case("stale-command", "Verdict", "stale")
+def _stale_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    commands = Commands()
+    commands.now = T0 + 31.0
+    commands.refused(commands.line(), "stale")
+
+
+@case("future-command", "Verdict", "future")
+def _future_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    commands = Commands()
+    commands.refused(commands.line(issued_at=T0 + 60.0), "future")
+
+
+@case("malformed-command", "Verdict", "malformed")
+def _malformed_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    commands = Commands()
+    commands.refused('{"command": {"action": "germinate"}}', "malformed")
+    commands.refused("not json", "malformed")
+
+
+@case("unknown-slot-command", "Verdict", "unknown_slot")
+def _unknown_slot_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    commands = Commands()
+    commands.refused(commands.line(slot="middle"), "unknown_slot")
+
+
+# --------------------------------------------------------------------------- the tests
+
+
+@pytest.mark.parametrize("row_id", sorted(CASES))
+def test_bad_input(row_id: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    CASES[row_id].run(tmp_path, capsys)
+
+
+def readme_rows() -> dict[str, str]:
+    """Row id -> the exception column, from the README's "Bad input" table."""
+    section = re.search(r"^## Bad input\n(.*?)(?=^## )", README.read_text(),
+                        flags=re.DOTALL | re.MULTILINE)
+    assert section is not None, 'README.md has no "## Bad input" section'
+    rows: dict[str, str] = {}
+    for line in section.group(1).splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        match = re.fullmatch(r"`([a-z0-9-]+)`", cells[0]) if line.startswith("|") else None
+        if match:
+            assert match.group(1) not in rows, f"row {match.group(1)} appears twice"
+            rows[match.group(1)] = cells[3]
+    return rows
+
+
+def test_readme_table_and_cases_agree() -> None:
+    rows = readme_rows()
+    assert sorted(rows) == sorted(CASES), "README rows and test cases differ"
+    for row_id, column in rows.items():
+        for name in CASES[row_id].names:
+            assert name in column, f"row {row_id}: exception column {column!r} lacks {name!r}"
+
+
+def test_every_error_is_exported_and_keeps_its_builtin_base() -> None:
+    exported = {name: getattr(esper, name) for name in esper.__all__ if name.endswith("Error")}
+    assert set(exported) == set(esper.errors.__all__)
+    for name, error in exported.items():
+        assert issubclass(error, EsperError), name
+        assert error is EsperError or issubclass(
+            error, ValueError | TypeError | RuntimeError | OSError)
+    assert esper.CheckpointError is CheckpointError and esper.DatasetError is DatasetError
