@@ -136,7 +136,10 @@ def train_step(
         taps: dict[str, Tensor] = {}
         faults: dict[str, Tensor] = {}
         logits = model.functional_forward(p, states, x, b, features=taps, faults=faults)
-        kept = {name: h[:feature_samples] for name, h in taps.items()} if feature_samples else {}
+        # A copy, not a view: a view would keep the whole batch's features alive
+        # until the next step, and the allocator would have to map fresh pages.
+        kept = ({name: h[:feature_samples].clone() for name, h in taps.items()}
+                if feature_samples else {})
         return task_loss(logits, y), (kept, faults)
 
     grads, (loss, (features, activation_faults)) = torch.func.grad_and_value(

@@ -86,7 +86,7 @@ def test_nan_from_the_host_is_not_the_seeds_fault():
 def test_compiled_step_gives_the_same_flags_in_one_graph():
     model = seeded_model()
     counter = CompileCounterWithBackend("aot_eager")
-    compiled = torch.compile(train_step, fullgraph=True, backend=counter)
+    compiled = torch.compile(train_step, fullgraph=True, dynamic=False, backend=counter)
     healthy, _ = one_step(model, compiled)
     poison(model.seed_slots["mid"].seed)
     sick, _ = one_step(model, compiled)

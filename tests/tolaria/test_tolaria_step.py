@@ -66,7 +66,7 @@ def test_step_returns_host_features_of_the_first_samples_at_seeded_slots(backend
     model = _seeded_model()
     reference = copy.deepcopy(model)  # BatchNorm statistics move during the step
     step = train_step if backend is None else torch.compile(train_step, fullgraph=True,
-                                                            backend=backend)
+                                                            dynamic=False, backend=backend)
     x, result = _run_step(model, step)
     features = result.features
     assert list(features) == ["mid"] and features["mid"].shape[0] == 8
