@@ -49,6 +49,7 @@ from esper.kasmina.host import CNNHost, TransformerHost
 from esper.kasmina.model import MorphogeneticModel
 from esper.kasmina.slot import SeedSlot
 from esper.leyline import EventType, SeedStage, SlotTelemetry, TaskConfig
+from tests.broken_modules import Widen
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 SLOTS = ("early", "mid", "late")
@@ -189,21 +190,10 @@ def _wrong_topology_task(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     assert torch.equal(torch.get_rng_state(), rng)
 
 
-class _Widen(nn.Module):
-    """A broken seed: one more output channel than input channels."""
-
-    def __init__(self, channels: int) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(channels, channels + 1, 1)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.conv(x)
-
-
 @case("shape-changing-seed", "SeedShapeError", "ValueError")
 def _shape_changing_seed(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     model = cnn_model()
-    blueprints.register(blueprints.BlueprintSpec("widen", "cnn", _Widen))
+    blueprints.register(blueprints.BlueprintSpec("widen", "cnn", Widen))
     try:
         with unchanged(model):
             expect(SeedShapeError, "(2, 8, 8, 8), output (2, 9, 8, 8)",

@@ -14,7 +14,7 @@ from esper.kasmina.isolation import isolation_probe, measure_leak, probe_squares
 from esper.kasmina.ops import blend_weight
 from esper.kasmina.slot import SeedSlot
 from esper.leyline import SeedStage
-from tests.leaky_slot import LeakySlot
+from tests.broken_modules import LeakySlot
 
 STAGES = (SeedStage.TRAINING, SeedStage.BLENDING, SeedStage.HOLDING, SeedStage.FOSSILIZED)
 

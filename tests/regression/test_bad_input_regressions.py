@@ -21,6 +21,7 @@ from esper.errors import (
 from esper.kasmina import blueprints
 from esper.kasmina.host import CNNHost
 from esper.kasmina.model import MorphogeneticModel
+from tests.broken_modules import Widen
 
 
 def model_with_seed(slots: tuple[str, ...] = ("early", "mid", "late")) -> MorphogeneticModel:
@@ -100,19 +101,10 @@ def test_a_fitting_state_dict_still_loads():
     assert_same(tensors(source), target)
 
 
-class _Widen(nn.Module):
-    def __init__(self, channels: int) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(channels, channels + 1, 1)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.conv(x)
-
-
 def test_a_refused_seed_leaves_the_random_generator_alone():
     # Before: building the refused seed drew its initial weights from the global RNG.
     model = model_with_seed()
-    blueprints.register(blueprints.BlueprintSpec("widen-regression", "cnn", _Widen))
+    blueprints.register(blueprints.BlueprintSpec("widen-regression", "cnn", Widen))
     try:
         rng = torch.get_rng_state()
         with pytest.raises(SeedShapeError):

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from esper.tolaria.step import group_squares
-from tests.leaky_slot import LeakySlot
+from tests.broken_modules import LeakySlot
 
 
 def test_group_squares_eager_and_compiled_match_float64():
