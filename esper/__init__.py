@@ -15,6 +15,7 @@ from .errors import InputShapeError as InputShapeError
 from .errors import InvalidTransitionError as InvalidTransitionError
 from .errors import MalformedCommandError as MalformedCommandError
 from .errors import NoLiveSeedError as NoLiveSeedError
+from .errors import SeedRaisedError as SeedRaisedError
 from .errors import SeedShapeError as SeedShapeError
 from .errors import SlotOccupiedError as SlotOccupiedError
 from .errors import StageError as StageError

@@ -14,6 +14,7 @@ from .data import batches, load_task
 from .kasmina.host import CNNHost
 from .kasmina.model import MorphogeneticModel
 from .leyline import QualityGates, SeedStage, SlotTelemetry, TaskConfig
+from .tolaria.evaluate import probe_loss_reduction, score, scores_with
 
 
 def _accuracy(model: MorphogeneticModel, x: torch.Tensor, y: torch.Tensor,
@@ -45,8 +46,7 @@ def run_lifecycle_demo(epochs: int = 12, seed: int = 0) -> MorphogeneticModel:
     data = load_task("digits", seed=seed)
     (x, y), (vx, vy) = data.train, data.val
     task = TaskConfig(max_epochs=epochs, blending_steps=3)
-    gates = QualityGates(min_training_improvement=0.0, min_blending_epochs=2,
-                         min_fossilize_contribution=0.0)
+    gates = QualityGates(min_blending_epochs=2, min_fossilize_contribution=0.0)
     host = CNNHost(num_classes=data.num_classes, in_channels=data.in_channels or 1,
                    base_channels=16)
     model = MorphogeneticModel(host, slots=("mid",), task_config=task, gates=gates)
@@ -66,8 +66,13 @@ def run_lifecycle_demo(epochs: int = 12, seed: int = 0) -> MorphogeneticModel:
         note = ""
         if slot.state.has_seed:
             without = _accuracy(model, vx, vy, alpha_overrides={"mid": 0.0})
+            probe = None
+            if slot.state.stage == SeedStage.TRAINING:  # G2 judges the seed blended in a little
+                probed = scores_with(model, vx, vy, {"mid": gates.probe_alpha})["mid"]
+                probe = probe_loss_reduction(score(model, vx, vy), probed)
             telemetry = SlotTelemetry(accuracy, counterfactual_contribution=accuracy - without,
-                                      seed_gradient_norm_ratio=_gradient_ratio(model, "mid"))
+                                      seed_gradient_norm_ratio=_gradient_ratio(model, "mid"),
+                                      probe_loss_reduction=probe)
             if slot.state.stage == SeedStage.HOLDING:
                 result = slot.fossilize(telemetry)
                 note = result.message

@@ -20,6 +20,12 @@ class EsperError(Exception):
     """Base of every Esper exception; never raised by itself."""
 
 
+def describe(error: BaseException) -> str:
+    """``"Type: message"`` of any exception, on one line of at most 500 characters."""
+    text = " ".join(f"{type(error).__name__}: {error}".split())
+    return text if len(text) <= 500 else text[:497] + "..."
+
+
 # --------------------------------------------------------------------------- blueprints
 
 
@@ -34,6 +40,11 @@ class TopologyMismatchError(EsperError, ValueError):
 
 class SeedShapeError(EsperError, ValueError):
     """A seed returns features of a different shape than it receives; seeds must preserve it."""
+
+
+class SeedRaisedError(EsperError, RuntimeError):
+    """A seed's own code raised while it was built or validated at germination; the slot is
+    unchanged and the seed's exception is the ``__cause__``."""
 
 
 # --------------------------------------------------------------------------- slots and stages
@@ -139,6 +150,7 @@ __all__ = [
     "InvalidTransitionError",
     "MalformedCommandError",
     "NoLiveSeedError",
+    "SeedRaisedError",
     "SeedShapeError",
     "SlotOccupiedError",
     "StageError",

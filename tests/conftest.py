@@ -46,7 +46,8 @@ def _slot_at(
             assert result.passed, result
             continue
         accuracy += 1.0
-        s = step(s, SlotTelemetry(accuracy, seed_gradient_norm_ratio=0.5))
+        s = step(s, SlotTelemetry(accuracy, seed_gradient_norm_ratio=0.5,
+                                  probe_loss_reduction=0.01))
     raise AssertionError(f"could not reach {stage.name}: stuck in {s.stage.name}")
 
 

@@ -107,7 +107,8 @@ def walk(model: MorphogeneticModel, slot: str, stage: SeedStage) -> None:
             assert seed_slot.fossilize(SlotTelemetry(accuracy, counterfactual_contribution=2.0))
             continue
         accuracy += 1.0
-        model.step_epoch({slot: SlotTelemetry(accuracy, seed_gradient_norm_ratio=0.5)})
+        model.step_epoch({slot: SlotTelemetry(accuracy, seed_gradient_norm_ratio=0.5,
+                                                        probe_loss_reduction=0.01)})
     raise AssertionError(f"{slot} stuck in {seed_slot.state.stage.name}")
 
 

@@ -35,7 +35,8 @@ def _record_events(after: SlotState, record: TransitionRecord) -> list[Telemetry
                            {**_outcome(after, record), "params_added": after.seed_params}))
     elif record.to_stage == SeedStage.PRUNED:
         found.append(event(EventType.SEED_PRUNED, {**_outcome(after, record),
-                                                   "reason": record.reason}))
+                                                   "reason": record.reason,
+                                                   "detail": record.detail}))
     return found
 
 

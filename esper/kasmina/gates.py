@@ -39,20 +39,29 @@ def g1_germinated(state: SlotState) -> GateResult:
 
 
 def g2_ready_to_blend(state: SlotState) -> GateResult:
-    """G2: trained long enough, improved, gradient-active and isolated."""
+    """G2: trained long enough, helps on its own evidence, gradient-active and isolated.
+
+    The evidence is the seed's, not the host's: the validation loss with the
+    seed blended in at ``gates.probe_alpha`` must fall by at least
+    ``gates.min_probe_loss_reduction`` (relative) against the host alone at
+    its slot. While a seed trains it is invisible (alpha 0), so the model's
+    accuracy gain over TRAINING is the host's own progress and is not judged.
+    """
     m, gates = state.metrics, state.gates
     ratio = m.seed_gradient_norm_ratio
+    probe = m.probe_loss_reduction
     checks = dict([
         _tagged(state.stage == SeedStage.TRAINING, "in_training", "not_in_training"),
         _tagged(m.epochs_in_stage >= state.task.training_dwell, "dwell_met", "dwell_short"),
-        _tagged(m.stage_improvement >= gates.min_training_improvement,
-                "improvement_met", "improvement_low"),
+        _tagged(probe is not None and probe >= gates.min_probe_loss_reduction,
+                "probe_helps", "probe_loss_rose" if probe is not None else "probe_unmeasured"),
         _tagged(ratio is not None and ratio >= gates.min_seed_gradient_ratio,
                 "gradient_active", "gradient_low" if ratio is not None else "gradient_unmeasured"),
         _tagged(m.isolation_violations <= gates.max_isolation_violations,
                 "isolation_ok", "isolation_violated"),
     ])
-    detail = (f"improvement {m.stage_improvement:.2f} pts, gradient ratio "
+    detail = (f"probe loss reduction {'n/a' if probe is None else f'{probe:+.4f}'} at alpha "
+              f"{gates.probe_alpha:g}, gradient ratio "
               f"{'n/a' if ratio is None else f'{ratio:.3f}'}, "
               f"{m.isolation_violations} isolation violations")
     return GateResult.from_checks(GateLevel.G2, SeedStage.BLENDING, checks, detail)

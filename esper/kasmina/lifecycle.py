@@ -9,7 +9,8 @@ Example (DORMANT to FOSSILIZED)::
     state = SlotState.dormant("mid", channels=64, task=TaskConfig(max_epochs=5))
     state = germinate(state, "norm", "seed-1")
     for accuracy in (50.0, 51.0, 52.0, 53.0, 54.0, 55.0, 56.0, 57.0):
-        state = step(state, SlotTelemetry(accuracy, seed_gradient_norm_ratio=0.5))
+        state = step(state, SlotTelemetry(accuracy, seed_gradient_norm_ratio=0.5,
+                                          probe_loss_reduction=0.01))
     state, result = fossilize(state, SlotTelemetry(57.0, counterfactual_contribution=2.0))
 """
 
@@ -65,8 +66,10 @@ def _enter(state: SlotState, target: SeedStage, reason: str, **changes: object) 
     metrics = changes.pop("metrics", state.metrics)
     assert isinstance(metrics, SeedMetrics)
     seed_id = changes.get("seed_id") or state.seed_id  # germination brings the new id
+    detail = changes.pop("detail", None)
+    assert detail is None or isinstance(detail, str)
     record = TransitionRecord(state.stage, target, state.epoch, reason,
-                              seed_id, metrics.epochs_in_stage)
+                              seed_id, metrics.epochs_in_stage, detail)
     metrics = metrics.entering_stage()
     return state.replace(
         stage=target, alpha=alpha, b=_coefficient(state, b), g=_coefficient(state, g),
@@ -92,6 +95,7 @@ def _observe(metrics: SeedMetrics, t: SlotTelemetry, *, count_epoch: bool) -> Se
     accuracy = finite(t.accuracy)
     counterfactual = finite(t.counterfactual_contribution)
     ratio = finite(t.seed_gradient_norm_ratio)
+    probe = t.probe_loss_reduction
     best = metrics.best_accuracy
     if accuracy is not None:
         best = accuracy if best is None else max(best, accuracy)
@@ -107,6 +111,9 @@ def _observe(metrics: SeedMetrics, t: SlotTelemetry, *, count_epoch: bool) -> Se
         counterfactual_contribution=(counterfactual if counterfactual is not None
                                      else metrics.counterfactual_contribution),
         seed_gradient_norm_ratio=ratio if ratio is not None else metrics.seed_gradient_norm_ratio,
+        # -inf is evidence (a blown-up seed), NaN is none
+        probe_loss_reduction=(probe if probe is not None and probe == probe
+                              else metrics.probe_loss_reduction),
         isolation_violations=metrics.isolation_violations
         + (t.isolation_violations if count_epoch else 0),
     )
@@ -186,8 +193,14 @@ def _occupied_message(state: SlotState) -> str:
             "DORMANT again")
 
 
-def prune(state: SlotState, reason: str) -> SlotState:
+def prune(state: SlotState, reason: str, detail: str | None = None) -> SlotState:
     """Remove the live seed: the slot moves to PRUNED and then rests in embargo.
+
+    Arguments:
+        state: a slot with a live seed.
+        reason: why, a short tag (``"manual"``, ``"exception"``...).
+        detail: what went wrong, in words (an exception's message); carried on
+            the SEED_PRUNED event.
 
     Raises:
         FossilizedSeedError: the seed is FOSSILIZED (permanent; a ``ValueError``).
@@ -197,6 +210,8 @@ def prune(state: SlotState, reason: str) -> SlotState:
     _check_state(state)
     if not isinstance(reason, str) or not reason:
         raise ValueError(f"prune needs a non-empty reason, got {reason!r}")
+    if detail is not None and not isinstance(detail, str):
+        raise TypeError(f"prune's detail must be a string or None, got {detail!r}")
     if state.stage == _S.FOSSILIZED:
         raise FossilizedSeedError(
             f"seed {state.seed_id!r} in {state.slot_id!r} is FOSSILIZED and cannot be pruned: "
@@ -204,7 +219,7 @@ def prune(state: SlotState, reason: str) -> SlotState:
     if state.stage not in _LIVE:
         raise NoLiveSeedError(f"slot {state.slot_id!r} is {state.stage.name}: there is no live "
                               "seed to prune; nothing needs doing")
-    return _enter(state, _S.PRUNED, reason, prune_reason=reason)
+    return _enter(state, _S.PRUNED, reason, prune_reason=reason, detail=detail)
 
 
 cull = prune  # the older revision's name

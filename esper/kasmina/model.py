@@ -19,7 +19,7 @@ from ..leyline import QualityGates, SlotTelemetry, TaskConfig
 from ..leyline.constants import DEFAULT_BLEND_ALGORITHM
 from .isolation import IsolationReport, ProbeSquares, probe_squares
 from .protocol import HostProtocol
-from .safety import activation_fault
+from .safety import SeedHealth
 from .slot import SeedSlot, TelemetryCallback
 from .state import AlphaMode, SlotState, _check_override_shape
 from .telemetry import GradientCapture, GradientEMA, GradientStats, capture, materialize, record
@@ -89,7 +89,7 @@ class MorphogeneticModel(nn.Module):
     def forward(self, x: Tensor, alpha_overrides: Mapping[str, float | Tensor] | None = None,
                 *, states: Mapping[str, SlotState] | None = None,
                 features: dict[str, Tensor] | None = None,
-                faults: dict[str, Tensor] | None = None) -> Tensor:
+                faults: dict[str, SeedHealth] | None = None) -> Tensor:
         """Run the host with every slot in place.
 
         Arguments:
@@ -101,9 +101,9 @@ class MorphogeneticModel(nn.Module):
             states: slot name -> state to run with instead of the slots' own.
             features: if given, filled with the host features arriving at each
                 slot that holds a seed (slot name -> tensor, part of the graph).
-            faults: if given, filled with a 0-d bool per seeded slot: its input
-                was finite and its output was not (see
-                :func:`~esper.kasmina.safety.activation_fault`; no host sync).
+            faults: if given, filled with the :class:`~esper.kasmina.safety.SeedHealth`
+                of each seeded slot: 0-d bool flags for a non-finite seed output
+                and for a blown-up blend (device tensors; no host sync).
 
         Raises:
             InputDtypeError: ``x`` is not a tensor, or not of the dtype the host
@@ -125,16 +125,16 @@ class MorphogeneticModel(nn.Module):
                 if features is not None and slot.seed is not None:
                     features[name] = h
                 state = states.get(name) if states is not None else None
-                out = slot(h, state, overrides.get(name))
                 if faults is not None and slot.seed is not None:
-                    faults[name] = activation_fault(h, out)
-                h = out
+                    h, faults[name] = slot.checked(h, state, overrides.get(name))
+                else:
+                    h = slot(h, state, overrides.get(name))
         return self.host.run_head(h)
 
     def functional_forward(self, params: Mapping[str, Tensor], states: Mapping[str, SlotState],
                            x: Tensor, buffers: Mapping[str, Tensor] | None = None, *,
                            features: dict[str, Tensor] | None = None,
-                           faults: dict[str, Tensor] | None = None) -> Tensor:
+                           faults: dict[str, SeedHealth] | None = None) -> Tensor:
         """The forward as a pure function of parameters and slot states.
 
         Arguments:
@@ -148,8 +148,8 @@ class MorphogeneticModel(nn.Module):
             features: if given, filled with the host features at each seeded
                 slot (the training step returns a few samples of them for
                 :meth:`probe_isolation`).
-            faults: if given, filled with each seeded slot's activation fault
-                flag (see :meth:`forward`).
+            faults: if given, filled with each seeded slot's
+                :class:`~esper.kasmina.safety.SeedHealth` (see :meth:`forward`).
 
         Nothing else is mutated. Compiles with ``fullgraph=True``; states
         differing only in their tensor values (every stage, every alpha) reuse

@@ -34,6 +34,7 @@ import torch
 from torch import Tensor
 
 from ..errors import AlphaShapeError, SeedShapeError
+from .safety import SeedHealth, seed_health
 from .state import SlotState
 
 SeedFn = Callable[[Tensor], Tensor]
@@ -48,9 +49,15 @@ def ste(host: Tensor, seed_out: Tensor) -> Tensor:
         seed_out: seed output of the same shape.
 
     Returns:
-        ``host + (seed_out - seed_out.detach())``.
+        ``host + (seed_out - seed_out.detach())``, whose value is exactly
+        ``host`` even where ``seed_out`` is NaN or infinite.
     """
-    return host + (seed_out - seed_out.detach())
+    return host + _zero_valued(seed_out)
+
+
+def _zero_valued(seed_out: Tensor) -> Tensor:
+    """Zero in value (even where ``seed_out`` is not finite), ``seed_out``'s gradient."""
+    return (seed_out - seed_out.detach()).nan_to_num(0.0, 0.0, 0.0)
 
 
 def isolate(host: Tensor, g: Tensor) -> Tensor:
@@ -61,9 +68,10 @@ def isolate(host: Tensor, g: Tensor) -> Tensor:
         g: isolation coefficient (0-d); 1 blocks every gradient, 0 passes it.
 
     Returns:
-        ``host - g * (host - host.detach())``.
+        ``host - g * (host - host.detach())``, selected: at ``g = 1`` it is
+        ``host.detach()``, so no gradient (not even a NaN one) reaches the host.
     """
-    return host - g * (host - host.detach())
+    return torch.where(g == 1, host.detach(), host - g * (host - host.detach()))
 
 
 def blend(host: Tensor, seed_out: Tensor, alpha: Tensor) -> Tensor:
@@ -150,7 +158,11 @@ def check_channel_alpha(alpha: Tensor | None, channels: int) -> Tensor:
 
 
 class _Isolate(torch.autograd.Function):
-    """Forward: a view of ``host``. Backward: ``(1 - g) * grad`` to ``host``."""
+    """Forward: a view of ``host``. Backward: ``(1 - g) * grad`` to ``host``, selected.
+
+    Where ``g == 1`` the host gets exact zeros: a select, not ``grad * 0``, so a
+    NaN or infinite seed-input gradient never reaches the host.
+    """
 
     generate_vmap_rule = True
 
@@ -165,35 +177,52 @@ class _Isolate(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
         (g,) = ctx.saved_tensors
-        return grad * (1 - g), None
+        return torch.where(g == 1, 0.0, grad * (1 - g)), None
+
+
+def kept(seed_out: Tensor, a: Tensor) -> Tensor:
+    """Bool mask of the elements where the blend uses the seed: ``a != 0`` and a finite seed.
+
+    Everywhere else the slot outputs the host's value itself.
+    """
+    return torch.isfinite(seed_out) & (a != 0)
 
 
 class _Mix(torch.autograd.Function):
-    """Forward: ``lerp(host, s, a)``. Backward: ``(1-a)``, ``(a+b)`` and ``(s-host)`` times grad."""
+    """Forward: ``lerp(host, s, a)`` where :func:`kept`, else ``host`` (a select).
+
+    Backward, with ``a_k = a`` where kept and 0 elsewhere: ``(1 - a_k) * grad``
+    to the host, ``(a_k + b) * grad`` to the seed and ``(s - host) * grad``
+    (kept elements only) to ``a`` when ``a`` requires grad, as a gated alpha
+    does. At ``a = 0`` the output is exactly the host's and a NaN seed never
+    reaches the loss; the straight-through ``b * grad`` still trains the seed.
+    """
 
     generate_vmap_rule = True
 
     @staticmethod
     def forward(host: Tensor, seed_out: Tensor, a: Tensor, b: Tensor) -> Tensor:
-        return torch.lerp(host, seed_out, a)
+        return torch.where(kept(seed_out, a), torch.lerp(host, seed_out, a), host)
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple[Tensor, ...], output: Tensor) -> None:
         host, seed_out, a, b = inputs
+        mask = kept(seed_out, a)
         if ctx.needs_input_grad[2]:
-            ctx.save_for_backward(a, b, host, seed_out)
+            ctx.save_for_backward(mask, a, b, host, seed_out)
         else:
-            ctx.save_for_backward(a, b)
+            ctx.save_for_backward(mask, a, b)
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
-        a, b = ctx.saved_tensors[:2]
-        grad_host = grad * (1 - a) if ctx.needs_input_grad[0] else None
-        grad_seed = grad * (a + b) if ctx.needs_input_grad[1] else None
+        mask, a, b = ctx.saved_tensors[:3]
+        a_kept = torch.where(mask, a, 0.0)
+        grad_host = grad * (1 - a_kept) if ctx.needs_input_grad[0] else None
+        grad_seed = grad * (a_kept + b) if ctx.needs_input_grad[1] else None
         grad_a = None
         if ctx.needs_input_grad[2]:
-            host, seed_out = ctx.saved_tensors[2:]
-            grad_a = ((seed_out - host) * grad).sum_to_size(a.shape)
+            host, seed_out = ctx.saved_tensors[3:]
+            grad_a = torch.where(mask, (seed_out - host) * grad, 0.0).sum_to_size(a.shape)
         return grad_host, grad_seed, grad_a, None
 
 
@@ -226,13 +255,31 @@ def slot_forward(
             :class:`~esper.kasmina.blending.GatedBlend`), given the broadcast ``a``.
 
     Returns:
-        ``lerp(host, s, a)``; its gradient is ``a + b`` times the cotangent to the
-        seed, ``1 - a`` times it to the host directly, and ``1 - g`` times the
-        seed-input gradient to the host through the seed.
+        ``lerp(host, s, a)`` where ``a != 0`` and the seed's output is finite, and
+        exactly ``host`` elsewhere (a select, so ``a = 0`` with a NaN seed is the
+        host itself). Its gradient is ``a + b`` times the cotangent to the seed,
+        ``1 - a`` times it to the host directly, and ``1 - g`` times the
+        seed-input gradient to the host through the seed (exact zeros at ``g = 1``).
 
     Raises:
         AlphaShapeError: alpha does not broadcast (a ``ValueError``).
         SeedShapeError: the seed changes the shape (a ``ValueError``).
+    """
+    return slot_forward_checked(state, seed_fn, host, alpha=alpha, gate=gate)[0]
+
+
+def slot_forward_checked(
+    state: SlotState,
+    seed_fn: SeedFn,
+    host: Tensor,
+    *,
+    alpha: Tensor | None = None,
+    gate: AlphaGate | None = None,
+) -> tuple[Tensor, SeedHealth]:
+    """:func:`slot_forward` and the seed's :class:`~esper.kasmina.safety.SeedHealth`.
+
+    The health flags (a non-finite seed output, a blown-up blend) are 0-d
+    device tensors: reading them is the caller's sync, never this function's.
     """
     # A free view first: under torch.compile, a torch.func.grad primal passed straight
     # into an autograd.Function loses the custom backward (pytorch/pytorch#193279).
@@ -243,7 +290,8 @@ def slot_forward(
         a = gate(seed_in, a)
     seed_out = seed_fn(seed_in)
     _check_seed_output(seed_out, host)
-    return _Mix.apply(host, seed_out.to(host.dtype), a, state.b)
+    seed_out = seed_out.to(host.dtype)
+    return _Mix.apply(host, seed_out, a, state.b), seed_health(host, seed_out, a)
 
 
 def slot_forward_reference(
@@ -254,10 +302,13 @@ def slot_forward_reference(
     alpha: Tensor | None = None,
     gate: AlphaGate | None = None,
 ) -> Tensor:
-    """:func:`slot_forward` written as the plain DESIGN.md formula (six eager ops).
+    """:func:`slot_forward` written as the plain DESIGN.md formula with its selects.
 
     Same arguments and result; kept as the definition that tests and the
-    benchmark compare the fast path against.
+    benchmark compare the fast path against. Where a coefficient is 0 it
+    selects rather than multiplies (``NaN * 0`` is ``NaN``): :func:`isolate`
+    at ``g = 1``, the blend where :func:`kept` is false, and the
+    straight-through term, whose value is zero even for a non-finite seed.
     """
     a = blend_weight(state.alpha if alpha is None else alpha, host)
     seed_in = isolate(host, state.g)
@@ -265,8 +316,10 @@ def slot_forward_reference(
         a = gate(seed_in, a)
     seed_out = seed_fn(seed_in)
     _check_seed_output(seed_out, host)
-    return torch.lerp(host, seed_out, a) + state.b * (seed_out - seed_out.detach())
+    mixed = torch.where(kept(seed_out, a), torch.lerp(host, seed_out, a), host)
+    return mixed + state.b * _zero_valued(seed_out)
 
 
 __all__ = ["AlphaGate", "SeedFn", "blend", "blend_weight", "broadcast_alpha", "channel_dim",
-           "check_channel_alpha", "isolate", "slot_forward", "slot_forward_reference", "ste"]
+           "check_channel_alpha", "isolate", "kept", "slot_forward", "slot_forward_checked",
+           "slot_forward_reference", "ste"]

@@ -22,12 +22,12 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import torch
 
 from ..leyline import EventType, TelemetryEvent
-from ..leyline.constants import DEFAULT_MAX_HISTORY
+from ..leyline.constants import DEFAULT_MAX_BLEND_ACTIVATION_RATIO, DEFAULT_MAX_HISTORY
 
 BreakerStatus = Literal["CLOSED", "OPEN", "HALF_OPEN"]
 Decision = Literal["allow", "deny_open", "probe"]
@@ -255,14 +255,44 @@ def nonfinite_flag(*tensors: torch.Tensor | None) -> torch.Tensor:
     return torch.logical_not(finite)
 
 
-def activation_fault(host: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-    """0-d bool: the slot's input ``host`` is all finite and its output ``out`` is not.
+class SeedHealth(NamedTuple):
+    """How a seed behaved in one forward: two 0-d bool device tensors (no host sync).
 
-    A NaN or infinity that arrives from the host is the host's, not the seed's;
-    one that appears inside the slot is the seed's. No host sync.
+    Attributes:
+        fault: the slot's input was finite and the seed's output was not; a NaN
+            or infinity arriving from the host is the host's, not the seed's.
+        blowup: the seed's output was finite but, weighted by its alpha, larger
+            than ``max_ratio`` times the largest host activation at the slot: the
+            blend would swamp the host (the host-alone counterfactual of the
+            slot's activations is ``host`` itself). Never set while ``a = 0``.
     """
-    return torch.logical_and(torch.isfinite(host).all(),
-                             torch.logical_not(torch.isfinite(out).all()))
+
+    fault: torch.Tensor
+    blowup: torch.Tensor
+
+
+def seed_health(host: torch.Tensor, seed_out: torch.Tensor, a: torch.Tensor,
+                max_ratio: float = DEFAULT_MAX_BLEND_ACTIVATION_RATIO) -> SeedHealth:
+    """The :class:`SeedHealth` of one slot forward, from two max-abs reductions.
+
+    Max-abs is used rather than a norm because it cannot overflow for finite
+    inputs, and ``amax`` propagates NaN, so a non-finite tensor gives a
+    non-finite maximum.
+
+    Arguments:
+        host: the features arriving at the slot.
+        seed_out: the seed's output, same shape.
+        a: the effective blend weight (broadcastable to ``host``).
+        max_ratio: how many times the host's largest activation the weighted
+            seed may reach before it counts as a blow-up.
+    """
+    host_max = host.detach().abs().amax().float()
+    seed_max = seed_out.detach().abs().amax().float()
+    host_ok, seed_ok = torch.isfinite(host_max), torch.isfinite(seed_max)
+    fault = host_ok & ~seed_ok
+    weighted = a.detach().amax().float() * seed_max
+    blowup = host_ok & seed_ok & (host_max > 0) & (weighted > max_ratio * host_max)
+    return SeedHealth(fault, blowup)
 
 
 def masked_update(flag_ok: torch.Tensor, new: torch.Tensor, old: torch.Tensor) -> torch.Tensor:

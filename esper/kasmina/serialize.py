@@ -15,6 +15,14 @@ import torch
 from ..leyline import GateLevel, GateResult, QualityGates, SeedStage, TaskConfig
 from .state import SeedMetrics, SlotState, TransitionRecord, stage_coefficients
 
+# Fields added to a persisted dataclass after documents without them were written:
+# such a document still loads, and the field takes its default.
+_ADDED: dict[type, frozenset[str]] = {
+    TransitionRecord: frozenset({"detail"}),
+    SeedMetrics: frozenset({"probe_loss_reduction"}),
+    QualityGates: frozenset({"probe_alpha", "min_probe_loss_reduction"}),
+}
+
 
 def state_to_dict(state: SlotState) -> dict[str, Any]:
     """Encode ``state`` as plain JSON types (an alpha override is not persisted)."""
@@ -47,17 +55,25 @@ def state_to_dict(state: SlotState) -> dict[str, Any]:
     }
 
 
-def _exact_keys(where: str, data: object, names: set[str]) -> dict[str, Any]:
+def _exact_keys(where: str, data: object, names: set[str],
+                optional: frozenset[str] = frozenset()) -> dict[str, Any]:
+    """``data`` as a dict with exactly ``names`` as keys, less any of ``optional``."""
     if not isinstance(data, dict):
         raise ValueError(f"{where} must be an object, got {type(data).__name__}")
-    if set(data) != names:
-        missing, extra = sorted(names - set(data)), sorted(set(data) - names)
+    missing, extra = sorted(names - optional - set(data)), sorted(set(data) - names)
+    if missing or extra:
         raise ValueError(f"{where}: missing keys {missing}, unexpected keys {extra}")
     return data
 
 
 def _fields(cls: type) -> set[str]:
     return {f.name for f in dataclasses.fields(cls)}
+
+
+def _fields_of(where: str, data: object, cls: type) -> dict[str, Any]:
+    """The keyword arguments of ``cls`` in ``data``: every field, except that fields
+    added after a document was written (listed in :data:`_ADDED`) take their defaults."""
+    return _exact_keys(where, data, _fields(cls), _ADDED.get(cls, frozenset()))
 
 
 def _gate_from_dict(data: object) -> GateResult:
@@ -73,10 +89,11 @@ def _gate_from_dict(data: object) -> GateResult:
 
 
 def _record_from_dict(data: object) -> TransitionRecord:
-    data = _exact_keys("history record", data, _fields(TransitionRecord))
+    data = _fields_of("history record", data, TransitionRecord)
     return TransitionRecord(
         SeedStage.parse(data["from_stage"]), SeedStage.parse(data["to_stage"]),
-        int(data["epoch"]), str(data["reason"]), data["seed_id"], int(data["epochs_in_stage"]))
+        int(data["epoch"]), str(data["reason"]), data["seed_id"], int(data["epochs_in_stage"]),
+        None if data.get("detail") is None else str(data["detail"]))
 
 
 def state_from_dict(data: object, *, device: torch.device | str = "cpu") -> SlotState:
@@ -91,8 +108,8 @@ def state_from_dict(data: object, *, device: torch.device | str = "cpu") -> Slot
         stage = SeedStage.parse(data["stage"])
         history = tuple(_record_from_dict(r) for r in data["history"])
         task = TaskConfig(**_exact_keys("task", data["task"], _fields(TaskConfig)))
-        gates = QualityGates(**_exact_keys("gates", data["gates"], _fields(QualityGates)))
-        metrics = SeedMetrics(**_exact_keys("metrics", data["metrics"], _fields(SeedMetrics)))
+        gates = QualityGates(**_fields_of("gates", data["gates"], QualityGates))
+        metrics = SeedMetrics(**_fields_of("metrics", data["metrics"], SeedMetrics))
         alpha = torch.tensor(data["alpha"], dtype=torch.float32, device=device)
         _, b, g = stage_coefficients(stage, bool(data["isolate"]))
         scalar = {k: torch.tensor(v, dtype=torch.float32, device=device)

@@ -17,7 +17,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..errors import AlphaValueError, TopologyMismatchError
+from ..errors import (
+    AlphaValueError,
+    EsperError,
+    SeedRaisedError,
+    TopologyMismatchError,
+    describe,
+)
 from ..leyline import GateResult, QualityGates, SeedStage, SlotTelemetry, TaskConfig, Topology
 from ..leyline.constants import DEFAULT_BLEND_ALGORITHM
 from . import blueprints
@@ -25,7 +31,8 @@ from . import lifecycle as L
 from .blending import create_blend
 from .events import events
 from .isolation import IsolationReport, ProbeSquares, isolation_probe, probe_squares
-from .ops import blend_weight, isolate, slot_forward
+from .ops import blend_weight, isolate, slot_forward_checked
+from .safety import SeedHealth
 from .serialize import state_from_dict, state_to_dict
 from .state import AlphaMode, SlotState
 from .telemetry import GradientStats, capture, materialize, record
@@ -162,6 +169,7 @@ class SeedSlot(nn.Module):
             UnknownBlueprintError: no such blueprint (a ``ValueError``).
             TopologyMismatchError: a blueprint of the other topology (a ``ValueError``).
             SeedShapeError: the seed changes the feature shape (a ``ValueError``).
+            SeedRaisedError: the blueprint's code raised (a ``RuntimeError``).
             ValueError: bad ids or an unknown blend algorithm.
         """
         self._require_unforced()
@@ -184,23 +192,37 @@ class SeedSlot(nn.Module):
 
     def _build_seed(self, blueprint_id: str,
                     blend_algorithm_id: str) -> tuple[nn.Module, nn.Module | None]:
-        """A checked seed of ``blueprint_id`` and its blend gate, on the slot's device."""
-        seed = blueprints.create(self.topology, blueprint_id, self.channels)
-        seed = seed.to(self.device, memory_format=self.memory_format)
-        blueprints.validate_seed(seed, topology=self.topology, channels=self.channels,
-                                 device=self.device, name=blueprint_id)
+        """A checked seed of ``blueprint_id`` and its blend gate, on the slot's device.
+
+        Raises:
+            SeedRaisedError: the blueprint's own code raised (a ``RuntimeError``).
+        """
+        try:
+            seed = blueprints.create(self.topology, blueprint_id, self.channels)
+            seed = seed.to(self.device, memory_format=self.memory_format)
+            blueprints.validate_seed(seed, topology=self.topology, channels=self.channels,
+                                     device=self.device, name=blueprint_id)
+        except EsperError:
+            raise
+        except Exception as error:
+            raise SeedRaisedError(f"blueprint {blueprint_id!r} raised while its seed for slot "
+                                  f"{self.slot_id!r} was built and checked: {describe(error)}; "
+                                  "the slot is unchanged") from error
         gate = create_blend(blend_algorithm_id, self.channels, self.topology)
         return seed, gate.to(self.device) if gate is not None else None
 
-    def prune(self, reason: str = "manual") -> SlotState:
+    def prune(self, reason: str = "manual", detail: str | None = None) -> SlotState:
         """Remove the live seed (its parameters leave the module).
+
+        ``detail`` says what went wrong, in words; it is carried on the
+        SEED_PRUNED event.
 
         Raises:
             FossilizedSeedError: the seed is FOSSILIZED (a ``ValueError``).
             NoLiveSeedError: there is no live seed (a ``ValueError``).
         """
         self._require_unforced()
-        new = L.prune(self._state, reason)
+        new = L.prune(self._state, reason, detail)
         self._drop_seed()
         return self._commit(new)
 
@@ -339,15 +361,28 @@ class SeedSlot(nn.Module):
         """
         if self.seed is None:
             return host
+        return self.checked(host, state, alpha)[0]
+
+    def checked(self, host: Tensor, state: SlotState | None = None,
+                alpha: Tensor | float | None = None) -> tuple[Tensor, SeedHealth]:
+        """:meth:`forward` of a seeded slot and the seed's health flags (device tensors).
+
+        Raises:
+            RuntimeError: the slot holds no seed.
+            AlphaValueError: as :meth:`forward`.
+        """
+        if self.seed is None:
+            raise RuntimeError(f"slot {self.slot_id!r} holds no seed whose health could be "
+                               "checked")
         state = self._state if state is None else state
         if alpha is None:
-            return slot_forward(state, self.seed, host, gate=self.gate)
+            return slot_forward_checked(state, self.seed, host, gate=self.gate)
         if not isinstance(alpha, Tensor):
             if not 0.0 <= alpha <= 1.0:  # also refuses NaN
                 raise AlphaValueError(f"slot {self.slot_id!r}: alpha must be in [0, 1], got "
                                       f"{alpha!r}: 0 is the host alone, 1 the seed alone")
             alpha = torch.tensor(float(alpha), dtype=torch.float32, device=host.device)
-        return slot_forward(state, self.seed, host, alpha=alpha)
+        return slot_forward_checked(state, self.seed, host, alpha=alpha)
 
     # ------------------------------------------------------------------ persistence
 

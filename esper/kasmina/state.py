@@ -34,6 +34,7 @@ class TransitionRecord:
     reason: str
     seed_id: str | None = None
     epochs_in_stage: int = 0  # epochs spent in ``from_stage``
+    detail: str | None = None  # what went wrong, for a prune forced by a fault
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +55,7 @@ class SeedMetrics:
     counterfactual_contribution: float | None = None
     seed_gradient_norm_ratio: float | None = None
     isolation_violations: int = 0
+    probe_loss_reduction: float | None = None
 
     def replace(self, **changes: Any) -> SeedMetrics:
         """A copy with ``changes`` applied."""
@@ -263,6 +265,17 @@ class SlotState:
         else:
             raise TypeError(f"alpha override must be a number or a tensor, got {value!r}")
         return dataclasses.replace(self, alpha=alpha, alpha_overridden=True)
+
+    def muted(self, flag: torch.Tensor) -> SlotState:
+        """A step-input copy whose alpha is 0 where ``flag`` (0-d bool) is true.
+
+        For a training step that must stop blending a misbehaving seed without
+        a host sync: the select runs on the device and nothing is checked (the
+        alpha is this state's own or 0). Not a lifecycle state: pass it to the
+        step only, never commit it.
+        """
+        alpha = torch.where(flag, torch.zeros_like(self.alpha), self.alpha)
+        return _unflatten([alpha, self.b, self.g], _flatten(self)[1])
 
     def replace(self, **changes: Any) -> SlotState:
         """A new state with ``changes`` applied and every invariant re-checked."""

@@ -31,7 +31,9 @@ class QualityGates:
     """Thresholds of the lifecycle gates.
 
     Attributes:
-        min_training_improvement: G2, accuracy points gained since TRAINING began.
+        probe_alpha: G2, the alpha at which a training seed is probed (in (0, 1]).
+        min_probe_loss_reduction: G2, the relative validation-loss reduction the
+            seed must give at ``probe_alpha`` against the host alone at its slot.
         min_blending_epochs: G3, epochs spent in BLENDING before HOLDING.
         min_seed_gradient_ratio: G2, parameter-normalised seed/host gradient ratio.
         alpha_complete_threshold: G3, alpha needed to leave BLENDING.
@@ -39,7 +41,8 @@ class QualityGates:
         max_isolation_violations: G2, isolation probe violations tolerated.
     """
 
-    min_training_improvement: float = C.DEFAULT_MIN_TRAINING_IMPROVEMENT
+    probe_alpha: float = C.DEFAULT_PROBE_ALPHA
+    min_probe_loss_reduction: float = C.DEFAULT_MIN_PROBE_LOSS_REDUCTION
     min_blending_epochs: int = C.DEFAULT_MIN_BLENDING_EPOCHS
     min_seed_gradient_ratio: float = C.DEFAULT_MIN_SEED_GRADIENT_RATIO
     alpha_complete_threshold: float = C.DEFAULT_ALPHA_COMPLETE_THRESHOLD
@@ -47,11 +50,13 @@ class QualityGates:
     max_isolation_violations: int = C.DEFAULT_MAX_ISOLATION_VIOLATIONS
 
     def __post_init__(self) -> None:
-        for name in ("min_training_improvement", "min_seed_gradient_ratio",
+        for name in ("probe_alpha", "min_probe_loss_reduction", "min_seed_gradient_ratio",
                      "min_fossilize_contribution", "alpha_complete_threshold"):
             value = getattr(self, name)
             _require(_is_real(value) and math.isfinite(value),
                      f"QualityGates.{name} must be a finite number, got {value!r}")
+        _require(0.0 < self.probe_alpha <= 1.0,
+                 f"QualityGates.probe_alpha must lie in (0, 1], got {self.probe_alpha!r}")
         _require(0.0 < self.alpha_complete_threshold <= 1.0,
                  "QualityGates.alpha_complete_threshold must lie in (0, 1], "
                  f"got {self.alpha_complete_threshold!r}")

@@ -8,7 +8,10 @@ Each constant is used exactly where it belongs: the gate defaults by
 from typing import Final
 
 # Quality gates (accuracy is in percentage points).
-DEFAULT_MIN_TRAINING_IMPROVEMENT: Final = 0.5
+# G2 probes a training seed at this alpha and wants the validation loss to fall by at
+# least this fraction (0.0: no rise) against the host alone at its slot.
+DEFAULT_PROBE_ALPHA: Final = 0.1
+DEFAULT_MIN_PROBE_LOSS_REDUCTION: Final = 0.0
 DEFAULT_MIN_BLENDING_EPOCHS: Final = 3
 DEFAULT_MIN_SEED_GRADIENT_RATIO: Final = 0.05
 DEFAULT_ALPHA_COMPLETE_THRESHOLD: Final = 0.95
@@ -36,3 +39,11 @@ DEFAULT_TELEMETRY_STRIDE: Final = 10
 DEFAULT_TELEMETRY_EMA_DECAY: Final = 0.9
 DEFAULT_MAX_GRADIENT_RATIO: Final = 10.0
 DEFAULT_ISOLATION_TOLERANCE: Final = 1e-3
+
+# Seed safety (the step's health flags; see esper.kasmina.safety.seed_health).
+# A seed whose alpha-weighted output exceeds this many times the host's largest
+# activation at its slot has blown up: its step is skipped and it is denied.
+DEFAULT_MAX_BLEND_ACTIVATION_RATIO: Final = 100.0
+# A blended seed whose validation loss exceeds this many times the host-alone loss at
+# its slot (its counterfactual) has blown up: it is pruned at the epoch's end.
+DEFAULT_MAX_BLEND_LOSS_RATIO: Final = 2.0

@@ -14,7 +14,7 @@ class GateLevel(IntEnum):
 
     G0 = 0  # -> GERMINATED: identity fields present
     G1 = 1  # -> TRAINING: germination complete
-    G2 = 2  # -> BLENDING: dwell, improvement, gradient activity, isolation
+    G2 = 2  # -> BLENDING: dwell, the seed's probe, gradient activity, isolation
     G3 = 3  # -> HOLDING: alpha reached target after enough blending epochs
     G5 = 5  # -> FOSSILIZED: counterfactual contribution
 
@@ -38,7 +38,7 @@ class GateResult:
         passed: whether every check passed.
         score: a summary number in [0, 1]: the fraction of checks that passed.
         checks_passed: machine-readable tags of passed checks, e.g. ``"dwell_met"``.
-        checks_failed: machine-readable tags of failed checks, e.g. ``"improvement_low"``.
+        checks_failed: machine-readable tags of failed checks, e.g. ``"probe_loss_rose"``.
         message: one human-readable line.
         target: the stage the gate guards.
     """

@@ -35,7 +35,7 @@ EVENT_PAYLOAD_FIELDS: Mapping[EventType, tuple[str, ...]] = MappingProxyType({
         "params_added", "epochs_total", "epochs_in_stage"),
     EventType.SEED_PRUNED: (
         "reason", "blueprint_id", "seed_id", "improvement", "blending_delta", "counterfactual",
-        "epochs_total", "epochs_in_stage"),
+        "epochs_total", "epochs_in_stage", "detail"),
     EventType.COMMAND_REJECTED: ("reason", "slot", "nonce", "detail"),
     EventType.BREAKER_CHANGED: (
         "from", "to", "reason", "step", "failures", "probe_successes", "forced"),
@@ -96,6 +96,10 @@ class SlotTelemetry:
             the slot's alpha forced to 0, in points; ``None`` when not measured.
         seed_gradient_norm_ratio: parameter-normalised seed/host gradient ratio;
             ``None`` when not measured this epoch (the last value is kept).
+        probe_loss_reduction: a training seed's own evidence for G2: the relative
+            validation-loss reduction ``(L_host - L_probe) / L_host`` when it is
+            blended in at ``QualityGates.probe_alpha``, against the model with
+            its alpha at 0; ``None`` when not measured (the last value is kept).
         isolation_violations: isolation probes that leaked this epoch.
         finite: ``False`` when the epoch saw a non-finite loss, activation or
             gradient; the seed is then pruned with reason ``"non_finite"``.
@@ -110,12 +114,14 @@ class SlotTelemetry:
     counterfactual_contribution: float | None = None
     seed_gradient_norm_ratio: float | None = None
     isolation_violations: int = 0
+    probe_loss_reduction: float | None = None
     finite: bool = True
 
     def __post_init__(self) -> None:
         _check_number("accuracy", self.accuracy, optional=False)
         _check_number("counterfactual_contribution", self.counterfactual_contribution, True)
         _check_number("seed_gradient_norm_ratio", self.seed_gradient_norm_ratio, True)
+        _check_number("probe_loss_reduction", self.probe_loss_reduction, True)
         violations = self.isolation_violations
         if not isinstance(violations, int) or isinstance(violations, bool):
             raise TelemetryTypeError(

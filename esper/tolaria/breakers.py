@@ -1,12 +1,15 @@
 """The trainer's circuit breakers: one per slot, fed by the step's fault flags.
 
 The compiled step reports, per seed, whether it misbehaved (a non-finite
-activation, or non-finite gradients under a finite loss) and skips that
-seed's update on the device. The trainer adds the flags up on the device and
+activation, or non-finite gradients under a finite loss: reason
+:data:`NON_FINITE`; an alpha-weighted output that swamps the host's
+activations: reason :data:`BLOWUP`) and skips that seed's update on the
+device; the trainer mutes the seed (alpha 0) from the next step on, also on
+the device. The trainer adds the flags up on the device and
 reads them only where it syncs anyway (at the telemetry stride and at the end
 of the epoch); :func:`observe` then moves each breaker (pure functions of
 :mod:`esper.kasmina.safety`). A seed whose breaker is not CLOSED at the epoch
-boundary is pruned with reason :data:`NON_FINITE`, after which its slot starts
+boundary is pruned with the reason of its last failure, after which its slot starts
 with a fresh breaker, so breakers are always CLOSED between epochs (and need
 no checkpoint of their own).
 """
@@ -19,6 +22,7 @@ from ..kasmina.safety import BreakerConfig, BreakerState, record_failure, record
 from ..leyline import TelemetryEvent
 
 NON_FINITE = "non_finite"
+BLOWUP = "blowup"
 Breakers = dict[str, BreakerState]
 Observed = tuple[Breakers, tuple[TelemetryEvent, ...]]
 
@@ -29,12 +33,14 @@ def fresh(slots: Sequence[str], seed_ids: Mapping[str, str | None]) -> Breakers:
 
 
 def observe(breakers: Mapping[str, BreakerState], fault_counts: Mapping[str, int], step: int,
-            epoch: int, cfg: BreakerConfig) -> Observed:
+            epoch: int, cfg: BreakerConfig,
+            reasons: Mapping[str, str] | None = None) -> Observed:
     """Feed each seeded slot's fault count since the last look into its breaker.
 
-    A count above zero is one failure (reason :data:`NON_FINITE`), zero is one
-    success; then time advances to ``step`` (an OPEN breaker may half-open).
-    Slots without a count (no seed) are left as they are.
+    A count above zero is one failure (reason ``reasons[slot]``, by default
+    :data:`NON_FINITE`), zero is one success; then time advances to ``step``
+    (an OPEN breaker may half-open). Slots without a count (no seed) are left
+    as they are.
 
     Returns:
         The new breakers and every event their changes produced, in slot order.
@@ -44,13 +50,20 @@ def observe(breakers: Mapping[str, BreakerState], fault_counts: Mapping[str, int
     for slot, count in fault_counts.items():
         state = new[slot]
         if count > 0:
-            state, changed = record_failure(state, step, cfg, NON_FINITE, epoch=epoch)
+            reason = NON_FINITE if reasons is None else reasons.get(slot, NON_FINITE)
+            state, changed = record_failure(state, step, cfg, reason, epoch=epoch)
         else:
             state, changed = record_success(state, step, cfg, epoch=epoch)
         state, ticked = tick(state, step, cfg, epoch=epoch)
         new[slot] = state
         events.extend((*changed, *ticked))
     return new, tuple(events)
+
+
+def trip_reason(state: BreakerState) -> str:
+    """Why ``state`` is not CLOSED: the reason of its last transition (:data:`NON_FINITE`
+    if it has no history)."""
+    return state.history[-1].reason if state.history else NON_FINITE
 
 
 def tripped(breakers: Mapping[str, BreakerState]) -> tuple[str, ...]:

@@ -55,7 +55,7 @@ from ..tamiyo import ControllerMemory, Decision
 from .config import GrowConfig
 from .consensus import Agreement, Proposal, agree
 from .distributed import Replicas, fingerprint, tensor_fingerprint
-from .evaluate import count_correct, count_correct_without, percent
+from .evaluate import Score, Validation
 from .optim import OptimizerState
 from .records import EpochRecord, RunSummary
 from .trainer import EventSink, Trainer, epoch_seed
@@ -81,6 +81,7 @@ class DataParallelTrainer(Trainer):
         self.data = self.replicas.shard_task(self.data)
         super().__post_init__()
         self._step = functools.partial(self._step, reduce=self.replicas.reduce_step)
+        self._eager_step = functools.partial(self._eager_step, reduce=self.replicas.reduce_step)
         if self.commands is not None and not self.replicas.is_main:
             # Rank 0 alone reads the commands (a FIFO's lines would be split between
             # readers) and broadcasts the verified ones; see _poll_commands.
@@ -139,16 +140,16 @@ class DataParallelTrainer(Trainer):
                                  "germinate or prune")
         return result
 
-    def _validate(self, blended: list[str]) -> tuple[float, dict[str, float]]:
-        """Accuracy and counterfactuals from correct counts and totals summed over the ranks."""
-        vx, vy = self.data.val
-        correct = count_correct(self.model, vx, vy)
-        without = count_correct_without(self.model, vx, vy, blended)
-        total, correct, *rest = self.replicas.sum(
-            [vy.numel(), correct, *(without[name] for name in blended)])
-        val = percent(correct, total)
-        return val, {name: val - percent(count, total)
-                     for name, count in zip(blended, rest, strict=True)}
+    def _validate(self, blended: list[str], probed: dict[str, float]) -> Validation:
+        """Every score of the plain validation, counts and losses summed over the ranks."""
+        mine = super()._validate(blended, probed)
+        scores = [mine.model, *mine.without.values(), *mine.probed.values()]
+        counts = self.replicas.sum([n for s in scores for n in (s.correct, s.total)])
+        losses = self.replicas.sum_real([s.loss for s in scores])
+        summed = [Score(counts[2 * i], losses[i], counts[2 * i + 1]) for i in range(len(scores))]
+        model, rest = summed[0], summed[1:]
+        return Validation(model, dict(zip(mine.without, rest[:len(blended)], strict=True)),
+                          dict(zip(mine.probed, rest[len(blended):], strict=True)))
 
     def _propose(self, val: float, telemetry: Mapping[str, SlotTelemetry]
                  ) -> tuple[Proposal, ControllerMemory]:

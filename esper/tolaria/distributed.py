@@ -179,6 +179,14 @@ class Replicas:
         dist.all_reduce(tensor, group=self.group)
         return [int(v) for v in tensor.tolist()]
 
+    def sum_real(self, values: Sequence[float]) -> list[float]:
+        """Element-wise float64 sum of ``values`` over the ranks (summed losses)."""
+        if not values:
+            return []
+        tensor = torch.tensor(list(values), dtype=torch.float64)
+        dist.all_reduce(tensor, group=self.group)
+        return [float(v) for v in tensor.tolist()]
+
     def broadcast_text(self, text: str | None) -> str:
         """Rank 0's ``text`` on every rank (the other ranks pass ``None``); two broadcasts."""
         data = (text or "").encode("utf-8") if self.is_main else b""

@@ -1,29 +1,42 @@
-"""Validation accuracy and each slot's counterfactual contribution (no mutation)."""
+"""Validation scores, counterfactuals and G2's probe of a training seed (no mutation).
+
+A :class:`Score` is what one pass over the validation split measures: the
+correct predictions and the summed loss, synced to Python once per pass.
+:func:`scores_with` measures the model once for each slot with that slot's
+alpha replaced: 0 gives the host-alone counterfactual of a blended seed, a
+small probe alpha gives a training seed's own evidence for G2.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from ..data import batches
 from ..kasmina.model import MorphogeneticModel
 
 
-def _correct(logits: Tensor, y: Tensor) -> Tensor:
-    return (logits.argmax(-1) == y).sum()
+@dataclass(frozen=True, slots=True)
+class Score:
+    """Correct predictions and summed loss over ``total`` targets."""
 
+    correct: int
+    loss: float
+    total: int
 
-@torch.no_grad()
-def count_correct(model: MorphogeneticModel, x: Tensor, y: Tensor, batch_size: int = 256) -> int:
-    """How many of ``y``'s targets the model predicts (eval mode, restored afterwards)."""
-    was_training = model.training
-    model.eval()
-    correct = sum(_correct(model(xb), yb) for xb, yb in
-                  batches(x, y, batch_size, shuffle=False))
-    model.train(was_training)
-    return int(correct)  # one host sync for the whole pass
+    @property
+    def accuracy(self) -> float:
+        """Accuracy in percent."""
+        return percent(self.correct, self.total)
+
+    @property
+    def mean_loss(self) -> float:
+        """Mean loss per target."""
+        return self.loss / self.total
 
 
 def percent(correct: int, total: int) -> float:
@@ -31,55 +44,163 @@ def percent(correct: int, total: int) -> float:
     return 100.0 * correct / total
 
 
+def _tallies(logits: Tensor, y: Tensor, copies: int) -> Tensor:
+    """``[copies, 2]`` float64: correct count and summed loss of each copy of the batch."""
+    flat = logits.reshape(-1, logits.shape[-1])
+    targets = y.reshape(-1).repeat(copies)
+    hits = (flat.argmax(-1) == targets).reshape(copies, -1).sum(1)
+    losses = F.cross_entropy(flat.float(), targets, reduction="none").reshape(copies, -1).sum(1)
+    return torch.stack([hits.double(), losses.double()], dim=1)
+
+
+def _score(tally: Tensor, total: int) -> Score:
+    correct, loss = tally.tolist()
+    return Score(int(correct), float(loss), total)
+
+
+@torch.no_grad()
+def score(model: MorphogeneticModel, x: Tensor, y: Tensor, batch_size: int = 256) -> Score:
+    """The model's :class:`Score` on ``(x, y)`` (eval mode, restored afterwards; one sync)."""
+    was_training = model.training
+    model.eval()
+    try:
+        tally = sum((_tallies(model(xb), yb, 1)[0]
+                     for xb, yb in batches(x, y, batch_size, shuffle=False)),
+                    torch.zeros(2, dtype=torch.float64))
+    finally:
+        model.train(was_training)
+    return _score(tally, y.numel())
+
+
+def count_correct(model: MorphogeneticModel, x: Tensor, y: Tensor, batch_size: int = 256) -> int:
+    """How many of ``y``'s targets the model predicts (eval mode, restored afterwards)."""
+    return score(model, x, y, batch_size).correct
+
+
 def accuracy(model: MorphogeneticModel, x: Tensor, y: Tensor, batch_size: int = 256) -> float:
     """Validation accuracy in percent (eval mode, restored afterwards)."""
-    return percent(count_correct(model, x, y, batch_size), y.numel())
+    return score(model, x, y, batch_size).accuracy
 
 
 def _per_sample_rank(model: MorphogeneticModel) -> int:
     return 4 if model.host.topology == "cnn" else 3
 
 
-def counterfactuals(model: MorphogeneticModel, x: Tensor, y: Tensor, slots: Sequence[str],
-                    reference: float, batch_size: int = 256) -> dict[str, float]:
-    """Accuracy points each slot adds: ``reference`` minus accuracy with its alpha at 0."""
-    counts = count_correct_without(model, x, y, slots, batch_size)
-    return {name: reference - percent(count, y.numel()) for name, count in counts.items()}
-
-
 @torch.no_grad()
-def count_correct_without(model: MorphogeneticModel, x: Tensor, y: Tensor,
-                          slots: Sequence[str], batch_size: int = 256) -> dict[str, int]:
-    """Slot name -> how many targets the model predicts with that slot's alpha at 0.
+def scores_with(model: MorphogeneticModel, x: Tensor, y: Tensor, alphas: Mapping[str, float],
+                batch_size: int = 256) -> dict[str, Score]:
+    """Slot name -> the model's score with that slot's alpha replaced by ``alphas[slot]``.
 
-    Slots with scalar alpha and no gate are evaluated together in one pass:
-    the batch is repeated once per slot and a per-sample alpha zeroes slot
-    ``i`` on copy ``i`` only. Other slots are evaluated one forward each.
+    Every other slot keeps its own alpha. Slots with scalar alpha and no gate
+    are measured together in one pass: the batch is repeated once per slot and
+    a per-sample alpha changes slot ``i`` on copy ``i`` only. Other slots are
+    measured one forward each (a gated slot's override bypasses its gate).
     """
     was_training = model.training
     model.eval()
+    try:
+        return _scores_with(model, x, y, alphas, batch_size)
+    finally:
+        model.train(was_training)
+
+
+def _scores_with(model: MorphogeneticModel, x: Tensor, y: Tensor, alphas: Mapping[str, float],
+                 batch_size: int) -> dict[str, Score]:
+    slots = list(alphas)
     batched = [s for s in slots if model.seed_slots[s].gate is None
                and model.seed_slots[s].state.alpha_mode == "scalar"]
-    single = [s for s in slots if s not in batched]
-    result: dict[str, int] = {}
+    tallies = {s: torch.zeros(2, dtype=torch.float64) for s in slots}
     if batched:
-        correct = torch.zeros(len(batched), dtype=torch.long)
-        for xb, yb in batches(x, y, max(1, batch_size // len(batched)), shuffle=False):
-            n, k = xb.shape[0], len(batched)
-            overrides = {}
+        k = len(batched)
+        for xb, yb in batches(x, y, max(1, batch_size // k), shuffle=False):
+            n, overrides = xb.shape[0], {}
             for i, name in enumerate(batched):
                 alpha = model.seed_slots[name].state.alpha.expand(k, n).clone()
-                alpha[i] = 0.0
-                shape = (k * n,) + (1,) * (_per_sample_rank(model) - 1)
-                overrides[name] = alpha.reshape(shape)
+                alpha[i] = alphas[name]
+                overrides[name] = alpha.reshape((k * n,) + (1,) * (_per_sample_rank(model) - 1))
             logits = model(xb.repeat((k,) + (1,) * (xb.dim() - 1)), alpha_overrides=overrides)
-            hits = (logits.argmax(-1) == yb.repeat((k,) + (1,) * (yb.dim() - 1)))
-            correct += hits.reshape(k, -1).sum(dim=1)
-        for i, name in enumerate(batched):
-            result[name] = int(correct[i])
-    for name in single:
-        correct_one = sum(_correct(model(xb, alpha_overrides={name: 0.0}), yb)
-                          for xb, yb in batches(x, y, batch_size, shuffle=False))
-        result[name] = int(correct_one)
-    model.train(was_training)
-    return {name: result[name] for name in slots}
+            for name, tally in zip(batched, _tallies(logits, yb, k), strict=True):
+                tallies[name] += tally
+    for name in (s for s in slots if s not in batched):
+        for xb, yb in batches(x, y, batch_size, shuffle=False):
+            tallies[name] += _tallies(model(xb, alpha_overrides={name: alphas[name]}), yb, 1)[0]
+    table = torch.stack([tallies[s] for s in slots]).tolist() if slots else []
+    return {name: Score(int(c), float(loss), y.numel())
+            for name, (c, loss) in zip(slots, table, strict=True)}
+
+
+def counterfactuals(model: MorphogeneticModel, x: Tensor, y: Tensor, slots: Sequence[str],
+                    reference: float, batch_size: int = 256) -> dict[str, float]:
+    """Accuracy points each slot adds: ``reference`` minus accuracy with its alpha at 0."""
+    without = scores_with(model, x, y, dict.fromkeys(slots, 0.0), batch_size)
+    return {name: reference - s.accuracy for name, s in without.items()}
+
+
+def count_correct_without(model: MorphogeneticModel, x: Tensor, y: Tensor,
+                          slots: Sequence[str], batch_size: int = 256) -> dict[str, int]:
+    """Slot name -> how many targets the model predicts with that slot's alpha at 0."""
+    without = scores_with(model, x, y, dict.fromkeys(slots, 0.0), batch_size)
+    return {name: s.correct for name, s in without.items()}
+
+
+def probe_loss_reduction(reference: Score, probed: Score) -> float:
+    """G2's evidence: the relative loss reduction ``(L_ref - L_probe) / L_ref``.
+
+    ``reference`` is the model as it runs (a training seed's alpha is 0, so
+    this is the host alone at that slot); ``probed`` the same with the seed
+    blended in at the probe alpha. Positive means the seed helps; a blown-up
+    or harmful seed gives a large negative number (or ``-inf``).
+    """
+    if reference.mean_loss <= 0:
+        return 0.0 if probed.mean_loss <= 0 else float("-inf")
+    return (reference.mean_loss - probed.mean_loss) / reference.mean_loss
+
+
+
+
+@dataclass(frozen=True)
+class Validation:
+    """One epoch's validation: the model's score and each slot's alternatives.
+
+    Attributes:
+        model: the model as it runs.
+        without: blended slot -> the score with its alpha at 0 (the host alone there).
+        probed: training slot -> the score with its seed blended in at the probe alpha.
+    """
+
+    model: Score
+    without: Mapping[str, Score]
+    probed: Mapping[str, Score]
+
+    @property
+    def accuracy(self) -> float:
+        """The model's accuracy in percent."""
+        return self.model.accuracy
+
+    def counterfactuals(self) -> dict[str, float]:
+        """Accuracy points each blended slot adds."""
+        return {name: self.model.accuracy - s.accuracy for name, s in self.without.items()}
+
+    def probe_reductions(self) -> dict[str, float]:
+        """Each training slot's :func:`probe_loss_reduction` (G2's evidence)."""
+        return {name: probe_loss_reduction(self.model, s) for name, s in self.probed.items()}
+
+    def blown_up(self, max_ratio: float) -> list[str]:
+        """Blended slots whose model loss exceeds ``max_ratio`` times the host-alone loss."""
+        return [name for name, s in self.without.items()
+                if not self.model.mean_loss <= max_ratio * s.mean_loss]
+
+
+def validate(model: MorphogeneticModel, x: Tensor, y: Tensor, blended: Sequence[str],
+             probed: Mapping[str, float], batch_size: int = 256) -> Validation:
+    """The model's score, each ``blended`` slot without its seed and each ``probed``
+    slot with its alpha at ``probed[slot]``, in two passes (one of them batched)."""
+    scores = scores_with(model, x, y, {**dict.fromkeys(blended, 0.0), **probed}, batch_size)
+    return Validation(score(model, x, y, batch_size),
+                      {name: scores[name] for name in blended},
+                      {name: scores[name] for name in probed})
+
+
+__all__ = ["Score", "Validation", "accuracy", "count_correct", "count_correct_without",
+           "counterfactuals", "percent", "probe_loss_reduction", "score", "scores_with",
+           "validate"]

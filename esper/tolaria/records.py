@@ -23,7 +23,7 @@ class SlotSnapshot:
         blueprint_id: the seed's blueprint, ``None`` when empty.
         counterfactual: the seed's contribution in accuracy points, when measured.
         gradient_ratio: the parameter-normalised seed/host gradient ratio, when measured.
-        last_gate: a short text of the last gate result, e.g. ``"G2 failed: improvement_low"``.
+        last_gate: a short text of the last gate result, e.g. ``"G2 failed: probe_loss_rose"``.
     """
 
     slot: str

@@ -9,6 +9,7 @@ same graph, which the telemetry folds in at its stride without a host sync,
 the host features at each seeded slot for the first few samples, which the
 isolation probe reads instead of running the host again, and the flags of the
 circuit breaker: which groups were updated and which seeds misbehaved.
+Buffers are committed like parameters: only what a finite, healthy step produced.
 """
 
 from __future__ import annotations
@@ -24,8 +25,9 @@ import kernels
 
 from ..kasmina.isolation import ProbeSquares, probe_squares
 from ..kasmina.model import MorphogeneticModel
+from ..kasmina.safety import SeedHealth
 from ..kasmina.state import SlotState
-from .optim import group_of, sgd_update
+from .optim import HOST_GROUP, group_of, sgd_update
 
 
 class StepResult(NamedTuple):
@@ -38,9 +40,13 @@ class StepResult(NamedTuple):
         features: slot name -> host features at that slot for the first few
             samples (for the isolation probe).
         updated: bool per group: its update was applied (finite loss, finite
-            gradients, no activation fault of its seed).
+            gradients, no fault of its seed, no blow-up of a watched seed).
         faults: bool per seed group: the seed produced a non-finite activation,
             or non-finite gradients under a finite loss.
+        blowups: bool per seed group: a watched seed's alpha-weighted output
+            swamped the host's activations at its slot (see
+            :func:`~esper.kasmina.safety.seed_health`); every group's update of
+            that step was skipped.
     """
 
     loss: Tensor
@@ -48,10 +54,11 @@ class StepResult(NamedTuple):
     features: dict[str, Tensor]
     updated: Tensor
     faults: Tensor
+    blowups: Tensor
 
 
 StepFn = Callable[..., StepResult]
-# Data-parallel reduction of (gradients, loss, activation faults); see tolaria/distributed.py.
+# Data-parallel reduction of (gradients, loss, health flags); see tolaria/distributed.py.
 StepReduce = Callable[[dict[str, Tensor], Tensor, dict[str, Tensor]],
                       tuple[dict[str, Tensor], Tensor, dict[str, Tensor]]]
 
@@ -103,17 +110,25 @@ def train_step(
     measure: bool = True,
     feature_samples: int = 8,
     reduce: StepReduce | None = None,
+    watched: Tensor | None = None,
 ) -> StepResult:
-    """One SGD step; ``params`` and ``momenta`` are updated in place.
+    """One SGD step; ``params``, ``momenta`` and ``buffers`` are updated in place.
 
-    A group whose update would not be finite is skipped on the device, the
-    way AMP's gradient scaler skips steps: its parameters and momenta stay
-    bit-identical, with no host sync. A non-finite loss skips every group.
+    Nothing the step cannot vouch for is committed, the way AMP's gradient
+    scaler skips steps, on the device and with no host sync:
+
+    * a group whose gradients are not finite, or whose seed faulted, keeps its
+      parameters and momenta bit-identical; a non-finite loss skips every group;
+    * a blow-up of a watched seed skips every group (the forward was swamped);
+    * buffers (BatchNorm statistics) are updated on copies and committed only
+      where their group's update was applied and their new values are finite,
+      so a non-finite forward never reaches the running statistics, and a
+      forward that raises leaves them untouched.
 
     Arguments:
         model: the model (its modules provide the structure, ``params`` the values).
         params: parameter name -> tensor aliasing the model's parameter.
-        buffers: buffer name -> tensor (BatchNorm statistics update in place).
+        buffers: buffer name -> tensor (updated in place when committed).
         momenta: parameter name -> momentum buffer.
         lrs: parameter name -> 0-d learning rate.
         states: slot name -> slot state.
@@ -126,37 +141,64 @@ def train_step(
         feature_samples: how many leading samples of the host features at each
             seeded slot to return (0 returns none).
         reduce: data-parallel training: averages gradients and loss and ORs the
-            activation faults over the ranks, before anything reads them
+            health flags over the ranks, before anything reads them
             (:meth:`esper.tolaria.distributed.Replicas.reduce_step`).
+        watched: bool per seed group: whether that seed's blow-ups count (its
+            seed is on probation, not fossilized). ``None`` watches every seed.
 
     Returns:
         A :class:`StepResult`; its features are this batch's, before the update.
     """
+    seeds = [group_of(group[0]) for group in groups[1:]]
+
     def loss_of(p: dict[str, Tensor], b: dict[str, Tensor]) -> tuple[Tensor, Any]:
         taps: dict[str, Tensor] = {}
-        faults: dict[str, Tensor] = {}
-        logits = model.functional_forward(p, states, x, b, features=taps, faults=faults)
+        health: dict[str, SeedHealth] = {}
+        logits = model.functional_forward(p, states, x, b, features=taps, faults=health)
         # A copy, not a view: a view would keep the whole batch's features alive
         # until the next step, and the allocator would have to map fresh pages.
         kept = ({name: h[:feature_samples].clone() for name, h in taps.items()}
                 if feature_samples else {})
-        return task_loss(logits, y), (kept, faults)
+        flags = {f"{kind}:{name}": getattr(health[name], kind)
+                 for name in seeds for kind in SeedHealth._fields}
+        return task_loss(logits, y), (kept, flags)
 
-    grads, (loss, (features, activation_faults)) = torch.func.grad_and_value(
-        loss_of, has_aux=True)(dict(params), dict(buffers))
+    work = {name: b.clone() for name, b in buffers.items()}
+    grads, (loss, (features, flags)) = torch.func.grad_and_value(
+        loss_of, has_aux=True)(dict(params), work)
     if reduce is not None:
-        grads, loss, activation_faults = reduce(grads, loss, activation_faults)
+        grads, loss, flags = reduce(grads, loss, flags)
     squared = group_squares(grads, groups) if measure else loss.new_empty(0)
     finite = squared.isfinite() if measure else group_finite(grads, groups)
     loss_ok = loss.isfinite()
-    faults = [activation_faults[group_of(group[0])] | (loss_ok & ~finite[i + 1])
-              for i, group in enumerate(groups[1:])]
-    updated = [loss_ok & finite[0], *(loss_ok & finite[i + 1] & ~fault
-                                       for i, fault in enumerate(faults))]
-    ok = {name: flag for flag, group in zip(updated, groups, strict=True) for name in group}
-    sgd_update(params, grads, momenta, lrs, momentum, weight_decay, ok)
-    stacked = torch.stack(faults) if faults else loss_ok.new_zeros(0)
-    return StepResult(loss.detach(), squared, features, torch.stack(updated), stacked)
+    faults = [flags[f"fault:{name}"] | (loss_ok & ~finite[i + 1]) for i, name in enumerate(seeds)]
+    blowups = [flags[f"blowup:{name}"] & (True if watched is None else watched[i])
+               for i, name in enumerate(seeds)]
+    calm = ~torch.stack(blowups).any() if blowups else torch.ones_like(loss_ok)
+    updated = [loss_ok & finite[0] & calm, *(loss_ok & finite[i + 1] & ~fault & calm
+                                             for i, fault in enumerate(faults))]
+    sgd_update(params, grads, momenta, lrs, momentum, weight_decay,
+               {name: flag for flag, group in zip(updated, groups, strict=True) for name in group})
+    commit_buffers(buffers, work, dict(zip((HOST_GROUP, *seeds), updated, strict=True)))
+    none = loss_ok.new_zeros(0)
+    return StepResult(loss.detach(), squared, features, torch.stack(updated),
+                      torch.stack(faults) if faults else none,
+                      torch.stack(blowups) if blowups else none)
+
+
+def commit_buffers(buffers: Mapping[str, Tensor], updated: Mapping[str, Tensor],
+                   ok: Mapping[str, Tensor]) -> None:
+    """Copy each updated buffer into place where its group's flag holds and it is finite.
+
+    A buffer whose group has no flag (a seed without parameters) follows the
+    host's. A select, so a NaN candidate never leaks into a kept buffer.
+    """
+    with torch.no_grad():
+        for name, buffer in buffers.items():
+            flag = ok.get(group_of(name), ok[HOST_GROUP])
+            new = updated[name]
+            keep = flag & torch.isfinite(new).all() if new.is_floating_point() else flag
+            buffer.copy_(torch.where(keep, new, buffer))
 
 
 class CompileCounter:

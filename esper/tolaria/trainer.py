@@ -21,22 +21,27 @@ from typing import Any
 import torch
 
 from ..data import TaskData, batches
+from ..errors import SeedRaisedError, describe
 from ..kasmina import safety
 from ..kasmina.commands import load_key_from_env
+from ..kasmina.culprit import seed_culprit
 from ..kasmina.model import MorphogeneticModel
 from ..kasmina.safety import BreakerState, BreakerStatus
 from ..kasmina.telemetry import GradientCapture, GradientEMA, due
 from ..leyline import SeedStage, SlotTelemetry, TelemetryEvent
+from ..leyline.constants import DEFAULT_MAX_BLEND_LOSS_RATIO
 from ..tamiyo import ControllerMemory, Decision, HeuristicController
 from . import breakers
 from .config import GrowConfig, build_host
-from .evaluate import accuracy, counterfactuals
+from .evaluate import Validation, validate
 from .external import CommandSource, open_source
+from .inputs import StepInputs
 from .optim import HOST_GROUP, OptimizerState, SGDConfig
 from .records import EpochRecord, SlotSnapshot
-from .step import CompileCounter, build_probe, build_step
+from .step import CompileCounter, StepFn, StepResult, build_probe, build_step
 
 _BLENDED = (SeedStage.BLENDING, SeedStage.HOLDING, SeedStage.FOSSILIZED)
+EXCEPTION = "exception"  # the prune reason of a seed that raised
 EventSink = Callable[[dict[str, Any]], None]
 
 
@@ -82,6 +87,7 @@ class Trainer:
                                         frozenset(self.model.seed_slots), self._command_event)
         self.counter = CompileCounter(self.config.compile_backend)
         self._step = build_step(self.config.compile, self.counter)
+        self._eager_step = build_step(False)
         self.probe_counter = CompileCounter(self.config.compile_backend)
         self._probe = build_probe(self.config.compile, self.probe_counter)
 
@@ -110,71 +116,163 @@ class Trainer:
                   *(self.optimizer.groups[g] for g in names))
         return names, groups
 
+    def _inputs(self) -> StepInputs:
+        """What the step reads for the model's current topology (see :class:`StepInputs`)."""
+        model = self.model
+        names, groups = self._telemetry_groups()
+        params = {k: v.detach() for k, v in model.named_parameters()}
+        states = model.slot_states()
+        return StepInputs(
+            names=names, groups=groups, params=params, buffers=dict(model.named_buffers()),
+            lrs=self.optimizer.learning_rates(), states=states,
+            counts=tuple(sum(params[n].numel() for n in group) for group in groups),
+            watched=torch.tensor([states[n].stage != SeedStage.FOSSILIZED for n in names],
+                                 dtype=torch.bool),
+            denied=torch.zeros(len(names), dtype=torch.bool),
+            faults=torch.zeros(len(names), dtype=torch.int64),
+            blowups=torch.zeros(len(names), dtype=torch.int64),
+            skipped=torch.zeros(len(groups), dtype=torch.int64))
+
+    def _run_step(self, step: StepFn, run: StepInputs, xb: torch.Tensor, yb: torch.Tensor,
+                  measure: bool) -> StepResult:
+        cfg = self.optimizer.config
+        return step(self.model, run.params, run.buffers, self.optimizer.momenta, run.lrs,
+                    run.step_states(), xb, yb, run.groups, cfg.momentum, cfg.weight_decay,
+                    measure=measure, watched=run.watched)
+
+    def _guarded_step(self, run: StepInputs, xb: torch.Tensor, yb: torch.Tensor,
+                      measure: bool) -> StepResult | None:
+        """The step, or ``None`` when a seed raised in it (that seed is then pruned).
+
+        A seed that raises is untrusted code failing: nothing of that step is
+        applied (the forward or backward raised before any update, and buffers
+        are committed only at the end). Under ``torch.compile`` a raise inside
+        the graph loses the seed's frames, so the step is re-run eagerly: if it
+        passes there its update stands (the same function), if it raises again
+        the seed is found from its frames. An error no seed raised is re-raised.
+        """
+        try:
+            return self._run_step(self._step, run, xb, yb, measure)
+        except Exception as error:
+            culprit = seed_culprit(error, self.model.seed_slots)
+            if culprit is None and self.config.compile:
+                try:
+                    return self._run_step(self._eager_step, run, xb, yb, measure)
+                except Exception as eager_error:
+                    culprit, error = seed_culprit(eager_error, self.model.seed_slots), eager_error
+            if culprit is None:
+                raise error
+            self._prune_raiser(culprit, error)
+            return None
+
+    def _survive(self, work: Callable[[], Any]) -> tuple[Any, bool]:
+        """``work()``, pruning each seed that raises in it and trying again.
+
+        Returns:
+            What ``work`` returned and whether a seed was pruned on the way.
+
+        Raises:
+            Exception: what ``work`` raised when no seed raised it.
+        """
+        pruned = False
+        while True:
+            try:
+                return work(), pruned
+            except Exception as error:
+                culprit = seed_culprit(error, self.model.seed_slots)
+                if culprit is None:
+                    raise
+                self._prune_raiser(culprit, error)
+                pruned = True
+
+    def _prune_raiser(self, slot: str, error: BaseException) -> None:
+        """Prune the seed in ``slot`` that raised ``error`` (reason ``exception``)."""
+        seed_slot = self.model.seed_slots[slot]
+        if seed_slot.state.stage == SeedStage.FOSSILIZED:
+            raise error  # part of the host now: its failure is the host's
+        seed_slot.prune(EXCEPTION, detail=describe(error))
+        self.breakers[slot] = BreakerState(slot, seed_id=seed_slot.state.seed_id)
+        self.optimizer = self.optimizer.synced(self.model)
+
     def train_epoch(self) -> tuple[float, GradientEMA | None]:
-        """One pass over the training data; returns the mean loss and the gradient EMA."""
+        """One pass over the training data; returns the mean loss and the gradient EMA.
+
+        A seed that misbehaves in a step (a non-finite or blown-up output) has
+        that step's update skipped and is muted (alpha 0, on the device) for
+        the rest of the epoch; its breaker then prunes it at the epoch's end. A
+        seed that raises is pruned at once and the batch runs again without it.
+        """
         model, cfg = self.model, self.config
         model.train()
-        params = {k: v.detach() for k, v in model.named_parameters()}
-        buffers = dict(model.named_buffers())
-        lrs = self.optimizer.learning_rates()
-        names, groups = self._telemetry_groups()
-        counts = tuple(sum(params[n].numel() for n in group) for group in groups)
-        states = model.slot_states()
+        run = self._inputs()
         seed = epoch_seed(cfg.seed, self.epoch)
         generator = torch.Generator().manual_seed(seed)
         probe_generator = torch.Generator().manual_seed(seed + 7)
         ema: GradientEMA | None = None
         losses = []
-        faults = torch.zeros(len(names), dtype=torch.int64)  # since the last look, on device
-        skipped = torch.zeros(len(groups), dtype=torch.int64)
         x, y = self.data.train
         # Full batches only: a ragged last batch would compile a graph of its own.
         for index, (xb, yb) in enumerate(batches(x, y, min(cfg.batch_size, len(y)), shuffle=True,
                                                  generator=generator, drop_last=True)):
-            probe = due(index, cfg.telemetry_stride) and bool(names)
+            probe = due(index, cfg.telemetry_stride) and bool(run.names)
             # Compiled, the norms are part of the one graph (a flag would make two);
             # eagerly they cost a kernel call, so only the steps that use them pay it.
-            result = self._step(
-                model, params, buffers, self.optimizer.momenta, lrs, states, xb, yb, groups,
-                self.optimizer.config.momentum, self.optimizer.config.weight_decay,
-                measure=cfg.compile or probe)
+            result = self._guarded_step(run, xb, yb, measure=cfg.compile or probe)
+            while result is None:  # a seed raised and was pruned: run the batch without it
+                self._flush(run)
+                run = self._inputs()
+                ema = None  # its groups changed
+                result = self._guarded_step(run, xb, yb, measure=cfg.compile or probe)
             self.global_step += 1
             losses.append(result.loss)
-            faults += result.faults
-            skipped += ~result.updated
+            run.count(result)
             if probe:
-                sample = GradientCapture(names, result.squared, counts[0], counts[1:])
+                sample = GradientCapture(run.names, result.squared, run.counts[0], run.counts[1:])
                 ema = GradientEMA.start(sample) if ema is None else ema.update(sample)
-                model.probe_isolation(features=result.features, generator=probe_generator,
-                                      squares=self._probe)
-                states = model.slot_states()
-                self._look_at_faults(names, faults, lrs)  # syncs, as the probe just did
-        self._look_at_faults(names, faults, lrs)
-        self._report_skipped(("host", *names), skipped)
+                _, pruned = self._survive(lambda r=result: model.probe_isolation(
+                    features=r.features, generator=probe_generator, squares=self._probe))
+                if pruned:
+                    self._flush(run)
+                    run, ema = self._inputs(), None
+                    continue
+                run.states = model.slot_states()
+                self._look_at_faults(run)  # syncs, as the probe just did
+        self._flush(run)
         values = torch.stack(losses)
         finite = values[values.isfinite()]  # skipped steps do not count
         return float(finite.mean() if finite.numel() else values.mean()), ema
 
+    def _flush(self, run: StepInputs) -> None:
+        """Feed the run's counts into the breakers and report skipped updates (one sync)."""
+        self._look_at_faults(run)
+        self._report_skipped(("host", *run.names), run.skipped)
+        run.skipped.zero_()
+
     # ------------------------------------------------------------------ circuit breakers
 
-    def _look_at_faults(self, names: tuple[str, ...], faults: torch.Tensor,
-                        lrs: dict[str, torch.Tensor]) -> None:
+    def _look_at_faults(self, run: StepInputs) -> None:
         """Feed the fault counts into the breakers (one sync) and reset them.
 
         A breaker that opens denies its seed: the seed's learning rates (tensor
         inputs of the step, so nothing recompiles) are zeroed for the epoch.
         """
+        names = run.names
         if not names:
             return
-        counts = dict(zip(names, faults.tolist(), strict=True))
-        faults.zero_()
+        faults, blowups = run.faults.tolist(), run.blowups.tolist()
+        counts = {n: f + b for n, f, b in zip(names, faults, blowups, strict=True)}
+        reasons = {n: breakers.BLOWUP if b else breakers.NON_FINITE
+                   for n, b in zip(names, blowups, strict=True)}
+        run.faults.zero_()
+        run.blowups.zero_()
         self.breakers, events = breakers.observe(self.breakers, counts, self.global_step,
-                                                 self.epoch, self.config.breaker)
+                                                 self.epoch, self.config.breaker, reasons)
         for event in events:
             self._lifecycle_event(event)
         for slot in breakers.tripped(self.breakers):
             for name in self.optimizer.groups.get(slot, ()):
-                lrs[name].zero_()
+                if name in run.lrs:
+                    run.lrs[name].zero_()
 
     def _report_skipped(self, groups: tuple[str, ...], skipped: torch.Tensor) -> None:
         counts = {g: n for g, n in zip(groups, skipped.tolist(), strict=True) if n}
@@ -195,11 +293,11 @@ class Trainer:
             self._lifecycle_event(event)
 
     def _prune_tripped(self) -> None:
-        """Prune every seed whose breaker is not CLOSED (reason ``non_finite``)."""
+        """Prune every seed whose breaker is not CLOSED (with the reason it tripped for)."""
         for slot in breakers.tripped(self.breakers):
             seed = self.model.seed_slots[slot]
             if seed.state.has_seed and seed.state.stage is not SeedStage.FOSSILIZED:
-                seed.prune(breakers.NON_FINITE)
+                seed.prune(breakers.trip_reason(self.breakers[slot]))
             self.breakers[slot] = BreakerState(slot, seed_id=seed.state.seed_id)
 
     # ------------------------------------------------------------------ lifecycle
@@ -215,7 +313,11 @@ class Trainer:
         slot = self.model.seed_slots[decision.slot]
         if decision.action == "germinate":
             assert decision.blueprint_id is not None and decision.seed_id is not None
-            slot.germinate(decision.blueprint_id, decision.seed_id)
+            try:
+                slot.germinate(decision.blueprint_id, decision.seed_id)
+            except SeedRaisedError as error:  # untrusted code: the run goes on without it
+                self._decision_event(decision, f"failed: {error}")
+                return
             self.breakers[decision.slot] = BreakerState(decision.slot, seed_id=decision.seed_id)
             outcome = "germinated"
         elif decision.action == "fossilize":
@@ -227,15 +329,24 @@ class Trainer:
         self._decision_event(decision, outcome)
 
     def end_epoch(self, loss: float, ema: GradientEMA | None, seconds: float) -> EpochRecord:
-        """Validation, counterfactuals, lifecycle step and controller decisions."""
+        """Validation, counterfactuals, lifecycle step and controller decisions.
+
+        Seeds whose breaker tripped in the epoch are pruned first; a seed that
+        raises during validation is pruned and validation runs again; a blended
+        seed whose loss blows up against its host-alone counterfactual is pruned
+        (reason ``blowup``) and validation runs again without it.
+        """
         model = self.model
         self._prune_tripped()
-        blended = [n for n, s in model.slot_states().items() if s.stage in _BLENDED]
-        val, contributions = self._validate(blended)
+        validation = self._measure()
         if ema is not None:
             model.record_gradients(ema)
+        val = validation.accuracy
+        contributions = validation.counterfactuals()
+        probes = validation.probe_reductions()
         finite = math.isfinite(loss) and math.isfinite(val)
-        telemetry = {name: SlotTelemetry(val, contributions.get(name), finite=finite)
+        telemetry = {name: SlotTelemetry(val, contributions.get(name), finite=finite,
+                                         probe_loss_reduction=probes.get(name))
                      for name in model.seed_slots}
         self._lifecycle(val, telemetry)
         self.optimizer = self.optimizer.synced(model)
@@ -243,15 +354,35 @@ class Trainer:
         self.records.append(record)
         return record
 
-    def _validate(self, blended: list[str]) -> tuple[float, dict[str, float]]:
-        """Validation accuracy and the counterfactual contribution of each ``blended`` slot.
+    def _measure(self) -> Validation:
+        """Validation with every seed that raises in it or blows up pruned (see end_epoch)."""
+        while True:
+            states = self.model.slot_states()
+            blended = [n for n, s in states.items() if s.stage in _BLENDED]
+            probed = {n: s.gates.probe_alpha for n, s in states.items()
+                      if s.stage == SeedStage.TRAINING}
+            validation, _ = self._survive(lambda b=blended, p=probed: self._validate(b, p))
+            ratio = DEFAULT_MAX_BLEND_LOSS_RATIO
+            blown = [n for n in validation.blown_up(ratio)
+                     if states[n].stage != SeedStage.FOSSILIZED]
+            if not blown:
+                return validation
+            for name in blown:
+                slot = self.model.seed_slots[name]
+                slot.prune(breakers.BLOWUP, detail=(
+                    f"validation loss {validation.model.mean_loss:.4g} is over {ratio:g} times "
+                    f"the host-alone loss {validation.without[name].mean_loss:.4g} at the slot"))
+                self.breakers[name] = BreakerState(name, seed_id=slot.state.seed_id)
+
+    def _validate(self, blended: list[str], probed: dict[str, float]) -> Validation:
+        """Validation of the model, of each ``blended`` slot without its seed and of each
+        ``probed`` slot with its seed at the probe alpha.
 
         (:class:`~esper.tolaria.data_parallel.DataParallelTrainer` sums the counts
-        over the ranks instead.)
+        and losses over the ranks instead.)
         """
         vx, vy = self.data.val
-        val = accuracy(self.model, vx, vy)
-        return val, counterfactuals(self.model, vx, vy, blended, reference=val)
+        return validate(self.model, vx, vy, blended, probed)
 
     def _lifecycle(self, val: float, telemetry: dict[str, SlotTelemetry]) -> None:
         """Step every slot, then apply the controller's decisions (or the commands').

@@ -24,6 +24,7 @@ GATE, GERM, CHANGE, FOSSIL, PRUNE = (E.SEED_GATE_EVALUATED, E.SEED_GERMINATED,
 
 def tel(accuracy: float = 60.0, **kw) -> SlotTelemetry:
     kw.setdefault("seed_gradient_norm_ratio", 0.5)
+    kw.setdefault("probe_loss_reduction", 0.01)
     return SlotTelemetry(accuracy, **kw)
 
 

@@ -33,8 +33,9 @@ def seeded(stage: S, *, alpha_mode: str = "scalar", gates: QualityGates | None =
 
 
 def training(**metrics):
-    base = {"epochs_in_stage": 5, "accuracy_at_stage_start": 50.0, "current_accuracy": 50.5,
-            "seed_gradient_norm_ratio": 0.05, "isolation_violations": 10}
+    base = {"epochs_in_stage": 5, "accuracy_at_stage_start": 50.0, "current_accuracy": 50.0,
+            "seed_gradient_norm_ratio": 0.05, "isolation_violations": 10,
+            "probe_loss_reduction": 0.0}
     s = seeded(S.TRAINING)
     return s.replace(metrics=s.metrics.replace(**{**base, **metrics}))
 
@@ -86,21 +87,21 @@ def test_g1():
 
 def test_g2_passes_at_every_threshold_exactly():
     _check(g2_ready_to_blend(training()), GateLevel.G2, S.BLENDING,
-           ["in_training", "dwell_met", "improvement_met", "gradient_active", "isolation_ok"], [])
+           ["in_training", "dwell_met", "probe_helps", "gradient_active", "isolation_ok"], [])
 
 
 @pytest.mark.parametrize(("metrics", "failed"), [
     ({"epochs_in_stage": 4}, ["dwell_short"]),
-    ({"current_accuracy": 50.49}, ["improvement_low"]),
-    ({"current_accuracy": 40.0}, ["improvement_low"]),
-    ({"current_accuracy": None}, ["improvement_low"]),
+    ({"probe_loss_reduction": -1e-6}, ["probe_loss_rose"]),
+    ({"probe_loss_reduction": float("-inf")}, ["probe_loss_rose"]),
+    ({"probe_loss_reduction": None}, ["probe_unmeasured"]),
     ({"seed_gradient_norm_ratio": 0.049}, ["gradient_low"]),
     ({"seed_gradient_norm_ratio": 0.0}, ["gradient_low"]),
     ({"seed_gradient_norm_ratio": None}, ["gradient_unmeasured"]),
     ({"isolation_violations": 11}, ["isolation_violated"]),
-    ({"epochs_in_stage": 0, "current_accuracy": 1.0, "seed_gradient_norm_ratio": None,
+    ({"epochs_in_stage": 0, "probe_loss_reduction": -0.5, "seed_gradient_norm_ratio": None,
       "isolation_violations": 99},
-     ["dwell_short", "improvement_low", "gradient_unmeasured", "isolation_violated"]),
+     ["dwell_short", "probe_loss_rose", "gradient_unmeasured", "isolation_violated"]),
 ])
 def test_g2_failures(metrics, failed):
     _check(g2_ready_to_blend(training(**metrics)), GateLevel.G2, S.BLENDING, [], failed)
@@ -112,21 +113,25 @@ def test_g2_not_in_training():
     _check(g2_ready_to_blend(s), GateLevel.G2, S.BLENDING, [], ["not_in_training"])
 
 
-def test_g2_improvement_is_since_stage_start_not_germination():
-    s = training(accuracy_at_germination=10.0, current_accuracy=50.0)
-    assert s.metrics.improvement == 40.0
-    _check(g2_ready_to_blend(s), GateLevel.G2, S.BLENDING, [], ["improvement_low"])
+def test_g2_ignores_the_hosts_progress_while_the_seed_is_invisible():
+    """Issue 10, defect 5: 26.74 points of host progress let a x1e4 seed through G2."""
+    s = training(accuracy_at_stage_start=58.0, current_accuracy=84.74,
+                 probe_loss_reduction=-412.0)
+    assert s.metrics.stage_improvement == pytest.approx(26.74)
+    result = g2_ready_to_blend(s)
+    _check(result, GateLevel.G2, S.BLENDING, [], ["probe_loss_rose"])
+    assert "probe loss reduction -412.0000 at alpha 0.1" in result.message
 
 
 def test_g2_uses_the_task_dwell_and_the_gate_thresholds():
-    gates = QualityGates(min_training_improvement=2.0, min_seed_gradient_ratio=0.5,
+    gates = QualityGates(min_probe_loss_reduction=0.02, min_seed_gradient_ratio=0.5,
                          max_isolation_violations=0)
     s = seeded(S.TRAINING, gates=gates)
     s = s.replace(task=TaskConfig(max_epochs=100), metrics=s.metrics.replace(
-        epochs_in_stage=19, accuracy_at_stage_start=0.0, current_accuracy=1.9,
+        epochs_in_stage=19, probe_loss_reduction=0.019,
         seed_gradient_norm_ratio=0.4, isolation_violations=1))
     _check(g2_ready_to_blend(s), GateLevel.G2, S.BLENDING, [],
-           ["dwell_short", "improvement_low", "gradient_low", "isolation_violated"])
+           ["dwell_short", "probe_loss_rose", "gradient_low", "isolation_violated"])
 
 
 # --------------------------------------------------------------------------- G3

@@ -34,8 +34,10 @@ S = SeedStage
 LIVE = (S.GERMINATED, S.TRAINING, S.BLENDING, S.HOLDING)
 
 
-def tel(accuracy: float = 50.0, ratio: float | None = 0.5, **kw) -> SlotTelemetry:
-    return SlotTelemetry(accuracy, seed_gradient_norm_ratio=ratio, **kw)
+def tel(accuracy: float = 50.0, ratio: float | None = 0.5, probe: float | None = 0.01,
+        **kw) -> SlotTelemetry:
+    return SlotTelemetry(accuracy, seed_gradient_norm_ratio=ratio, probe_loss_reduction=probe,
+                         **kw)
 
 
 def coefficients(s: SlotState) -> tuple[list[float] | float, float, float]:
@@ -178,14 +180,14 @@ def test_training_dwell_then_g2(slot_at, max_epochs, fraction, dwell):
 def test_g2_failure_in_step_keeps_training_and_retries_every_epoch(slot_at):
     s = slot_at(S.TRAINING, task=TaskConfig(max_epochs=10))  # dwell 2
     base = s.metrics.current_accuracy
-    s = step(s, tel(base + 0.1))
-    s = step(s, tel(base + 0.2))  # dwell met, improvement 0.2 < 0.5
+    s = step(s, tel(base + 0.1, probe=-0.3))
+    s = step(s, tel(base + 20.0, probe=-0.2))  # dwell met; the host's progress is not judged
     assert s.stage is S.TRAINING
-    assert s.last_gate.gate is GateLevel.G2 and s.last_gate.checks_failed == ("improvement_low",)
+    assert s.last_gate.gate is GateLevel.G2 and s.last_gate.checks_failed == ("probe_loss_rose",)
     n = s.gate_evaluations
-    s = step(s, tel(base + 0.3))
+    s = step(s, tel(base + 30.0, probe=-1e-9))
     assert s.stage is S.TRAINING and s.gate_evaluations == n + 1
-    s = step(s, tel(base + 0.5))  # exactly the threshold
+    s = step(s, tel(base, probe=0.0))  # exactly the threshold
     assert s.stage is S.BLENDING
 
 
@@ -502,7 +504,8 @@ def test_docstring_example_dormant_to_fossilized():
     state = SlotState.dormant("mid", channels=64, task=TaskConfig(max_epochs=5))
     state = germinate(state, "norm", "seed-1")
     for accuracy in (50.0, 51.0, 52.0, 53.0, 54.0, 55.0, 56.0, 57.0):
-        state = step(state, SlotTelemetry(accuracy, seed_gradient_norm_ratio=0.5))
+        state = step(state, SlotTelemetry(accuracy, seed_gradient_norm_ratio=0.5,
+                                          probe_loss_reduction=0.01))
     state, result = fossilize(state, SlotTelemetry(57.0, counterfactual_contribution=2.0))
     assert result.passed and state.stage is S.FOSSILIZED
     assert [(r.from_stage, r.to_stage) for r in state.history] == [

@@ -73,13 +73,14 @@ telemetry = st.builds(
     accuracy=numbers,
     counterfactual_contribution=optional_numbers,
     seed_gradient_norm_ratio=optional_numbers,
+    probe_loss_reduction=optional_numbers,
     isolation_violations=st.one_of(st.just(0), st.integers(0, 15)),
     finite=st.integers(0, 9).map(bool),  # mostly True
 )
 # Readings that let a seed make progress, so the long paths are explored too.
 good_telemetry = st.builds(
     lambda acc, cf: SlotTelemetry(acc, counterfactual_contribution=cf,
-                                  seed_gradient_norm_ratio=1.0),
+                                  seed_gradient_norm_ratio=1.0, probe_loss_reduction=0.01),
     st.floats(0.0, 100.0), st.one_of(st.none(), st.floats(0.0, 5.0)))
 
 targets = st.one_of(st.sampled_from(list(S)),
@@ -131,7 +132,7 @@ def initial_states(draw) -> SlotState:
         embargo_epochs=draw(st.integers(0, 3)),
     )
     gates = QualityGates(
-        min_training_improvement=draw(st.sampled_from([-1.0, 0.0, 0.5])),
+        min_probe_loss_reduction=draw(st.sampled_from([-1.0, 0.0, 0.5])),
         min_blending_epochs=draw(st.integers(0, 3)),
         min_seed_gradient_ratio=draw(st.sampled_from([0.0, 0.05])),
         alpha_complete_threshold=draw(st.sampled_from([0.5, 0.95, 1.0])),

@@ -29,6 +29,7 @@ PAIRS = [(a, b) for a in S for b in S]
 
 def tel(accuracy: float = 60.0, **kw) -> SlotTelemetry:
     kw.setdefault("seed_gradient_norm_ratio", 0.5)
+    kw.setdefault("probe_loss_reduction", 0.01)
     return SlotTelemetry(accuracy, **kw)
 
 

@@ -13,7 +13,7 @@ from esper.leyline import TOPOLOGIES, QualityGates, TaskConfig, constants
 
 def test_quality_gate_defaults_are_the_issue_values():
     g = QualityGates()
-    assert g.min_training_improvement == 0.5
+    assert g.probe_alpha == 0.1 and g.min_probe_loss_reduction == 0.0
     assert g.min_blending_epochs == 3
     assert g.min_seed_gradient_ratio == 0.05
     assert g.alpha_complete_threshold == 0.95
@@ -102,9 +102,10 @@ def test_isolate_while_blending_by_topology():
 
 
 @pytest.mark.parametrize("kwargs", [
-    {"min_training_improvement": math.nan}, {"min_training_improvement": math.inf},
-    {"min_training_improvement": "0.5"}, {"min_training_improvement": None},
-    {"min_training_improvement": True},
+    {"min_probe_loss_reduction": math.nan}, {"min_probe_loss_reduction": math.inf},
+    {"min_probe_loss_reduction": "0.5"}, {"min_probe_loss_reduction": None},
+    {"min_probe_loss_reduction": True},
+    {"probe_alpha": 0.0}, {"probe_alpha": 1.5}, {"probe_alpha": math.nan},
     {"min_seed_gradient_ratio": -math.inf}, {"min_seed_gradient_ratio": "x"},
     {"min_fossilize_contribution": math.nan}, {"min_fossilize_contribution": False},
     {"alpha_complete_threshold": 0.0}, {"alpha_complete_threshold": -0.1},
@@ -121,7 +122,7 @@ def test_quality_gates_validation(kwargs):
 
 
 def test_quality_gates_accepts_edges():
-    g = QualityGates(min_training_improvement=-1.0, min_seed_gradient_ratio=0,
+    g = QualityGates(min_probe_loss_reduction=-1.0, probe_alpha=1.0, min_seed_gradient_ratio=0,
                      alpha_complete_threshold=1.0, min_fossilize_contribution=0.0,
                      min_blending_epochs=0, max_isolation_violations=0)
     assert g.alpha_complete_threshold == 1.0

@@ -112,7 +112,8 @@ def test_a_full_run_of_decisions_drives_a_seed_to_fossilized():
         if state.has_seed:
             accuracy += 0.5
             state = step(state, SlotTelemetry(accuracy, counterfactual_contribution=2.0,
-                                              seed_gradient_norm_ratio=0.5))
+                                              seed_gradient_norm_ratio=0.5,
+                                              probe_loss_reduction=0.01))
         for decision in controller.decide(epoch, accuracy, {"mid": state}, memory)[0]:
             if decision.action == "germinate":
                 state = germinate(state, decision.blueprint_id, decision.seed_id)

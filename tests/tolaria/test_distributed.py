@@ -156,7 +156,8 @@ def test_rank_0_reads_the_external_commands_and_every_rank_applies_them(tmp_path
 def _training() -> SlotState:
     state = germinate(SlotState.dormant("mid", channels=4, task=TaskConfig(max_epochs=5)),
                       "norm", "seed-1")
-    return step(state, SlotTelemetry(50.0, seed_gradient_norm_ratio=0.5))
+    return step(state, SlotTelemetry(50.0, seed_gradient_norm_ratio=0.5,
+                                     probe_loss_reduction=0.01))
 
 
 def _proposal(decisions: tuple[Decision, ...] = ()) -> Proposal:

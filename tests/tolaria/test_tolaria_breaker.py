@@ -54,16 +54,19 @@ def one_step(model: MorphogeneticModel, step=train_step, measure: bool = True):
 
 @pytest.mark.parametrize("stage", [SeedStage.TRAINING, SeedStage.BLENDING])
 @pytest.mark.parametrize("measure", [True, False])
-def test_nan_seed_skips_the_update_and_leaves_the_host_bit_identical(stage, measure):
+def test_nan_seed_skips_its_own_update_and_the_host_trains(stage, measure):
     model = seeded_model(stage)
     poison(model.seed_slots["mid"].seed)
     before = copy.deepcopy(dict(model.named_parameters()))
     result, optimizer = one_step(model, measure=measure)
-    assert not result.loss.isfinite()
-    assert result.updated.tolist() == [False, False] and result.faults.tolist() == [True]
+    assert result.loss.isfinite()  # the seed's NaN never reaches the loss
+    assert result.updated.tolist() == [True, False] and result.faults.tolist() == [True]
     for name, p in model.named_parameters():
-        assert torch.equal(p, before[name]) or (p.isnan().all() and before[name].isnan().all())
-    assert all(not m.any() for m in optimizer.momenta.values())
+        if name.startswith("seed_slots."):
+            assert p.isnan().all() and not optimizer.momenta[name].any(), name
+        else:
+            assert p.isfinite().all() and optimizer.momenta[name].isfinite().all(), name
+    assert not torch.equal(before["host.head.weight"], model.host.head.weight)
 
 
 def test_healthy_step_updates_everything_and_blames_no_one():
@@ -91,7 +94,7 @@ def test_compiled_step_gives_the_same_flags_in_one_graph():
     poison(model.seed_slots["mid"].seed)
     sick, _ = one_step(model, compiled)
     assert counter.frame_count == 1
-    assert healthy.updated.tolist() == [True, True] and sick.updated.tolist() == [False, False]
+    assert healthy.updated.tolist() == [True, True] and sick.updated.tolist() == [True, False]
     assert sick.faults.tolist() == [True]
 
 
@@ -118,8 +121,7 @@ def test_trainer_opens_the_breaker_and_prunes_the_seed_at_the_epoch_end(tmp_path
     poison(t.model.seed_slots["mid"].seed)
     host_before = {k: v.clone() for k, v in t.model.host.named_parameters()}
     t.run_epoch()
-    for name, p in t.model.host.named_parameters():
-        assert torch.equal(p, host_before[name]), name  # every step was skipped
+    assert all(not torch.equal(p, host_before[n]) for n, p in t.model.host.named_parameters())
     changes = [e for e in t.events if e.get("type") == EventType.BREAKER_CHANGED.value]
     assert [(e["payload"]["from"], e["payload"]["to"]) for e in changes] == [("CLOSED", "OPEN")]
     assert changes[0]["payload"]["reason"] == "non_finite" and changes[0]["seed_id"] == "bad"
@@ -127,10 +129,8 @@ def test_trainer_opens_the_breaker_and_prunes_the_seed_at_the_epoch_end(tmp_path
     assert len(pruned) == 1 and pruned[0]["payload"]["reason"] == "non_finite"
     assert t.breakers["mid"].status == "CLOSED"
     skipped = [e for e in t.events if e["kind"] == "safety"]
-    assert skipped and skipped[0]["skipped_updates"]["host"] > 0
-    # The host trains again once the seed is gone.
-    t.run_epoch()
-    assert any(not torch.equal(p, host_before[n]) for n, p in t.model.host.named_parameters())
+    assert skipped and "host" not in skipped[0]["skipped_updates"]  # the host never paused
+    assert skipped[0]["skipped_updates"]["mid"] > 0
 
 
 def test_manual_override_emits_an_event_and_rejects_unknown_slots(tmp_path):
