@@ -264,9 +264,6 @@ def advance(
         return fossilize(state, telemetry)
     if target == _S.PRUNED:
         return state, GateResult.refused(target, "use_prune", "pruning takes prune(state, reason)")
-    if (source, target) == (_S.HOLDING, _S.BLENDING):
-        result = GateResult(None, True, 1.0, ("reblend",), (), "HOLDING -> BLENDING", target)
-        return _enter(state, target, "reblend"), result
     gate = _GATED_ADVANCES.get((source, target))
     if gate is not None and not telemetry.is_finite:
         return state, GateResult.refused(target, "non_finite",

@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 
+from esper.errors import InvalidTransitionError
 from esper.kasmina import SlotState, advance, fossilize, prune, set_alpha, step, transition
 from esper.kasmina.state import stage_coefficients
 from esper.leyline import (
@@ -17,6 +18,7 @@ from esper.leyline import (
     SeedStage,
     SlotTelemetry,
     TaskConfig,
+    is_valid_transition,
 )
 
 S = SeedStage
@@ -151,19 +153,18 @@ def test_advance_g3(slot_at):
     assert_coefficients(s)
 
 
-def test_advance_reblend_from_holding(slot_at):
+def test_holding_never_returns_to_blending(slot_at):
+    """No gate guards HOLDING -> BLENDING and neither specification has it: refused."""
+    assert not is_valid_transition(S.HOLDING, S.BLENDING)
     h = slot_at(S.HOLDING)
-    s, result = advance(h, S.BLENDING, tel())
-    assert result.passed and result.gate is None and result.checks_passed == ("reblend",)
-    assert s.stage is S.BLENDING and s.history[-1].reason == "reblend"
-    assert torch.equal(s.alpha, h.alpha)  # alpha is kept
-    assert s.metrics.epochs_in_stage == 0
-    # G3 needs min_blending_epochs again
-    for _ in range(2):
-        s = step(s, tel())
-        assert s.stage is S.BLENDING
-    s = step(s, tel())
-    assert s.stage is S.HOLDING
+    snapshot = copy.deepcopy(h)
+    s, result = advance(h, S.BLENDING, tel(counterfactual_contribution=5.0))
+    assert s is h and not result.passed
+    assert result.checks_failed == ("out_of_order",) and result.target is S.BLENDING
+    assert "FOSSILIZED" in result.message and "PRUNED" in result.message
+    assert_unchanged(h, snapshot)
+    with pytest.raises(InvalidTransitionError):
+        transition(h, S.BLENDING)
 
 
 def test_advance_to_fossilized_is_fossilize(slot_at):
