@@ -2,18 +2,30 @@
 
 Decoding is strict: unknown or missing keys, wrong types and bad values raise
 ``ValueError`` naming the field, and every invariant of the state is checked
-again on construction. Nothing here unpickles.
+again on construction. Nothing here unpickles. The only keys that may be
+missing are the fields added after the format was first written
+(:data:`ADDED_FIELDS`): documents written before them load with the field's
+default.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any
 
 import torch
 
 from ..leyline import GateLevel, GateResult, QualityGates, SeedStage, TaskConfig
 from .state import SeedMetrics, SlotState, TransitionRecord, stage_coefficients
+
+# Fields added after the format was first written, by section: an older
+# document lacks them and gets the dataclass default.
+ADDED_FIELDS: Mapping[str, frozenset[str]] = MappingProxyType({
+    "gates": frozenset({"min_holding_epochs"}),
+    "metrics": frozenset({"holding_contribution"}),
+})
 
 
 def state_to_dict(state: SlotState) -> dict[str, Any]:
@@ -50,8 +62,9 @@ def state_to_dict(state: SlotState) -> dict[str, Any]:
 def _exact_keys(where: str, data: object, names: set[str]) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ValueError(f"{where} must be an object, got {type(data).__name__}")
-    if set(data) != names:
-        missing, extra = sorted(names - set(data)), sorted(set(data) - names)
+    optional = ADDED_FIELDS.get(where, frozenset())
+    if not set(data) <= names or not names - optional <= set(data):
+        missing, extra = sorted(names - optional - set(data)), sorted(set(data) - names)
         raise ValueError(f"{where}: missing keys {missing}, unexpected keys {extra}")
     return data
 
