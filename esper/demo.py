@@ -73,11 +73,10 @@ def run_lifecycle_demo(epochs: int = 12, seed: int = 0) -> MorphogeneticModel:
             telemetry = SlotTelemetry(accuracy, counterfactual_contribution=accuracy - without,
                                       seed_gradient_norm_ratio=_gradient_ratio(model, "mid"),
                                       probe_loss_reduction=probe)
-            if slot.state.stage == SeedStage.HOLDING:
-                result = slot.fossilize(telemetry)
-                note = result.message
-            else:
-                slot.step_epoch(telemetry)
+            held = slot.state.stage == SeedStage.HOLDING
+            slot.step_epoch(telemetry)
+            if held and slot.state.stage == SeedStage.HOLDING:  # G5 needs an epoch in HOLDING
+                note = slot.fossilize(telemetry).message
         print(f"{epoch:>5}  {accuracy:>6.1f}%  {slot.state.stage.name:<11} "
               f"{slot.state.alpha_value:>5.2f}  {note}")
     return model

@@ -26,6 +26,8 @@ def _slot_at(
     The default task (``max_epochs=5``) has a one-epoch training dwell, a five-step
     blend, a five-epoch holding timeout and a five-epoch embargo. Accuracy rises one
     point an epoch and the seed gradient ratio is healthy, so G2 and G3 pass on time.
+    HOLDING is reached with the sigmoid alpha at 0.976; a fossil steps through HOLDING
+    until a counterfactual of 2 points is recorded at alpha 1.0, then passes G5.
     The failure stages are reached by pruning a freshly GERMINATED seed.
     """
     task = task if task is not None else TaskConfig(max_epochs=5)
@@ -41,9 +43,12 @@ def _slot_at(
     for _ in range(10_000):
         if s.stage == stage:
             return s
-        if s.stage == SeedStage.HOLDING:
-            s, result = fossilize(s, SlotTelemetry(accuracy, counterfactual_contribution=2.0))
-            assert result.passed, result
+        if s.stage == SeedStage.HOLDING:  # validated in HOLDING at full alpha, then G5
+            accuracy += 1.0
+            s = step(s, SlotTelemetry(accuracy, counterfactual_contribution=2.0))
+            if s.metrics.holding_contribution is not None:
+                s, result = fossilize(s, SlotTelemetry(accuracy, counterfactual_contribution=2.0))
+                assert result.passed, result
             continue
         accuracy += 1.0
         s = step(s, SlotTelemetry(accuracy, seed_gradient_norm_ratio=0.5,

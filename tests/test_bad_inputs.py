@@ -103,12 +103,13 @@ def walk(model: MorphogeneticModel, slot: str, stage: SeedStage) -> None:
     for _ in range(50):
         if seed_slot.state.stage == stage:
             return
-        if seed_slot.state.stage == SeedStage.HOLDING:
-            assert seed_slot.fossilize(SlotTelemetry(accuracy, counterfactual_contribution=2.0))
+        if seed_slot.state.metrics.holding_contribution is not None:  # validated in HOLDING
+            assert seed_slot.fossilize(SlotTelemetry(accuracy)).passed
             continue
         accuracy += 1.0
-        model.step_epoch({slot: SlotTelemetry(accuracy, seed_gradient_norm_ratio=0.5,
-                                                        probe_loss_reduction=0.01)})
+        model.step_epoch({slot: SlotTelemetry(accuracy, counterfactual_contribution=2.0,
+                                              seed_gradient_norm_ratio=0.5,
+                                              probe_loss_reduction=0.01)})
     raise AssertionError(f"{slot} stuck in {seed_slot.state.stage.name}")
 
 

@@ -41,8 +41,12 @@ def reading(path: Path, what: str) -> Iterator[None]:
         raise CheckpointError(f"{path}: {what}: {error}") from error
 
 
-def exact(data: Any, keys: set[str] | type, what: str) -> dict[str, Any]:
+def exact(data: Any, keys: set[str] | type, what: str,
+          optional: frozenset[str] = frozenset()) -> dict[str, Any]:
     """``data`` if it is a dict with exactly ``keys`` (or a dataclass's field names).
+
+    Keys in ``optional`` may be missing (fields added since older checkpoints
+    were written; the caller's defaults fill them).
 
     Raises:
         ValueError: not a dict, or keys missing or unexpected (wrap in :func:`reading`).
@@ -50,8 +54,8 @@ def exact(data: Any, keys: set[str] | type, what: str) -> dict[str, Any]:
     names = {f.name for f in dataclasses.fields(keys)} if isinstance(keys, type) else keys
     if not isinstance(data, dict):
         raise ValueError(f"{what} must be an object, got {type(data).__name__}")
-    if set(data) != names:
-        raise ValueError(f"{what}: missing keys {sorted(names - set(data))}, "
+    if not set(data) <= names or not names - optional <= set(data):
+        raise ValueError(f"{what}: missing keys {sorted(names - optional - set(data))}, "
                          f"unexpected keys {sorted(set(data) - names)}")
     return data
 

@@ -14,6 +14,7 @@ from torch import Tensor
 
 from ..kasmina.host import build_host
 from ..kasmina.model import MorphogeneticModel
+from ..kasmina.serialize import dataclass_kwargs
 from ..leyline import QualityGates, TaskConfig
 from ..tolaria.optim import OptimizerState, SGDConfig
 from .document import exact, read_document, reading
@@ -122,7 +123,7 @@ def _build_model(document: dict[str, Any], doc_path: Path,
     with reading(doc_path, "model"):
         spec = exact(document["model"], {"slots", "task", "gates", "alpha_mode"}, "model")
         task = TaskConfig(**exact(spec["task"], TaskConfig, "task"))
-        gates = QualityGates(**exact(spec["gates"], QualityGates, "gates"))
+        gates = QualityGates(**dataclass_kwargs("gates", spec["gates"], QualityGates))
         model = MorphogeneticModel(host, device, list(spec["slots"]), task, gates=gates,
                                    alpha_mode=spec["alpha_mode"])
     states = document["slots"]

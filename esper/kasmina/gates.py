@@ -80,15 +80,33 @@ def g3_blend_complete(state: SlotState) -> GateResult:
     return GateResult.from_checks(GateLevel.G3, SeedStage.HOLDING, checks, f"alpha {alpha:.3f}")
 
 
-def g5_contribution(state: SlotState, telemetry: SlotTelemetry) -> GateResult:
-    """G5: the seed's counterfactual contribution, measured now, is large enough."""
-    contribution = telemetry.counterfactual_contribution
-    measured = contribution is not None and telemetry.is_finite
+def g5_contribution(state: SlotState, telemetry: SlotTelemetry | None = None) -> GateResult:
+    """G5: the seed was validated in HOLDING and contributes enough.
+
+    Judged on what :func:`~esper.kasmina.lifecycle.step` recorded in HOLDING,
+    not on a number handed to the request: at least ``min_holding_epochs``
+    epochs in HOLDING, alpha at 1.0 everywhere, and a counterfactual
+    contribution measured there at full alpha
+    (``metrics.holding_contribution``) of at least
+    ``min_fossilize_contribution`` points. ``telemetry``, the reading that
+    comes with a fossilize request, must be finite when given.
+    """
+    m, gates = state.metrics, state.gates
+    alpha = float(state.alpha.min())
+    contribution = m.holding_contribution
     checks = dict([
         _tagged(state.stage == SeedStage.HOLDING, "in_holding", "not_in_holding"),
-        _tagged(measured, "counterfactual_present", "counterfactual_missing"),
-        _tagged(measured and contribution >= state.gates.min_fossilize_contribution,
+        _tagged(m.epochs_in_stage >= gates.min_holding_epochs,
+                "holding_epochs_met", "holding_epochs_short"),
+        _tagged(alpha >= 1.0, "alpha_full", "alpha_not_full"),
+        _tagged(contribution is not None, "counterfactual_present", "counterfactual_missing"),
+        _tagged(contribution is not None and contribution >= gates.min_fossilize_contribution,
                 "contribution_met", "contribution_low"),
     ])
-    detail = "no counterfactual" if contribution is None else f"contribution {contribution:.2f} pts"
+    if telemetry is not None:
+        checks.update([_tagged(telemetry.is_finite, "telemetry_finite", "telemetry_non_finite")])
+    detail = (f"{m.epochs_in_stage} epochs in HOLDING, {gates.min_holding_epochs} needed, "
+              f"alpha {alpha:.3f}, " + ("no counterfactual measured in HOLDING at full alpha"
+                                       if contribution is None
+                                       else f"contribution {contribution:.2f} pts"))
     return GateResult.from_checks(GateLevel.G5, SeedStage.FOSSILIZED, checks, detail)

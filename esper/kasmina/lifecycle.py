@@ -11,7 +11,9 @@ Example (DORMANT to FOSSILIZED)::
     for accuracy in (50.0, 51.0, 52.0, 53.0, 54.0, 55.0, 56.0, 57.0):
         state = step(state, SlotTelemetry(accuracy, seed_gradient_norm_ratio=0.5,
                                           probe_loss_reduction=0.01))
-    state, result = fossilize(state, SlotTelemetry(57.0, counterfactual_contribution=2.0))
+    # HOLDING at alpha 1.0: an epoch whose counterfactual step records for G5.
+    state = step(state, SlotTelemetry(58.0, counterfactual_contribution=2.0))
+    state, result = fossilize(state, SlotTelemetry(58.0, counterfactual_contribution=2.0))
 """
 
 from __future__ import annotations
@@ -71,6 +73,8 @@ def _enter(state: SlotState, target: SeedStage, reason: str, **changes: object) 
     record = TransitionRecord(state.stage, target, state.epoch, reason,
                               seed_id, metrics.epochs_in_stage, detail)
     metrics = metrics.entering_stage()
+    if metrics.holding_contribution is not None:  # a HOLDING measurement ends with HOLDING
+        metrics = metrics.replace(holding_contribution=None)
     return state.replace(
         stage=target, alpha=alpha, b=_coefficient(state, b), g=_coefficient(state, g),
         metrics=metrics, history=(*state.history, record)[-DEFAULT_MAX_HISTORY:],
@@ -228,6 +232,13 @@ cull = prune  # the older revision's name
 def fossilize(state: SlotState, telemetry: SlotTelemetry) -> tuple[SlotState, GateResult]:
     """Make a HOLDING seed permanent if G5 passes (a=1, b=0, g=0).
 
+    G5 judges the HOLDING validation :func:`step` recorded: at least
+    ``gates.min_holding_epochs`` epochs in HOLDING with the counterfactual
+    measured there at alpha 1.0 (``metrics.holding_contribution``). A seed that
+    entered HOLDING in this epoch's step cannot fossilize yet. The
+    ``telemetry`` given here is folded into the metrics as the latest reading
+    and must be finite; its counterfactual is not what G5 judges.
+
     Returns the state unchanged but for the recorded gate when G5 fails.
     """
     _check_state(state)
@@ -279,9 +290,6 @@ def advance(
         return fossilize(state, telemetry)
     if target == _S.PRUNED:
         return state, GateResult.refused(target, "use_prune", "pruning takes prune(state, reason)")
-    if (source, target) == (_S.HOLDING, _S.BLENDING):
-        result = GateResult(None, True, 1.0, ("reblend",), (), "HOLDING -> BLENDING", target)
-        return _enter(state, target, "reblend"), result
     gate = _GATED_ADVANCES.get((source, target))
     if gate is not None and not telemetry.is_finite:
         return state, GateResult.refused(target, "non_finite",
@@ -311,13 +319,19 @@ def _enter_gated(state: SlotState, target: SeedStage, reason: str | None = None)
 def step(state: SlotState, telemetry: SlotTelemetry) -> SlotState:
     """One epoch of lifecycle mechanics.
 
+    ``telemetry`` holds this epoch's measurements, taken under ``state`` (the
+    state before this step); call it once per epoch.
+
     * GERMINATED -> TRAINING (G1) on the first step.
     * TRAINING -> BLENDING once the training dwell is done and G2 passes.
     * BLENDING: alpha follows the schedule; -> HOLDING when G3 passes. The ramp
       keeps going in HOLDING until alpha reaches exactly 1.0.
-    * HOLDING never fossilizes by itself; it is pruned on timeout
-      (``"holding_timeout"``) or a negative counterfactual
-      (``"negative_counterfactual"``).
+    * HOLDING: when alpha was 1.0 everywhere for the epoch and its
+      counterfactual is finite, that counterfactual is recorded as
+      ``metrics.holding_contribution``, the HOLDING validation G5 judges
+      (:func:`fossilize`). HOLDING never fossilizes by itself; it is pruned on
+      timeout (``"holding_timeout"``) or a negative counterfactual
+      (``"negative_counterfactual"``). HOLDING never returns to BLENDING.
     * PRUNED -> EMBARGOED -> (``embargo_epochs``) -> RESETTING -> DORMANT.
     * A non-finite telemetry record prunes a live seed (``"non_finite"``).
 
@@ -387,7 +401,18 @@ def _step_blending(state: SlotState, _t: SlotTelemetry) -> SlotState:
     return _enter_gated(state, _S.HOLDING) if result.passed else state
 
 
+def _record_holding(state: SlotState, telemetry: SlotTelemetry) -> SlotState:
+    """Keep the epoch's counterfactual for G5 if it was measured at alpha 1.0 everywhere."""
+    contribution = telemetry.counterfactual_contribution
+    if contribution is None or not math.isfinite(contribution):
+        return state
+    if not bool(state.alpha.min() >= 1.0):
+        return state
+    return state.replace(metrics=state.metrics.replace(holding_contribution=contribution))
+
+
 def _step_holding(state: SlotState, telemetry: SlotTelemetry) -> SlotState:
+    state = _record_holding(state, telemetry)  # before the ramp: alpha as it was measured
     state = _ramp(state)
     contribution = telemetry.counterfactual_contribution
     if contribution is not None and contribution < 0:

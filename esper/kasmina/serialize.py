@@ -2,12 +2,17 @@
 
 Decoding is strict: unknown or missing keys, wrong types and bad values raise
 ``ValueError`` naming the field, and every invariant of the state is checked
-again on construction. Nothing here unpickles.
+again on construction. Nothing here unpickles. The only keys that may be
+missing are the fields added after the format was first written
+(:data:`ADDED_FIELDS`): documents written before them load with the field's
+default; fields removed since (:data:`REMOVED_FIELDS`) are ignored.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any
 
 import torch
@@ -15,13 +20,18 @@ import torch
 from ..leyline import GateLevel, GateResult, QualityGates, SeedStage, TaskConfig
 from .state import SeedMetrics, SlotState, TransitionRecord, stage_coefficients
 
-# Fields added to a persisted dataclass after documents without them were written:
-# such a document still loads, and the field takes its default.
-_ADDED: dict[type, frozenset[str]] = {
+# Fields added to a persisted dataclass after documents without them were written
+# (such a document loads, and the field takes its default), and fields removed
+# since (an older document may still carry them; they are ignored).
+ADDED_FIELDS: Mapping[type, frozenset[str]] = MappingProxyType({
     TransitionRecord: frozenset({"detail"}),
-    SeedMetrics: frozenset({"probe_loss_reduction"}),
-    QualityGates: frozenset({"probe_alpha", "min_probe_loss_reduction"}),
-}
+    SeedMetrics: frozenset({"probe_loss_reduction", "holding_contribution"}),
+    QualityGates: frozenset({"probe_alpha", "min_probe_loss_reduction", "min_holding_epochs"}),
+})
+REMOVED_FIELDS: Mapping[type, frozenset[str]] = MappingProxyType({
+    # G2 judged the host's accuracy gain; it now judges the seed's probe (issue 10).
+    QualityGates: frozenset({"min_training_improvement"}),
+})
 
 
 def state_to_dict(state: SlotState) -> dict[str, Any]:
@@ -70,10 +80,19 @@ def _fields(cls: type) -> set[str]:
     return {f.name for f in dataclasses.fields(cls)}
 
 
-def _fields_of(where: str, data: object, cls: type) -> dict[str, Any]:
-    """The keyword arguments of ``cls`` in ``data``: every field, except that fields
-    added after a document was written (listed in :data:`_ADDED`) take their defaults."""
-    return _exact_keys(where, data, _fields(cls), _ADDED.get(cls, frozenset()))
+def dataclass_kwargs(where: str, data: object, cls: type) -> dict[str, Any]:
+    """The keyword arguments of dataclass ``cls`` in the document ``data``.
+
+    Every field must be there, except those in :data:`ADDED_FIELDS` (they take
+    their defaults); those in :data:`REMOVED_FIELDS` may be there and are dropped.
+
+    Raises:
+        ValueError: ``data`` is not an object, or keys are missing or unexpected.
+    """
+    removed = REMOVED_FIELDS.get(cls, frozenset())
+    if isinstance(data, dict):
+        data = {k: v for k, v in data.items() if k not in removed}
+    return _exact_keys(where, data, _fields(cls), ADDED_FIELDS.get(cls, frozenset()))
 
 
 def _gate_from_dict(data: object) -> GateResult:
@@ -89,7 +108,7 @@ def _gate_from_dict(data: object) -> GateResult:
 
 
 def _record_from_dict(data: object) -> TransitionRecord:
-    data = _fields_of("history record", data, TransitionRecord)
+    data = dataclass_kwargs("history record", data, TransitionRecord)
     return TransitionRecord(
         SeedStage.parse(data["from_stage"]), SeedStage.parse(data["to_stage"]),
         int(data["epoch"]), str(data["reason"]), data["seed_id"], int(data["epochs_in_stage"]),
@@ -108,8 +127,8 @@ def state_from_dict(data: object, *, device: torch.device | str = "cpu") -> Slot
         stage = SeedStage.parse(data["stage"])
         history = tuple(_record_from_dict(r) for r in data["history"])
         task = TaskConfig(**_exact_keys("task", data["task"], _fields(TaskConfig)))
-        gates = QualityGates(**_fields_of("gates", data["gates"], QualityGates))
-        metrics = SeedMetrics(**_fields_of("metrics", data["metrics"], SeedMetrics))
+        gates = QualityGates(**dataclass_kwargs("gates", data["gates"], QualityGates))
+        metrics = SeedMetrics(**dataclass_kwargs("metrics", data["metrics"], SeedMetrics))
         alpha = torch.tensor(data["alpha"], dtype=torch.float32, device=device)
         _, b, g = stage_coefficients(stage, bool(data["isolate"]))
         scalar = {k: torch.tensor(v, dtype=torch.float32, device=device)

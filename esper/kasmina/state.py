@@ -56,6 +56,9 @@ class SeedMetrics:
     seed_gradient_norm_ratio: float | None = None
     isolation_violations: int = 0
     probe_loss_reduction: float | None = None
+    # The counterfactual contribution measured in HOLDING at full alpha (what G5 judges);
+    # ``None`` until one is, and again whenever a stage is entered.
+    holding_contribution: float | None = None
 
     def replace(self, **changes: Any) -> SeedMetrics:
         """A copy with ``changes`` applied."""

@@ -37,7 +37,9 @@ class QualityGates:
         min_blending_epochs: G3, epochs spent in BLENDING before HOLDING.
         min_seed_gradient_ratio: G2, parameter-normalised seed/host gradient ratio.
         alpha_complete_threshold: G3, alpha needed to leave BLENDING.
-        min_fossilize_contribution: G5, counterfactual contribution in accuracy points.
+        min_fossilize_contribution: G5, counterfactual contribution in accuracy points,
+            measured in HOLDING at full alpha.
+        min_holding_epochs: G5, epochs spent in HOLDING before fossilization (>= 1).
         max_isolation_violations: G2, isolation probe violations tolerated.
     """
 
@@ -47,6 +49,7 @@ class QualityGates:
     min_seed_gradient_ratio: float = C.DEFAULT_MIN_SEED_GRADIENT_RATIO
     alpha_complete_threshold: float = C.DEFAULT_ALPHA_COMPLETE_THRESHOLD
     min_fossilize_contribution: float = C.DEFAULT_MIN_FOSSILIZE_CONTRIBUTION
+    min_holding_epochs: int = C.DEFAULT_MIN_HOLDING_EPOCHS
     max_isolation_violations: int = C.DEFAULT_MAX_ISOLATION_VIOLATIONS
 
     def __post_init__(self) -> None:
@@ -64,6 +67,10 @@ class QualityGates:
             value = getattr(self, name)
             _require(isinstance(value, int) and not isinstance(value, bool) and value >= 0,
                      f"QualityGates.{name} must be a non-negative int, got {value!r}")
+        holding = self.min_holding_epochs
+        _require(isinstance(holding, int) and not isinstance(holding, bool) and holding >= 1,
+                 f"QualityGates.min_holding_epochs must be an int >= 1, got {holding!r}: "
+                 "a seed is validated for at least one epoch in HOLDING")
 
 
 @dataclass(frozen=True, slots=True)

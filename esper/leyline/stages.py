@@ -61,7 +61,7 @@ VALID_TRANSITIONS: Final[MappingProxyType[SeedStage, frozenset[SeedStage]]] = Ma
         _S.GERMINATED: frozenset({_S.TRAINING, _S.PRUNED}),
         _S.TRAINING: frozenset({_S.BLENDING, _S.PRUNED}),
         _S.BLENDING: frozenset({_S.HOLDING, _S.PRUNED}),
-        _S.HOLDING: frozenset({_S.FOSSILIZED, _S.BLENDING, _S.PRUNED}),
+        _S.HOLDING: frozenset({_S.FOSSILIZED, _S.PRUNED}),
         _S.FOSSILIZED: frozenset(),
         _S.PRUNED: frozenset({_S.EMBARGOED}),
         _S.EMBARGOED: frozenset({_S.RESETTING}),

@@ -2,8 +2,12 @@
 
 The policy, applied once per epoch after the slots have stepped:
 
-1. **Fossilize** a HOLDING seed whose measured counterfactual contribution
-   reaches G5's threshold (the gate itself is still checked when applied).
+1. **Fossilize** a HOLDING seed once G5 would pass: it has spent
+   ``min_holding_epochs`` epochs in HOLDING and the counterfactual
+   contribution the lifecycle recorded there at full alpha
+   (``metrics.holding_contribution``) reaches G5's threshold. A seed that
+   entered HOLDING this epoch is never asked for (the gate itself is still
+   checked when the decision is applied).
 2. **Prune** a live seed whose counterfactual contribution is below
    ``prune_below`` points while it is blended in (BLENDING or HOLDING; one
    validation sample flipping is noise, not harm), or a TRAINING seed that has stalled:
@@ -25,6 +29,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
+from ..kasmina.gates import g5_contribution
 from ..kasmina.state import SlotState
 from ..leyline import SeedStage
 from .decisions import Decision
@@ -106,8 +111,7 @@ class HeuristicController:
     def _tend(self, name: str, state: SlotState) -> Decision | None:
         m, stage = state.metrics, state.stage
         contribution = m.counterfactual_contribution
-        if stage == SeedStage.HOLDING and contribution is not None \
-                and contribution >= state.gates.min_fossilize_contribution:
+        if stage == SeedStage.HOLDING and g5_contribution(state).passed:
             return Decision("fossilize", name, "g5_ready", seed_id=state.seed_id)
         if stage in (SeedStage.BLENDING, SeedStage.HOLDING) and contribution is not None \
                 and contribution < self.config.prune_below:

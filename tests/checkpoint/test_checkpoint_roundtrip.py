@@ -120,3 +120,18 @@ def test_saving_over_a_checkpoint_replaces_it(saved: Path) -> None:
     assert loaded.model.host.topology == "transformer"
     assert loaded.optimizer is None and loaded.trainer_state == {}
     assert sorted(p.name for p in saved.iterdir()) == ["checkpoint.json", "weights.safetensors"]
+
+
+def test_checkpoint_from_before_holding_validation_loads(saved: Path) -> None:
+    """Written before ``min_holding_epochs`` and ``holding_contribution`` existed: defaults."""
+    expected = load_checkpoint(saved).model.slot_states()
+    path = saved / "checkpoint.json"
+    document = json.loads(path.read_text())
+    del document["model"]["gates"]["min_holding_epochs"]
+    for state in document["slots"].values():
+        del state["gates"]["min_holding_epochs"], state["metrics"]["holding_contribution"]
+    path.write_text(json.dumps(document))
+    loaded = load_checkpoint(saved)
+    assert loaded.model.slot_states() == expected
+    assert all(s.gates.min_holding_epochs == 1 and s.metrics.holding_contribution is None
+               for s in loaded.model.slot_states().values())

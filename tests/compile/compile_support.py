@@ -24,6 +24,7 @@ SEED_SLOT = "mid"
 VOCAB = 16
 # Telemetry that passes every gate on time: accuracy rises, the seed's gradient is healthy.
 GOOD_RATIO = 0.5
+# An epoch in HOLDING at alpha 1 with this reading validates the seed for G5.
 FOSSILIZE_TELEMETRY = SlotTelemetry(99.0, counterfactual_contribution=2.0)
 
 TrainStep = Callable[..., tuple[Tensor, dict[str, Tensor]]]
@@ -88,7 +89,8 @@ def lifecycle_states(germinated: SlotState) -> list[SlotState]:
     """Every state of a successful run: GERMINATED, each ramp alpha, HOLDING at 1.0, FOSSILIZED.
 
     Built by :func:`esper.kasmina.step` with passing telemetry, as a trainer
-    would, then :func:`esper.kasmina.fossilize` once alpha reached 1.
+    would, then, once alpha reached 1, one more epoch in HOLDING that records
+    the counterfactual G5 judges, and :func:`esper.kasmina.fossilize`.
     """
     assert germinated.stage == SeedStage.GERMINATED
     states, state = [germinated], germinated
@@ -97,6 +99,8 @@ def lifecycle_states(germinated: SlotState) -> list[SlotState]:
         states.append(state)
         if state.stage == SeedStage.HOLDING and float(state.alpha) == 1.0:
             break
+    state = step(state, FOSSILIZE_TELEMETRY)
+    states.append(state)
     state, result = fossilize(state, FOSSILIZE_TELEMETRY)
     assert result.passed, result
     states.append(state)
@@ -157,7 +161,8 @@ def walk_slot(slot: SeedSlot, on_state: Callable[[], None]) -> list[SeedStage]:
     """Drive a GERMINATED slot to FOSSILIZED through its own lifecycle calls.
 
     ``advance_stage`` to TRAINING, then ``step_epoch`` with passing telemetry
-    until alpha reaches 1 in HOLDING, then ``fossilize``; ``on_state()`` runs
+    until alpha reaches 1 in HOLDING, one more epoch there (the counterfactual
+    G5 judges), then ``fossilize``; ``on_state()`` runs
     once in every state on the way, the first and the last included. Returns
     the stages visited.
     """
@@ -171,6 +176,9 @@ def walk_slot(slot: SeedSlot, on_state: Callable[[], None]) -> list[SeedStage]:
         if slot.state.stage == SeedStage.HOLDING and float(slot.state.alpha) == 1.0:
             break
         slot.step_epoch(telemetry(epoch))
+    slot.step_epoch(FOSSILIZE_TELEMETRY)
+    visited.append(slot.state.stage)
+    on_state()
     result = slot.fossilize(FOSSILIZE_TELEMETRY)
     assert result.passed, result
     visited.append(slot.state.stage)

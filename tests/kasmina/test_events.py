@@ -101,6 +101,8 @@ def test_gate_payload_is_the_gate_result(slot_at):
 
 def test_failed_fossilize_emits_only_the_gate(slot_at):
     h = slot_at(S.HOLDING)
+    for _ in range(2):  # the ramp reaches alpha 1, then 0.1 is recorded at alpha 1
+        h = step(h, tel(counterfactual_contribution=0.1))
     s, _ = fossilize(h, tel(counterfactual_contribution=0.1))
     found = events(h, s)
     assert [e.type for e in found] == [GATE]
@@ -127,14 +129,15 @@ def test_full_run_dormant_to_fossilized(slot_at):
         lambda s: step(s, tel(53.0)),  # blend 2
         lambda s: step(s, tel(54.0)),  # blend 3
         lambda s: step(s, tel(55.0)),  # blend 4, alpha .976: G3 -> HOLDING
-        lambda s: step(s, tel(56.0, counterfactual_contribution=3.0)),  # holding
+        lambda s: step(s, tel(56.0, counterfactual_contribution=3.0)),  # holding, ramp to 1
+        lambda s: step(s, tel(57.0, counterfactual_contribution=2.5)),  # recorded at alpha 1
         lambda s: fossilize(s, tel(57.0, counterfactual_contribution=2.5))[0],
     ]
     final, batches = run(d, ops)
     assert final.stage is S.FOSSILIZED
     assert kinds(batches) == [
         [GATE, GERM, CHANGE], [GATE, CHANGE], [GATE, CHANGE], [GATE], [GATE], [GATE],
-        [GATE, CHANGE], [], [GATE, CHANGE, FOSSIL],
+        [GATE, CHANGE], [], [], [GATE, CHANGE, FOSSIL],
     ]
     gates = [b[0].payload["gate"] for b in batches if b]
     assert gates == ["G0", "G1", "G2", "G3", "G3", "G3", "G3", "G5"]
@@ -149,7 +152,7 @@ def test_full_run_dormant_to_fossilized(slot_at):
     assert dict(fossil.payload) == {
         "blueprint_id": "norm", "seed_id": "seed-1", "improvement": 7.0,
         "blending_delta": 6.0, "counterfactual": 2.5, "params_added": 10,
-        "epochs_total": 7, "epochs_in_stage": 1,
+        "epochs_total": 8, "epochs_in_stage": 2,
     }
     epochs = [b[0].epoch for b in batches if b]
     assert epochs == sorted(epochs)

@@ -139,9 +139,10 @@ class LifecycleMachine(RuleBasedStateMachine):
                 return
             if stage == SeedStage.PRUNED:
                 self.model.prune_seed(slot=slot)
-            elif seed_slot.state.stage == SeedStage.HOLDING:
+            elif seed_slot.state.stage == SeedStage.HOLDING \
+                    and seed_slot.state.metrics.holding_contribution is not None:
                 assert seed_slot.fossilize(SlotTelemetry(self.accuracy, 2.0)).passed
-            else:
+            else:  # an epoch in HOLDING at alpha 1 records the counterfactual G5 needs
                 self.step_healthy()
         raise AssertionError(f"{slot} did not reach {stage.name}: {seed_slot.state}")
 
@@ -254,9 +255,15 @@ class LifecycleMachine(RuleBasedStateMachine):
     @rule(slot=st.sampled_from(SLOTS), contribution=st.floats(-2.0, 5.0))
     def fossilize(self, slot: str, contribution: float) -> None:
         before = self.stage(slot)
+        held = self.model.seed_slots[slot].state
         result = self.model.seed_slots[slot].fossilize(SlotTelemetry(60.0, contribution))
         if result.passed:
             assert before == SeedStage.HOLDING and self.stage(slot) == SeedStage.FOSSILIZED
+            # G5 judged what an epoch in HOLDING recorded at alpha 1, not this reading
+            recorded = held.metrics.holding_contribution
+            assert recorded is not None and recorded >= held.gates.min_fossilize_contribution
+            assert held.metrics.epochs_in_stage >= held.gates.min_holding_epochs
+            assert bool((held.alpha == 1.0).all())
         else:
             assert self.stage(slot) == before
 

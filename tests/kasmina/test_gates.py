@@ -178,38 +178,78 @@ def test_g3_alpha_exactly_at_threshold_passes():
 # --------------------------------------------------------------------------- G5
 
 
-def test_g5_passes_at_threshold():
-    r = g5_contribution(seeded(S.HOLDING), SlotTelemetry(50.0, counterfactual_contribution=1.0))
-    _check(r, GateLevel.G5, S.FOSSILIZED,
-           ["in_holding", "counterfactual_present", "contribution_met"], [])
+def holding(contribution: float | None = 1.0, epochs: int = 1, alpha=1.0, **kw):
+    """A HOLDING seed with ``contribution`` recorded after ``epochs`` epochs at ``alpha``."""
+    s = seeded(S.HOLDING, **kw)
+    if isinstance(alpha, float):
+        alpha = torch.tensor(alpha) if s.alpha_mode == "scalar" else torch.full((3,), alpha)
+    return s.replace(alpha=alpha, metrics=s.metrics.replace(
+        epochs_in_stage=epochs, holding_contribution=contribution))
 
 
-@pytest.mark.parametrize(("telemetry", "failed"), [
-    (SlotTelemetry(50.0), ["counterfactual_missing", "contribution_low"]),
-    (SlotTelemetry(50.0, counterfactual_contribution=math.nan),
-     ["counterfactual_missing", "contribution_low"]),
-    (SlotTelemetry(50.0, counterfactual_contribution=math.inf),
-     ["counterfactual_missing", "contribution_low"]),
-    (SlotTelemetry(50.0, counterfactual_contribution=5.0, finite=False),
-     ["counterfactual_missing", "contribution_low"]),
-    (SlotTelemetry(math.nan, counterfactual_contribution=5.0),
-     ["counterfactual_missing", "contribution_low"]),
-    (SlotTelemetry(50.0, counterfactual_contribution=0.99), ["contribution_low"]),
-    (SlotTelemetry(50.0, counterfactual_contribution=-3.0), ["contribution_low"]),
+G5_CHECKS = ["in_holding", "holding_epochs_met", "alpha_full", "counterfactual_present",
+             "contribution_met"]
+
+
+@pytest.mark.parametrize("alpha_mode", ["scalar", "channel"])
+def test_g5_passes_at_threshold(alpha_mode):
+    s = holding(1.0, alpha_mode=alpha_mode)
+    _check(g5_contribution(s), GateLevel.G5, S.FOSSILIZED, G5_CHECKS, [])
+    r = g5_contribution(s, SlotTelemetry(50.0, counterfactual_contribution=1.0))
+    _check(r, GateLevel.G5, S.FOSSILIZED, [*G5_CHECKS, "telemetry_finite"], [])
+
+
+@pytest.mark.parametrize(("state", "failed"), [
+    (lambda: holding(None), ["counterfactual_missing", "contribution_low"]),
+    (lambda: holding(0.99), ["contribution_low"]),
+    (lambda: holding(-3.0), ["contribution_low"]),
+    (lambda: holding(5.0, epochs=0), ["holding_epochs_short"]),
+    (lambda: holding(5.0, alpha=0.999), ["alpha_not_full"]),
+    (lambda: holding(5.0, alpha=torch.tensor([1.0, 0.5, 1.0]), alpha_mode="channel"),
+     ["alpha_not_full"]),
+    (lambda: holding(None, epochs=0, alpha=0.9),
+     ["holding_epochs_short", "alpha_not_full", "counterfactual_missing", "contribution_low"]),
 ])
-def test_g5_failures(telemetry, failed):
-    _check(g5_contribution(seeded(S.HOLDING), telemetry), GateLevel.G5, S.FOSSILIZED, [], failed)
+def test_g5_failures(state, failed):
+    _check(g5_contribution(state()), GateLevel.G5, S.FOSSILIZED, [], failed)
+
+
+@pytest.mark.parametrize("telemetry", [
+    SlotTelemetry(50.0, counterfactual_contribution=math.nan),
+    SlotTelemetry(50.0, counterfactual_contribution=math.inf),
+    SlotTelemetry(50.0, counterfactual_contribution=5.0, finite=False),
+    SlotTelemetry(math.nan, counterfactual_contribution=5.0),
+])
+def test_g5_refuses_a_non_finite_request_reading(telemetry):
+    _check(g5_contribution(holding(5.0), telemetry), GateLevel.G5, S.FOSSILIZED, G5_CHECKS,
+           ["telemetry_non_finite"])
+
+
+def test_g5_ignores_the_request_counterfactual():
+    """G5 judges the HOLDING record; the reading handed to the request does not count."""
+    low = g5_contribution(holding(0.5), SlotTelemetry(50.0, counterfactual_contribution=50.0))
+    _check(low, GateLevel.G5, S.FOSSILIZED, [], ["contribution_low"])
+    ok = g5_contribution(holding(2.0), SlotTelemetry(50.0, counterfactual_contribution=-3.0))
+    _check(ok, GateLevel.G5, S.FOSSILIZED, G5_CHECKS, [])
+    _check(g5_contribution(holding(2.0), SlotTelemetry(50.0)), GateLevel.G5, S.FOSSILIZED,
+           G5_CHECKS, [])
 
 
 def test_g5_not_in_holding():
-    r = g5_contribution(seeded(S.BLENDING), SlotTelemetry(50.0, counterfactual_contribution=5.0))
-    _check(r, GateLevel.G5, S.FOSSILIZED, [], ["not_in_holding"])
+    s = seeded(S.BLENDING)
+    s = s.replace(alpha=torch.tensor(1.0),
+                  metrics=s.metrics.replace(epochs_in_stage=3, holding_contribution=5.0))
+    _check(g5_contribution(s), GateLevel.G5, S.FOSSILIZED, [], ["not_in_holding"])
 
 
-def test_g5_uses_gate_threshold():
-    s = seeded(S.HOLDING, gates=QualityGates(min_fossilize_contribution=3.0))
-    low = g5_contribution(s, SlotTelemetry(50.0, counterfactual_contribution=2.9))
-    _check(low, GateLevel.G5, S.FOSSILIZED, [], ["contribution_low"])
+def test_g5_uses_gate_thresholds():
+    gates = QualityGates(min_fossilize_contribution=3.0, min_holding_epochs=2)
+    _check(g5_contribution(holding(2.9, epochs=2, gates=gates)), GateLevel.G5, S.FOSSILIZED,
+           [], ["contribution_low"])
+    _check(g5_contribution(holding(3.0, epochs=1, gates=gates)), GateLevel.G5, S.FOSSILIZED,
+           [], ["holding_epochs_short"])
+    _check(g5_contribution(holding(3.0, epochs=2, gates=gates)), GateLevel.G5, S.FOSSILIZED,
+           G5_CHECKS, [])
 
 
 def test_gates_are_pure():

@@ -16,6 +16,7 @@ from esper.kasmina import (
     fossilize,
     germinate,
     prune,
+    set_alpha,
     step,
     transition,
 )
@@ -348,6 +349,110 @@ def test_negative_counterfactual_outside_holding_does_not_prune(slot_at, stage):
     assert s.stage is not S.PRUNED
 
 
+# --------------------------------------------------------------------------- holding validation
+
+# The trainer's timing: three blend steps, so G3 passes with alpha exactly 1.0.
+FULL_ALPHA_TASK = TaskConfig(max_epochs=5, blending_steps=3)
+
+
+def reach_holding(alpha_mode: str = "scalar") -> SlotState:
+    """Step a seed into HOLDING with a huge counterfactual measured every epoch."""
+    s = SlotState.dormant("mid", channels=4, task=FULL_ALPHA_TASK, alpha_mode=alpha_mode)
+    s = germinate(s, "norm", "seed-1")
+    accuracy = 50.0
+    while s.stage is not S.HOLDING:
+        accuracy += 1.0
+        s = step(s, tel(accuracy, counterfactual_contribution=50.0))
+    assert bool((s.alpha == 1.0).all()) and s.metrics.epochs_in_stage == 0
+    return s
+
+
+@pytest.mark.parametrize("alpha_mode", ["scalar", "channel"])
+def test_seed_reaching_holding_cannot_fossilize_in_that_epoch(alpha_mode):
+    """The epoch's counterfactual was measured under BLENDING: G5 waits for HOLDING's own."""
+    s = reach_holding(alpha_mode)
+    after, result = fossilize(s, tel(57.0, counterfactual_contribution=50.0))
+    assert not result.passed and after.stage is S.HOLDING
+    assert "holding_epochs_short" in result.checks_failed
+    assert "counterfactual_missing" in result.checks_failed
+    assert after.metrics.holding_contribution is None
+
+
+@pytest.mark.parametrize("alpha_mode", ["scalar", "channel"])
+def test_one_holding_epoch_at_full_alpha_then_fossilize(alpha_mode):
+    s = reach_holding(alpha_mode)
+    s = step(s, tel(60.0, counterfactual_contribution=1.0))  # measured in HOLDING at alpha 1
+    assert s.stage is S.HOLDING and s.metrics.epochs_in_stage == 1
+    assert s.metrics.holding_contribution == 1.0
+    s, result = fossilize(s, tel(60.0, counterfactual_contribution=1.0))
+    assert result.passed and result.gate is GateLevel.G5 and s.stage is S.FOSSILIZED
+    assert "holding_epochs_met" in result.checks_passed
+    assert s.history[-1].from_stage is S.HOLDING and s.history[-1].epochs_in_stage == 1
+
+
+def test_holding_below_threshold_does_not_fossilize_on_a_large_request_reading():
+    s = step(reach_holding(), tel(60.0, counterfactual_contribution=0.5))
+    assert s.metrics.holding_contribution == 0.5
+    after, result = fossilize(s, tel(60.0, counterfactual_contribution=50.0))
+    assert not result.passed and result.checks_failed == ("contribution_low",)
+    assert after.stage is S.HOLDING
+    # and a small reading handed to the request does not spoil a validated seed
+    s = step(s, tel(60.0, counterfactual_contribution=3.0))
+    after, result = fossilize(s, tel(60.0, counterfactual_contribution=0.0))
+    assert result.passed and after.stage is S.FOSSILIZED
+
+
+def test_min_holding_epochs_is_met_by_epochs_in_holding():
+    gates = QualityGates(min_holding_epochs=3)
+    s = reach_holding().replace(gates=gates)
+    for epochs in (1, 2, 3):
+        s = step(s, tel(60.0, counterfactual_contribution=2.0))
+        _, result = fossilize(s, tel(60.0, counterfactual_contribution=2.0))
+        assert s.metrics.epochs_in_stage == epochs
+        assert result.passed is (epochs >= 3)
+        assert ("holding_epochs_short" in result.checks_failed) is (epochs < 3)
+
+
+def test_holding_step_below_full_alpha_records_nothing(slot_at):
+    s = slot_at(S.HOLDING)  # the default sigmoid ramp enters HOLDING at alpha 0.976
+    assert float(s.alpha) < 1.0
+    s = step(s, tel(counterfactual_contribution=3.0))
+    assert float(s.alpha) == 1.0  # the ramp finished in this step, after the measurement
+    assert s.metrics.holding_contribution is None
+    assert s.metrics.counterfactual_contribution == 3.0
+    _, result = fossilize(s, tel(counterfactual_contribution=3.0))
+    assert not result.passed and result.checks_failed == ("counterfactual_missing",
+                                                           "contribution_low")
+
+
+@pytest.mark.parametrize("alpha_mode", ["scalar", "channel"])
+def test_alpha_set_below_one_in_holding_records_nothing_and_blocks_g5(alpha_mode):
+    s = step(reach_holding(alpha_mode), tel(60.0, counterfactual_contribution=2.0))
+    assert s.metrics.holding_contribution == 2.0
+    below = torch.tensor([1.0, 1.0, 0.999, 1.0]) if alpha_mode == "channel" else 0.999
+    s = set_alpha(s, below)
+    s = step(s, tel(60.0, counterfactual_contribution=7.0))
+    assert s.metrics.holding_contribution == 2.0  # the reading at alpha < 1 is not kept
+    _, result = fossilize(s, tel(60.0, counterfactual_contribution=7.0))
+    assert not result.passed and result.checks_failed == ("alpha_not_full",)
+    s = set_alpha(s, torch.ones(4) if alpha_mode == "channel" else 1.0)
+    s = step(s, tel(60.0, counterfactual_contribution=7.0))
+    assert s.metrics.holding_contribution == 7.0
+
+
+def test_holding_step_without_a_finite_counterfactual_keeps_the_record():
+    s = step(reach_holding(), tel(60.0, counterfactual_contribution=2.0))
+    s = step(s, tel(60.0))
+    assert s.metrics.holding_contribution == 2.0
+
+
+def test_holding_record_is_cleared_when_a_stage_is_entered():
+    s = step(reach_holding(), tel(60.0, counterfactual_contribution=2.0))
+    assert prune(s, "manual").metrics.holding_contribution is None
+    fossil, _ = fossilize(s, tel(60.0))
+    assert fossil.stage is S.FOSSILIZED and fossil.metrics.holding_contribution is None
+
+
 # --------------------------------------------------------------------------- non-finite
 
 
@@ -506,13 +611,15 @@ def test_docstring_example_dormant_to_fossilized():
     for accuracy in (50.0, 51.0, 52.0, 53.0, 54.0, 55.0, 56.0, 57.0):
         state = step(state, SlotTelemetry(accuracy, seed_gradient_norm_ratio=0.5,
                                           probe_loss_reduction=0.01))
-    state, result = fossilize(state, SlotTelemetry(57.0, counterfactual_contribution=2.0))
+    # HOLDING at alpha 1.0: an epoch whose counterfactual step records for G5.
+    state = step(state, SlotTelemetry(58.0, counterfactual_contribution=2.0))
+    state, result = fossilize(state, SlotTelemetry(58.0, counterfactual_contribution=2.0))
     assert result.passed and state.stage is S.FOSSILIZED
     assert [(r.from_stage, r.to_stage) for r in state.history] == [
         (S.DORMANT, S.GERMINATED), (S.GERMINATED, S.TRAINING), (S.TRAINING, S.BLENDING),
         (S.BLENDING, S.HOLDING), (S.HOLDING, S.FOSSILIZED)]
     assert coefficients(state) == (1.0, 0.0, 0.0)
-    assert state.metrics.improvement == 7.0
+    assert state.metrics.improvement == 8.0
 
 
 @pytest.mark.parametrize("alpha_mode", ["scalar", "channel"])
@@ -531,6 +638,7 @@ def test_channel_mode_full_run(slot_at):
         s = step(s, tel())
         assert torch.equal(s.alpha, torch.full((4,), _f32(k / 5)))
     assert s.stage is S.HOLDING
+    s = step(s, tel(counterfactual_contribution=3.0))  # an epoch in HOLDING at alpha 1
     s, result = fossilize(s, tel(counterfactual_contribution=3.0))
     assert result.passed
     assert torch.equal(s.alpha, torch.ones(4)) and s.alpha.shape == (4,)

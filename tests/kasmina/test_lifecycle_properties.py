@@ -10,6 +10,10 @@ stage, fossilize, prune (any reason), transition to any stage and set_alpha
 * a failed call leaves the state untouched;
 * every new history record is in VALID_TRANSITIONS and the records chain;
 * a fossil stays a fossil;
+* a seed fossilizes through G5 only after ``min_holding_epochs`` epochs in
+  HOLDING, at alpha 1.0, on a counterfactual step recorded there at alpha 1.0
+  that reaches the threshold; a recorded HOLDING contribution exists only in
+  HOLDING, and HOLDING never returns to BLENDING;
 * alpha stays finite in [0, 1], the coefficients match the stage;
 * the history never exceeds 100 records;
 * events(before, after) works and each payload has exactly its fields.
@@ -123,7 +127,7 @@ actions = st.one_of(
 
 
 @st.composite
-def initial_states(draw) -> SlotState:
+def initial_states(draw, starts: tuple[SeedStage, ...] | None = None) -> SlotState:
     task = TaskConfig(
         topology=draw(st.sampled_from(["cnn", "transformer"])),
         max_epochs=draw(st.integers(1, 12)),
@@ -138,10 +142,11 @@ def initial_states(draw) -> SlotState:
         alpha_complete_threshold=draw(st.sampled_from([0.5, 0.95, 1.0])),
         min_fossilize_contribution=draw(st.sampled_from([0.0, 1.0])),
         max_isolation_violations=draw(st.sampled_from([0, 10, 1000])),
+        min_holding_epochs=draw(st.sampled_from([1, 1, 2])),
     )
     state = SlotState.dormant("mid", channels=CHANNELS, task=task, gates=gates,
                               alpha_mode=draw(st.sampled_from(["scalar", "channel"])))
-    start = draw(st.sampled_from(_STARTS))
+    start = draw(st.sampled_from(starts or _STARTS))
     if start == S.UNKNOWN:
         return state.replace(stage=S.UNKNOWN)
     if start == S.DORMANT:
@@ -248,6 +253,9 @@ def _check_state(s: SlotState) -> None:
         assert s.seed_id is None and s.blueprint_id is None
     if s.stage in LIVE or s.stage in (S.FOSSILIZED, S.PRUNED):
         assert s.seed_id and s.blueprint_id
+    recorded = s.metrics.holding_contribution
+    if recorded is not None:
+        assert s.stage == S.HOLDING and math.isfinite(recorded)
 
 
 def _check_step(before: SlotState, after: SlotState, result: GateResult | None) -> None:
@@ -269,6 +277,19 @@ def _check_step(before: SlotState, after: SlotState, result: GateResult | None) 
     if before.stage == S.FOSSILIZED:
         assert after.stage == S.FOSSILIZED
         assert bool((after.alpha == 1).all())
+    assert not (before.stage == S.HOLDING and after.stage == S.BLENDING)
+    if before.stage == S.HOLDING and after.stage == S.FOSSILIZED \
+            and after.history[-1].reason == "fossilize":  # G5 (not the gate-free tool)
+        m, gates = before.metrics, before.gates
+        assert m.epochs_in_stage >= gates.min_holding_epochs >= 1
+        assert bool((before.alpha == 1).all())
+        assert m.holding_contribution is not None
+        assert m.holding_contribution >= gates.min_fossilize_contribution
+        event("fossilized through G5")
+    if before.stage == S.HOLDING and after.stage == S.HOLDING:
+        new = after.metrics.holding_contribution
+        if new is not None and new != before.metrics.holding_contribution:
+            assert bool((before.alpha == 1).all())  # recorded only at full alpha
     if result is not None:
         assert isinstance(result, GateResult)
         assert 0.0 <= result.score <= 1.0
@@ -304,6 +325,32 @@ def test_random_action_sequences_keep_every_invariant(state, plan):
         visited.add(state.stage)
     for stage in visited:
         event(f"visited {stage.name}")
+
+
+_holding_actions = st.one_of(
+    _step_good, _step_good, _step_good, _step_good,
+    st.tuples(st.just("fossilize"), good_telemetry),
+    st.tuples(st.just("fossilize"), st.one_of(telemetry, good_telemetry)),
+    st.tuples(st.just("set_alpha"), st.sampled_from([0.5, 0.99, 1.0, 1.0, 1.0, 1.0])),
+)
+
+
+@settings(max_examples=100, deadline=None)
+@given(initial_states(starts=(S.BLENDING, S.HOLDING)),
+       st.lists(_holding_actions, min_size=10, max_size=30))
+def test_fossilization_always_follows_holding_validation(state, plan):
+    """Seeds in BLENDING or HOLDING, driven toward G5: _check_step holds G5 to its rule."""
+    for action in plan:
+        if action[0] == "set_alpha":
+            if state.stage not in (S.BLENDING, S.HOLDING):
+                continue
+            value = action[1]
+            action = ("set_alpha", value if state.alpha_mode == "scalar"
+                      else torch.full((CHANNELS,), value))
+        after, result = _apply(state, action)
+        _check_step(state, after, result)
+        state = after
+    event(f"ended {state.stage.name}")
 
 
 @settings(max_examples=100, deadline=None)

@@ -123,11 +123,14 @@ def test_step_ramp_does_not_write_into_the_input_alpha(slot_at):
 
 def test_outputs_are_independent_of_each_other(slot_at):
     h = slot_at(S.HOLDING)
-    a = step(h, TELEMETRY[0])
-    b, _ = fossilize(h, TELEMETRY[0])
-    assert a.stage is S.HOLDING and b.stage is S.FOSSILIZED
-    assert float(a.alpha) == 1.0 and float(h.alpha) < 1.0 and float(b.alpha) == 1.0
-    assert b.alpha is not h.alpha
+    a = step(h, TELEMETRY[0])  # the ramp finishes in a new tensor
+    assert a.stage is S.HOLDING and float(a.alpha) == 1.0 and float(h.alpha) < 1.0
+    v = step(a, TELEMETRY[0])  # an epoch at alpha 1: validated for G5
+    b, _ = fossilize(v, TELEMETRY[0])
+    c = step(v, TELEMETRY[0])
+    assert b.stage is S.FOSSILIZED and c.stage is S.HOLDING and v.stage is S.HOLDING
+    assert float(b.alpha) == 1.0 and b.alpha is not v.alpha
+    assert v.metrics.holding_contribution == 2.0 and b.metrics.holding_contribution is None
 
 
 def test_alpha_at_is_a_pure_function():

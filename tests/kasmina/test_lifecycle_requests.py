@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 
+from esper.errors import InvalidTransitionError
 from esper.kasmina import SlotState, advance, fossilize, prune, set_alpha, step, transition
 from esper.kasmina.state import stage_coefficients
 from esper.leyline import (
@@ -17,6 +18,7 @@ from esper.leyline import (
     SeedStage,
     SlotTelemetry,
     TaskConfig,
+    is_valid_transition,
 )
 
 S = SeedStage
@@ -152,23 +154,31 @@ def test_advance_g3(slot_at):
     assert_coefficients(s)
 
 
-def test_advance_reblend_from_holding(slot_at):
+def test_holding_never_returns_to_blending(slot_at):
+    """No gate guards HOLDING -> BLENDING and neither specification has it: refused."""
+    assert not is_valid_transition(S.HOLDING, S.BLENDING)
     h = slot_at(S.HOLDING)
-    s, result = advance(h, S.BLENDING, tel())
-    assert result.passed and result.gate is None and result.checks_passed == ("reblend",)
-    assert s.stage is S.BLENDING and s.history[-1].reason == "reblend"
-    assert torch.equal(s.alpha, h.alpha)  # alpha is kept
-    assert s.metrics.epochs_in_stage == 0
-    # G3 needs min_blending_epochs again
-    for _ in range(2):
-        s = step(s, tel())
-        assert s.stage is S.BLENDING
-    s = step(s, tel())
-    assert s.stage is S.HOLDING
+    snapshot = copy.deepcopy(h)
+    s, result = advance(h, S.BLENDING, tel(counterfactual_contribution=5.0))
+    assert s is h and not result.passed
+    assert result.checks_failed == ("out_of_order",) and result.target is S.BLENDING
+    assert "FOSSILIZED" in result.message and "PRUNED" in result.message
+    assert_unchanged(h, snapshot)
+    with pytest.raises(InvalidTransitionError):
+        transition(h, S.BLENDING)
+
+
+def validated(slot_at, contribution: float = 2.0, **kw) -> SlotState:
+    """A HOLDING seed with ``contribution`` recorded at alpha 1.0 (G5 can judge it)."""
+    s = slot_at(S.HOLDING, **kw)  # the sigmoid ramp reaches HOLDING at alpha 0.976
+    s = step(s, tel(counterfactual_contribution=contribution))  # the ramp reaches 1.0
+    s = step(s, tel(counterfactual_contribution=contribution))  # measured at alpha 1.0
+    assert s.stage is S.HOLDING and s.metrics.holding_contribution == contribution
+    return s
 
 
 def test_advance_to_fossilized_is_fossilize(slot_at):
-    h = slot_at(S.HOLDING)
+    h = validated(slot_at)
     a_state, a_result = advance(h, S.FOSSILIZED, tel(counterfactual_contribution=2.0))
     f_state, f_result = fossilize(h, tel(counterfactual_contribution=2.0))
     assert a_state == f_state and a_result == f_result and a_result.passed
@@ -179,23 +189,44 @@ def test_advance_to_fossilized_is_fossilize(slot_at):
 
 @pytest.mark.parametrize("alpha_mode", ["scalar", "channel"])
 def test_fossilize_success(slot_at, alpha_mode):
-    h = slot_at(S.HOLDING, alpha_mode=alpha_mode)
+    h = validated(slot_at, 1.0, alpha_mode=alpha_mode)
     s, result = fossilize(h, tel(counterfactual_contribution=1.0))
     assert result.passed and result.gate is GateLevel.G5
+    assert set(result.checks_passed) == {"in_holding", "holding_epochs_met", "alpha_full",
+                                         "counterfactual_present", "contribution_met",
+                                         "telemetry_finite"}
     assert s.stage is S.FOSSILIZED and s.history[-1].reason == "fossilize"
+    assert s.history[-1].epochs_in_stage == 2
     assert bool((s.alpha == 1.0).all()) and s.alpha.shape == h.alpha.shape
     assert (float(s.b), float(s.g)) == (0.0, 0.0)
     assert s.metrics.counterfactual_contribution == 1.0
+    assert s.metrics.holding_contribution is None  # cleared as FOSSILIZED begins
     assert s.last_gate == result and s.prune_reason is None
     assert s.seed_id == h.seed_id and s.blueprint_id == h.blueprint_id
 
 
+@pytest.mark.parametrize(("recorded", "telemetry", "tags"), [
+    (None, tel(counterfactual_contribution=50.0), {"holding_epochs_short", "alpha_not_full",
+                                                   "counterfactual_missing", "contribution_low"}),
+    (0.5, tel(counterfactual_contribution=50.0), {"contribution_low"}),
+    (0.0, tel(counterfactual_contribution=50.0), {"contribution_low"}),
+    (2.0, tel(), set()),
+    (2.0, tel(counterfactual_contribution=math.nan), {"telemetry_non_finite"}),
+    (2.0, tel(counterfactual_contribution=5.0, finite=False), {"telemetry_non_finite"}),
+])
+def test_fossilize_judges_the_holding_record_not_the_request(slot_at, recorded, telemetry, tags):
+    """G5 reads what step recorded in HOLDING; the request's reading only has to be finite."""
+    h = slot_at(S.HOLDING) if recorded is None else validated(slot_at, recorded)
+    s, result = fossilize(h, telemetry)
+    assert set(result.checks_failed) == tags and result.passed is (not tags)
+    assert s.stage is (S.HOLDING if tags else S.FOSSILIZED)
+
+
 @pytest.mark.parametrize(("telemetry", "tag"), [
     (tel(), "counterfactual_missing"),
-    (tel(counterfactual_contribution=0.5), "contribution_low"),
-    (tel(counterfactual_contribution=-1.0), "contribution_low"),
-    (tel(counterfactual_contribution=math.nan), "counterfactual_missing"),
-    (tel(counterfactual_contribution=5.0, finite=False), "counterfactual_missing"),
+    (tel(counterfactual_contribution=0.5), "holding_epochs_short"),
+    (tel(counterfactual_contribution=math.nan), "telemetry_non_finite"),
+    (tel(counterfactual_contribution=5.0, finite=False), "telemetry_non_finite"),
 ])
 def test_fossilize_failure_keeps_holding(slot_at, telemetry, tag):
     h = slot_at(S.HOLDING)

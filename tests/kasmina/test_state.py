@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 
 import pytest
 import torch
 import torch.utils._pytree as pytree
 
 from esper.kasmina import SeedMetrics, SlotState, TransitionRecord, germinate, transition
+from esper.kasmina.serialize import state_from_dict, state_to_dict
 from esper.kasmina.state import stage_coefficients
 from esper.leyline import GateLevel, GateResult, QualityGates, SeedStage, TaskConfig
 
@@ -335,3 +337,45 @@ def test_to_cuda_and_back():
     assert c.to("cpu") == s
     d = SlotState.dormant("mid", channels=4, device="cuda")
     assert all(x.is_cuda for x in pytree.tree_leaves(d))
+
+
+# --------------------------------------------------------------------------- serialization
+
+
+def _validated_holding() -> SlotState:
+    s = germinate(dormant(gates=QualityGates(min_holding_epochs=2)), "norm", "seed-1")
+    for stage in (SeedStage.TRAINING, SeedStage.BLENDING, SeedStage.HOLDING):
+        s = transition(s, stage)
+    return s.replace(alpha=torch.tensor(1.0), metrics=s.metrics.replace(
+        epochs_in_stage=2, holding_contribution=1.5))
+
+
+def test_serialized_state_carries_the_holding_validation():
+    s = _validated_holding()
+    data = state_to_dict(s)
+    assert data["metrics"]["holding_contribution"] == 1.5
+    assert data["gates"]["min_holding_epochs"] == 2
+    back = state_from_dict(json.loads(json.dumps(data)))
+    assert back == s and back.metrics.holding_contribution == 1.5
+
+
+def test_state_written_before_holding_validation_loads_with_defaults():
+    data = state_to_dict(_validated_holding())
+    del data["metrics"]["holding_contribution"], data["gates"]["min_holding_epochs"]
+    back = state_from_dict(data)
+    assert back.metrics.holding_contribution is None  # HOLDING must be validated again
+    assert back.gates.min_holding_epochs == 1
+    assert back.metrics.epochs_in_stage == 2 and back.stage is SeedStage.HOLDING
+
+
+@pytest.mark.parametrize(("section", "key"), [("metrics", "epochs_total"),
+                                              ("gates", "min_fossilize_contribution")])
+def test_only_the_added_fields_may_be_missing(section, key):
+    data = state_to_dict(_validated_holding())
+    del data[section][key]
+    with pytest.raises(ValueError, match=rf"{section}: missing keys \['{key}'\]"):
+        state_from_dict(data)
+    data = state_to_dict(_validated_holding())
+    data[section]["extra"] = 1
+    with pytest.raises(ValueError, match=r"unexpected keys \['extra'\]"):
+        state_from_dict(data)

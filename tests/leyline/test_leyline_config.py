@@ -19,6 +19,7 @@ def test_quality_gate_defaults_are_the_issue_values():
     assert g.alpha_complete_threshold == 0.95
     assert g.min_fossilize_contribution == 1.0
     assert g.max_isolation_violations == 10
+    assert g.min_holding_epochs == 1 == constants.DEFAULT_MIN_HOLDING_EPOCHS
 
 
 def test_task_config_defaults_are_the_issue_values():
@@ -114,6 +115,8 @@ def test_isolate_while_blending_by_topology():
     {"min_blending_epochs": None},
     {"max_isolation_violations": -1}, {"max_isolation_violations": 1.5},
     {"max_isolation_violations": False},
+    {"min_holding_epochs": 0}, {"min_holding_epochs": -1}, {"min_holding_epochs": 1.0},
+    {"min_holding_epochs": True}, {"min_holding_epochs": None},
 ])
 def test_quality_gates_validation(kwargs):
     name = next(iter(kwargs))

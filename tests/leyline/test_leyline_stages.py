@@ -22,14 +22,15 @@ CANONICAL = [
     ("HOLDING", 5), ("FOSSILIZED", 6), ("PRUNED", 7), ("EMBARGOED", 8), ("RESETTING", 9),
 ]
 
-# The table, written out independently of the source.
+# The table, written out independently of the source. HOLDING never goes back
+# to BLENDING: neither revision of the specification has that edge, and no gate guards it.
 EXPECTED_TRANSITIONS = {
     S.UNKNOWN: {S.DORMANT},
     S.DORMANT: {S.GERMINATED},
     S.GERMINATED: {S.TRAINING, S.PRUNED},
     S.TRAINING: {S.BLENDING, S.PRUNED},
     S.BLENDING: {S.HOLDING, S.PRUNED},
-    S.HOLDING: {S.FOSSILIZED, S.BLENDING, S.PRUNED},
+    S.HOLDING: {S.FOSSILIZED, S.PRUNED},
     S.FOSSILIZED: set(),
     S.PRUNED: {S.EMBARGOED},
     S.EMBARGOED: {S.RESETTING},
@@ -99,6 +100,12 @@ def test_transition_table_is_read_only():
 @pytest.mark.parametrize("target", list(SeedStage))
 def test_is_valid_transition_matches_table(source, target):
     assert is_valid_transition(source, target) == (target in EXPECTED_TRANSITIONS[source])
+
+
+def test_holding_does_not_return_to_blending():
+    assert not is_valid_transition(S.HOLDING, S.BLENDING)
+    assert not is_valid_transition(S.PROBATIONARY, S.BLENDING)
+    assert VALID_TRANSITIONS[S.HOLDING] == {S.FOSSILIZED, S.PRUNED}
 
 
 def test_fossilized_can_never_be_left_and_no_stage_loops_to_itself():

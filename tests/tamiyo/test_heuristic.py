@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
-from esper.kasmina import SlotState, germinate, step, transition
+from esper.kasmina import SlotState, fossilize, germinate, step, transition
 from esper.leyline import SeedStage, SlotTelemetry, TaskConfig
 from esper.tamiyo import (
     ControllerConfig,
@@ -68,12 +69,43 @@ def test_per_slot_germination_limit():
     assert decide({"mid": dormant()}, [50.0, 50.0, 50.0, 50.0], memory=memory)[0] == []
 
 
+def held(alpha: float = 1.0, **metrics) -> SlotState:
+    """A HOLDING seed at ``alpha`` with ``metrics`` (one epoch in HOLDING unless given)."""
+    state = at(SeedStage.HOLDING, **{"epochs_in_stage": 1, **metrics})
+    return state.replace(alpha=torch.tensor(alpha))
+
+
 def test_fossilizes_holding_seed_when_g5_would_pass():
-    ready = at(SeedStage.HOLDING, counterfactual_contribution=1.5)
+    ready = held(holding_contribution=1.5)
     assert decide({"mid": ready}, [60.0])[0] == [
         Decision("fossilize", "mid", "g5_ready", seed_id="s-mid")]
-    unsure = at(SeedStage.HOLDING, counterfactual_contribution=0.5)
+    unsure = held(holding_contribution=0.5, counterfactual_contribution=5.0)
     assert decide({"mid": unsure}, [60.0])[0] == []
+
+
+@pytest.mark.parametrize("state", [
+    lambda: held(counterfactual_contribution=5.0),  # nothing measured in HOLDING yet
+    lambda: held(holding_contribution=5.0, epochs_in_stage=0),
+    lambda: held(0.9, holding_contribution=5.0),
+])
+def test_no_fossilize_before_g5_could_pass(state):
+    assert decide({"mid": state()}, [60.0])[0] == []
+
+
+def test_no_fossilize_for_a_seed_that_entered_holding_this_epoch():
+    """The counterfactual of the epoch that reached HOLDING was measured while BLENDING."""
+    state = germinate(SlotState.dormant("mid", channels=8, task=TaskConfig(
+        max_epochs=10, blending_steps=3)), "norm", "s-mid")
+    accuracy = 50.0
+    while state.stage != SeedStage.HOLDING:
+        accuracy += 1.0
+        state = step(state, SlotTelemetry(accuracy, counterfactual_contribution=50.0,
+                                          seed_gradient_norm_ratio=0.5))
+    assert float(state.alpha) == 1.0 and state.metrics.counterfactual_contribution == 50.0
+    assert decide({"mid": state}, [accuracy])[0] == []
+    state = step(state, SlotTelemetry(accuracy, counterfactual_contribution=50.0))
+    assert decide({"mid": state}, [accuracy])[0] == [
+        Decision("fossilize", "mid", "g5_ready", seed_id="s-mid")]
 
 
 @pytest.mark.parametrize("stage", [SeedStage.BLENDING, SeedStage.HOLDING])
@@ -118,7 +150,9 @@ def test_a_full_run_of_decisions_drives_a_seed_to_fossilized():
             if decision.action == "germinate":
                 state = germinate(state, decision.blueprint_id, decision.seed_id)
             elif decision.action == "fossilize":
-                state = transition(state, SeedStage.FOSSILIZED)
+                entered = state.history[-1].epoch
+                state, result = fossilize(state, SlotTelemetry(accuracy))
+                assert result.passed and state.epoch > entered  # asked only when G5 passes
         memory = controller.decide(epoch, accuracy, {"mid": state}, memory)[1]
         if state.stage == SeedStage.FOSSILIZED:
             break

@@ -11,7 +11,7 @@ import torch
 
 from esper.checkpoint import load_checkpoint
 from esper.cli import main
-from esper.leyline import SeedStage, is_valid_transition
+from esper.leyline import QualityGates, SeedStage, is_valid_transition
 from esper.tamiyo import ControllerConfig
 from esper.tolaria.config import GrowConfig
 from esper.tolaria.run import grow
@@ -35,7 +35,32 @@ def check_lifecycle(events: list[dict]) -> dict[str, list[str]]:
             assert source == path[-1], f"{event['slot_id']}: {source} does not follow {path}"
             assert is_valid_transition(SeedStage[source], SeedStage[target])
             path.append(target)
+    check_fossils_follow_holding(events)
     return stages
+
+
+def check_fossils_follow_holding(events: list[dict]) -> list[tuple[str, int]]:
+    """Every SEED_FOSSILIZED comes at least one epoch after its seed entered HOLDING.
+
+    Returns each fossil's slot and epoch. G5 judges the counterfactual measured
+    during a whole epoch in HOLDING at full alpha, never the one of the epoch that
+    reached HOLDING (measured while the seed was still BLENDING).
+    """
+    entered: dict[tuple[str, str], int] = {}
+    fossils = []
+    for event in events:
+        if event["kind"] != "lifecycle":
+            continue
+        seed = (event["slot_id"], event["seed_id"])
+        if event["type"] == "SEED_STAGE_CHANGED" and event["payload"]["to"] == "HOLDING":
+            entered[seed] = event["epoch"]
+        elif event["type"] == "SEED_FOSSILIZED":
+            assert seed in entered, f"{seed} fossilized without entering HOLDING"
+            assert event["epoch"] >= entered[seed] + 1, (
+                f"{seed} fossilized at epoch {event['epoch']}, entered HOLDING at "
+                f"{entered[seed]}")
+            fossils.append((seed[0], event["epoch"]))
+    return fossils
 
 
 def test_grow_cli_writes_a_complete_run_directory(tmp_path, capsys):
@@ -65,6 +90,21 @@ def test_grown_run_events_describe_a_valid_lifecycle(tmp_path):
     assert decisions and all(e["outcome"] for e in decisions)
     checkpoint = load_checkpoint(out / "checkpoint")
     assert checkpoint.trainer_state["epoch"] == 6
+
+
+def test_seeds_fossilize_only_after_a_full_epoch_in_holding(tmp_path):
+    """A run that fossilizes: every fossil spent an epoch in HOLDING first."""
+    out = tmp_path / "run"
+    # lr 0.2 lets the seeds pass G2 on this small sample; G5 at 0 points fossilizes
+    # whatever the (noisy, 96-sample) counterfactual, so only the timing is tested.
+    summary = grow(tiny(out, epochs=10, lr=0.2, gates=QualityGates(min_fossilize_contribution=0.0)))
+    events = [json.loads(line) for line in (out / "events.jsonl").read_text().splitlines()]
+    check_lifecycle(events)
+    fossils = check_fossils_follow_holding(events)
+    assert fossils and summary.seeds_fossilized == len(fossils)
+    fossilize = [e for e in events if e["kind"] == "decision" and e["action"] == "fossilize"]
+    assert all(e["outcome"] == "fossilized" for e in fossilize)  # asked only when G5 passes
+    assert sorted((e["slot"], e["epoch"]) for e in fossilize) == sorted(fossils)
 
 
 def without_seconds(rows: list[dict]) -> list[dict]:
