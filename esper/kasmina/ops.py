@@ -265,7 +265,7 @@ def slot_forward(
         AlphaShapeError: alpha does not broadcast (a ``ValueError``).
         SeedShapeError: the seed changes the shape (a ``ValueError``).
     """
-    return slot_forward_checked(state, seed_fn, host, alpha=alpha, gate=gate)[0]
+    return _slot_forward(state, seed_fn, host, alpha, gate)[0]
 
 
 def slot_forward_checked(
@@ -281,6 +281,13 @@ def slot_forward_checked(
     The health flags (a non-finite seed output, a blown-up blend) are 0-d
     device tensors: reading them is the caller's sync, never this function's.
     """
+    out, host, seed_out, a = _slot_forward(state, seed_fn, host, alpha, gate)
+    return out, seed_health(host, seed_out, a)
+
+
+def _slot_forward(state: SlotState, seed_fn: SeedFn, host: Tensor, alpha: Tensor | None,
+                  gate: AlphaGate | None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The slot's output, and the host features, seed output and blend weight it mixed."""
     # A free view first: under torch.compile, a torch.func.grad primal passed straight
     # into an autograd.Function loses the custom backward (pytorch/pytorch#193279).
     host = host.view_as(host)
@@ -291,7 +298,7 @@ def slot_forward_checked(
     seed_out = seed_fn(seed_in)
     _check_seed_output(seed_out, host)
     seed_out = seed_out.to(host.dtype)
-    return _Mix.apply(host, seed_out, a, state.b), seed_health(host, seed_out, a)
+    return _Mix.apply(host, seed_out, a, state.b), host, seed_out, a
 
 
 def slot_forward_reference(

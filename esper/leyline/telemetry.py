@@ -96,13 +96,13 @@ class SlotTelemetry:
             the slot's alpha forced to 0, in points; ``None`` when not measured.
         seed_gradient_norm_ratio: parameter-normalised seed/host gradient ratio;
             ``None`` when not measured this epoch (the last value is kept).
+        isolation_violations: isolation probes that leaked this epoch.
+        finite: ``False`` when the epoch saw a non-finite loss, activation or
+            gradient; the seed is then pruned with reason ``"non_finite"``.
         probe_loss_reduction: a training seed's own evidence for G2: the relative
             validation-loss reduction ``(L_host - L_probe) / L_host`` when it is
             blended in at ``QualityGates.probe_alpha``, against the model with
             its alpha at 0; ``None`` when not measured (the last value is kept).
-        isolation_violations: isolation probes that leaked this epoch.
-        finite: ``False`` when the epoch saw a non-finite loss, activation or
-            gradient; the seed is then pruned with reason ``"non_finite"``.
 
     Non-finite numbers are accepted (they are data: :attr:`is_finite` reports
     them); wrong types raise :class:`~esper.errors.TelemetryTypeError` (a
@@ -114,8 +114,8 @@ class SlotTelemetry:
     counterfactual_contribution: float | None = None
     seed_gradient_norm_ratio: float | None = None
     isolation_violations: int = 0
-    probe_loss_reduction: float | None = None
     finite: bool = True
+    probe_loss_reduction: float | None = None
 
     def __post_init__(self) -> None:
         _check_number("accuracy", self.accuracy, optional=False)

@@ -12,6 +12,7 @@ run continues exactly.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import time
 from collections.abc import Callable
@@ -43,6 +44,7 @@ from .step import CompileCounter, StepFn, StepResult, build_probe, build_step
 _BLENDED = (SeedStage.BLENDING, SeedStage.HOLDING, SeedStage.FOSSILIZED)
 EXCEPTION = "exception"  # the prune reason of a seed that raised
 EventSink = Callable[[dict[str, Any]], None]
+_log = logging.getLogger("esper")
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
@@ -157,7 +159,10 @@ class Trainer:
             culprit = seed_culprit(error, self.model.seed_slots)
             if culprit is None and self.config.compile:
                 try:
-                    return self._run_step(self._eager_step, run, xb, yb, measure)
+                    result = self._run_step(self._eager_step, run, xb, yb, measure)
+                    _log.warning("the compiled step raised %s; that step ran eagerly",
+                                 describe(error))
+                    return result
                 except Exception as eager_error:
                     culprit, error = seed_culprit(eager_error, self.model.seed_slots), eager_error
             if culprit is None:
@@ -222,6 +227,7 @@ class Trainer:
                 self._flush(run)
                 run = self._inputs()
                 ema = None  # its groups changed
+                probe = probe and bool(run.names)
                 result = self._guarded_step(run, xb, yb, measure=cfg.compile or probe)
             self.global_step += 1
             losses.append(result.loss)

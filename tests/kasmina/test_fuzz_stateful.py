@@ -77,7 +77,8 @@ accuracies = finite_accuracy | st.just(float("nan"))
 optional_numbers = st.none() | st.floats(-5.0, 5.0, allow_nan=False) | st.just(float("nan"))
 alpha_values = st.floats(-0.5, 1.5, allow_nan=False) | st.just(float("nan")) | st.just(1.0)
 telemetries = st.builds(SlotTelemetry, accuracies, optional_numbers,
-                        st.none() | st.floats(0.0, 2.0), st.integers(0, 2), st.booleans())
+                        st.none() | st.floats(0.0, 2.0), st.integers(0, 2), st.booleans(),
+                        optional_numbers)
 
 
 def valid_alpha(value: float, as_tensor: bool = False) -> bool:
@@ -238,7 +239,7 @@ class LifecycleMachine(RuleBasedStateMachine):
     def step_healthy(self) -> None:
         """An epoch of every slot with telemetry that passes the gates (seeds grow up)."""
         self.accuracy += 1.0
-        healthy = SlotTelemetry(self.accuracy, 2.0, 0.5)
+        healthy = SlotTelemetry(self.accuracy, 2.0, 0.5, probe_loss_reduction=0.01)
         self.model.step_epoch(dict.fromkeys(SLOTS, healthy))
 
     @rule(slot=st.sampled_from(SLOTS), stage=st.sampled_from(list(SeedStage)),

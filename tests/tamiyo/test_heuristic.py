@@ -97,10 +97,13 @@ def test_no_fossilize_for_a_seed_that_entered_holding_this_epoch():
     state = germinate(SlotState.dormant("mid", channels=8, task=TaskConfig(
         max_epochs=10, blending_steps=3)), "norm", "s-mid")
     accuracy = 50.0
-    while state.stage != SeedStage.HOLDING:
+    for _ in range(50):
+        if state.stage == SeedStage.HOLDING:
+            break
         accuracy += 1.0
         state = step(state, SlotTelemetry(accuracy, counterfactual_contribution=50.0,
-                                          seed_gradient_norm_ratio=0.5))
+                                          seed_gradient_norm_ratio=0.5,
+                                          probe_loss_reduction=0.01))
     assert float(state.alpha) == 1.0 and state.metrics.counterfactual_contribution == 50.0
     assert decide({"mid": state}, [accuracy])[0] == []
     state = step(state, SlotTelemetry(accuracy, counterfactual_contribution=50.0))
