@@ -180,49 +180,39 @@ class _Isolate(torch.autograd.Function):
         return torch.where(g == 1, 0.0, grad * (1 - g)), None
 
 
-def kept(seed_out: Tensor, a: Tensor) -> Tensor:
-    """Bool mask of the elements where the blend uses the seed: ``a != 0`` and a finite seed.
-
-    Everywhere else the slot outputs the host's value itself.
-    """
-    return torch.isfinite(seed_out) & (a != 0)
-
-
 class _Mix(torch.autograd.Function):
-    """Forward: ``lerp(host, s, a)`` where :func:`kept`, else ``host`` (a select).
+    """Forward: ``lerp(host, s, a)``, and exactly ``host`` where ``a == 0`` (a select).
 
-    Backward, with ``a_k = a`` where kept and 0 elsewhere: ``(1 - a_k) * grad``
-    to the host, ``(a_k + b) * grad`` to the seed and ``(s - host) * grad``
-    (kept elements only) to ``a`` when ``a`` requires grad, as a gated alpha
-    does. At ``a = 0`` the output is exactly the host's and a NaN seed never
-    reaches the loss; the straight-through ``b * grad`` still trains the seed.
+    Backward: ``(1 - a)`` times the gradient to the host, ``(a + b)`` times it
+    to the seed and ``(s - host)`` times it to ``a`` when ``a`` requires grad,
+    as a gated alpha does. ``lerp(host, NaN, 0)`` is NaN: the select is what
+    keeps a non-finite seed out of the loss while it is invisible, and the
+    straight-through ``b * grad`` still trains it.
     """
 
     generate_vmap_rule = True
 
     @staticmethod
     def forward(host: Tensor, seed_out: Tensor, a: Tensor, b: Tensor) -> Tensor:
-        return torch.where(kept(seed_out, a), torch.lerp(host, seed_out, a), host)
+        return torch.where(a != 0, torch.lerp(host, seed_out, a), host)
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple[Tensor, ...], output: Tensor) -> None:
         host, seed_out, a, b = inputs
-        mask = kept(seed_out, a)
         if ctx.needs_input_grad[2]:
-            ctx.save_for_backward(mask, a, b, host, seed_out)
+            ctx.save_for_backward(a, b, host, seed_out)
         else:
-            ctx.save_for_backward(mask, a, b)
+            ctx.save_for_backward(a, b)
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
-        mask, a, b = ctx.saved_tensors[:3]
-        a_kept = torch.where(mask, a, 0.0)
-        grad_host = grad * (1 - a_kept) if ctx.needs_input_grad[0] else None
-        grad_seed = grad * (a_kept + b) if ctx.needs_input_grad[1] else None
+        a, b = ctx.saved_tensors[:2]
+        grad_host = grad * (1 - a) if ctx.needs_input_grad[0] else None
+        grad_seed = grad * (a + b) if ctx.needs_input_grad[1] else None
         grad_a = None
         if ctx.needs_input_grad[2]:
-            host, seed_out = ctx.saved_tensors[3:]
-            grad_a = torch.where(mask, (seed_out - host) * grad, 0.0).sum_to_size(a.shape)
+            host, seed_out = ctx.saved_tensors[2:]
+            grad_a = ((seed_out - host) * grad).sum_to_size(a.shape)
         return grad_host, grad_seed, grad_a, None
 
 
@@ -255,11 +245,11 @@ def slot_forward(
             :class:`~esper.kasmina.blending.GatedBlend`), given the broadcast ``a``.
 
     Returns:
-        ``lerp(host, s, a)`` where ``a != 0`` and the seed's output is finite, and
-        exactly ``host`` elsewhere (a select, so ``a = 0`` with a NaN seed is the
-        host itself). Its gradient is ``a + b`` times the cotangent to the seed,
-        ``1 - a`` times it to the host directly, and ``1 - g`` times the
-        seed-input gradient to the host through the seed (exact zeros at ``g = 1``).
+        ``lerp(host, s, a)``, and exactly ``host`` where ``a == 0`` (a select, so
+        a NaN seed at ``a = 0`` gives the host itself). Its gradient is ``a + b``
+        times the cotangent to the seed, ``1 - a`` times it to the host directly,
+        and ``1 - g`` times the seed-input gradient to the host through the seed
+        (exact zeros at ``g = 1``).
 
     Raises:
         AlphaShapeError: alpha does not broadcast (a ``ValueError``).
@@ -314,8 +304,8 @@ def slot_forward_reference(
     Same arguments and result; kept as the definition that tests and the
     benchmark compare the fast path against. Where a coefficient is 0 it
     selects rather than multiplies (``NaN * 0`` is ``NaN``): :func:`isolate`
-    at ``g = 1``, the blend where :func:`kept` is false, and the
-    straight-through term, whose value is zero even for a non-finite seed.
+    at ``g = 1``, the blend at ``a = 0``, and the straight-through term, whose
+    value is zero even for a non-finite seed.
     """
     a = blend_weight(state.alpha if alpha is None else alpha, host)
     seed_in = isolate(host, state.g)
@@ -323,10 +313,10 @@ def slot_forward_reference(
         a = gate(seed_in, a)
     seed_out = seed_fn(seed_in)
     _check_seed_output(seed_out, host)
-    mixed = torch.where(kept(seed_out, a), torch.lerp(host, seed_out, a), host)
+    mixed = torch.where(a != 0, torch.lerp(host, seed_out, a), host)
     return mixed + state.b * _zero_valued(seed_out)
 
 
 __all__ = ["AlphaGate", "SeedFn", "blend", "blend_weight", "broadcast_alpha", "channel_dim",
-           "check_channel_alpha", "isolate", "kept", "slot_forward", "slot_forward_checked",
+           "check_channel_alpha", "isolate", "slot_forward", "slot_forward_checked",
            "slot_forward_reference", "ste"]

@@ -131,18 +131,19 @@ def test_nan_seed_in_training_compiled_in_one_graph():
     assert counter.frame_count == 1
 
 
-def test_nan_seed_in_blending_costs_the_host_no_step():
-    """Defect 2 in BLENDING: the seed's non-finite elements are replaced by the host's."""
+def test_nan_seed_in_blending_skips_the_step_and_commits_nothing():
+    """Defect 1 in BLENDING: the blended NaN makes the loss NaN; the step commits no
+    parameter, momentum or statistic (the trainer then mutes the seed)."""
     bad = Stepper(model_with(NaNSeed, S.BLENDING, alpha=0.5))
-    for i in range(5):
-        result = bad(*batch(i))
-        assert result.loss.isfinite()
-        assert result.updated.tolist() == [True, False] and result.faults.tolist() == [True]
-    for name, value in bad.host().items():
-        assert value.isfinite().all(), name
+    bad(*batch(0))
+    before = {k: v.clone() for k, v in bad.host().items()}
+    result = bad(*batch(1))
+    assert not result.loss.isfinite()
+    assert result.updated.tolist() == [False, False] and result.faults.tolist() == [True]
+    assert_identical(bad.host(), before)
 
 
-def test_blend_selects_the_host_where_alpha_is_zero_or_the_seed_is_not_finite():
+def test_blend_selects_the_host_where_alpha_is_zero():
     """Defect 2 at the formula: lerp(host, NaN, 0) is NaN; the slot's output is the host."""
     model = model_with(NaNSeed)
     slot = model.seed_slots["mid"]
@@ -154,7 +155,8 @@ def test_blend_selects_the_host_where_alpha_is_zero_or_the_seed_is_not_finite():
         (grad,) = torch.autograd.grad(out.sum(), host)
         assert torch.equal(grad, torch.ones_like(host)), forward.__name__
         mixed = forward(slot.state, slot.seed, host, alpha=per_sample)
-        assert torch.equal(mixed, host), forward.__name__  # every seed element is NaN
+        assert torch.equal(mixed[0::2], host[0::2]), forward.__name__  # alpha 0: the host
+        assert mixed[1::2].isnan().all(), forward.__name__  # blended: the seed's NaN
 
 
 def test_a_non_finite_batch_never_reaches_the_running_statistics():
@@ -248,6 +250,20 @@ def test_trainer_epoch_with_a_nan_seed_equals_the_epoch_without_it(tmp_path):
     assert skipped and "host" not in skipped[0] and skipped[0]["mid"] > 0
     pruned = events_of(bad, EventType.SEED_PRUNED)
     assert [p["payload"]["reason"] for p in pruned] == ["non_finite"]
+
+
+def test_trainer_nan_seed_in_blending_costs_one_host_step(tmp_path):
+    """Defects 1 and 2 in BLENDING: 15 of 15 host updates were skipped; now the step
+    that saw the NaN is skipped and the seed is muted from the next step on."""
+    t = trainer(tmp_path)
+    plant(t, NaNSeed, S.BLENDING, alpha=0.5)
+    t.run_epoch()
+    skipped = [e["skipped_updates"] for e in t.events if e["kind"] == "safety"]
+    assert skipped[0]["host"] == 1
+    pruned = events_of(t, EventType.SEED_PRUNED)
+    assert [p["payload"]["reason"] for p in pruned] == ["non_finite"]
+    for name, value in t.model.host.state_dict().items():
+        assert value.isfinite().all(), name
 
 
 def test_trainer_blowup_in_blending_is_skipped_muted_and_pruned(tmp_path):
