@@ -22,6 +22,9 @@ class LeakySlot(SeedSlot):
         return slot_forward_checked(state or self.state, lambda _isolated: seed(host), host,
                                     alpha=alpha)
 
+    def forward(self, host: Tensor, state=None, alpha=None) -> Tensor:
+        return host if self.seed is None else self.checked(host, state, alpha)[0]
+
 
 class Widen(nn.Module):
     """A broken seed: one more output channel than input channels."""

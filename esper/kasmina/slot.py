@@ -31,7 +31,7 @@ from . import lifecycle as L
 from .blending import create_blend
 from .events import events
 from .isolation import IsolationReport, ProbeSquares, isolation_probe, probe_squares
-from .ops import blend_weight, isolate, slot_forward_checked
+from .ops import blend_weight, isolate, slot_forward, slot_forward_checked
 from .safety import SeedHealth
 from .serialize import state_from_dict, state_to_dict
 from .state import AlphaMode, SlotState
@@ -361,7 +361,10 @@ class SeedSlot(nn.Module):
         """
         if self.seed is None:
             return host
-        return self.checked(host, state, alpha)[0]
+        state, alpha = self._inputs(host, state, alpha)
+        if alpha is None:
+            return slot_forward(state, self.seed, host, gate=self.gate)
+        return slot_forward(state, self.seed, host, alpha=alpha)
 
     def checked(self, host: Tensor, state: SlotState | None = None,
                 alpha: Tensor | float | None = None) -> tuple[Tensor, SeedHealth]:
@@ -374,15 +377,21 @@ class SeedSlot(nn.Module):
         if self.seed is None:
             raise RuntimeError(f"slot {self.slot_id!r} holds no seed whose health could be "
                                "checked")
-        state = self._state if state is None else state
+        state, alpha = self._inputs(host, state, alpha)
         if alpha is None:
             return slot_forward_checked(state, self.seed, host, gate=self.gate)
-        if not isinstance(alpha, Tensor):
-            if not 0.0 <= alpha <= 1.0:  # also refuses NaN
-                raise AlphaValueError(f"slot {self.slot_id!r}: alpha must be in [0, 1], got "
-                                      f"{alpha!r}: 0 is the host alone, 1 the seed alone")
-            alpha = torch.tensor(float(alpha), dtype=torch.float32, device=host.device)
         return slot_forward_checked(state, self.seed, host, alpha=alpha)
+
+    def _inputs(self, host: Tensor, state: SlotState | None,
+                alpha: Tensor | float | None) -> tuple[SlotState, Tensor | None]:
+        """The state to run with and the alpha override as a tensor (``None``: the state's)."""
+        state = self._state if state is None else state
+        if alpha is None or isinstance(alpha, Tensor):
+            return state, alpha
+        if not 0.0 <= alpha <= 1.0:  # also refuses NaN
+            raise AlphaValueError(f"slot {self.slot_id!r}: alpha must be in [0, 1], got "
+                                  f"{alpha!r}: 0 is the host alone, 1 the seed alone")
+        return state, torch.tensor(float(alpha), dtype=torch.float32, device=host.device)
 
     # ------------------------------------------------------------------ persistence
 
