@@ -34,6 +34,7 @@ from esper.errors import (
     InputShapeError,
     InvalidTransitionError,
     NoLiveSeedError,
+    SeedRaisedError,
     SeedShapeError,
     SlotOccupiedError,
     StateDictMismatchError,
@@ -49,7 +50,7 @@ from esper.kasmina.host import CNNHost, TransformerHost
 from esper.kasmina.model import MorphogeneticModel
 from esper.kasmina.slot import SeedSlot
 from esper.leyline import EventType, SeedStage, SlotTelemetry, TaskConfig
-from tests.broken_modules import Widen
+from tests.broken_modules import RaisingFactory, SeedFailure, Widen, registered
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 SLOTS = ("early", "mid", "late")
@@ -202,6 +203,18 @@ def _shape_changing_seed(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
                    lambda: model.germinate_seed("widen", "s1", slot="mid"))
     finally:
         blueprints.unregister("cnn", "widen")
+
+
+@case("raising-seed", "SeedRaisedError", "RuntimeError")
+def _raising_seed(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    model = cnn_model()
+    with registered("unbuildable", RaisingFactory()), unchanged(model):
+        expect(SeedRaisedError, "blueprint 'unbuildable' raised while its seed for slot 'mid' "
+               "was built and checked: SeedFailure: cannot build a seed",
+               lambda: model.germinate_seed("unbuildable", "s1", slot="mid"))
+        with pytest.raises(SeedRaisedError) as info:
+            model.germinate_seed("unbuildable", "s1", slot="mid")
+    assert isinstance(info.value.__cause__, SeedFailure)
 
 
 # --------------------------------------------------------------------------- slots and stages
