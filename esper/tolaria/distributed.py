@@ -173,19 +173,18 @@ class Replicas:
 
     def sum(self, values: Sequence[int]) -> list[int]:
         """Element-wise sum of integer ``values`` over the ranks (counts, totals)."""
-        if not values:
-            return []
-        tensor = torch.tensor(list(values), dtype=torch.int64)
-        dist.all_reduce(tensor, group=self.group)
-        return [int(v) for v in tensor.tolist()]
+        return [int(v) for v in self._sum(values, torch.int64)]
 
     def sum_real(self, values: Sequence[float]) -> list[float]:
         """Element-wise float64 sum of ``values`` over the ranks (summed losses)."""
+        return [float(v) for v in self._sum(values, torch.float64)]
+
+    def _sum(self, values: Sequence[float], dtype: torch.dtype) -> list[float]:
         if not values:
             return []
-        tensor = torch.tensor(list(values), dtype=torch.float64)
+        tensor = torch.tensor(list(values), dtype=dtype)
         dist.all_reduce(tensor, group=self.group)
-        return [float(v) for v in tensor.tolist()]
+        return tensor.tolist()
 
     def broadcast_text(self, text: str | None) -> str:
         """Rank 0's ``text`` on every rank (the other ranks pass ``None``); two broadcasts."""
