@@ -23,6 +23,7 @@ from torch import Tensor, nn
 
 import esper
 from esper.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from esper.checkpoint.layout import current
 from esper.cli import main
 from esper.data import DatasetError, load_task
 from esper.errors import (
@@ -386,11 +387,14 @@ def _malformed_telemetry_value(tmp_path: Path, capsys: pytest.CaptureFixture[str
 
 def _saved(tmp_path: Path, name: str,
            slots: tuple[str, ...] = SLOTS) -> tuple[Path, MorphogeneticModel]:
-    """A saved tiny model with a seed in its last slot, and the model."""
+    """A saved tiny model with a seed in its last slot (the directory of its checkpoint
+    version, which holds the two files), and the model."""
     torch.manual_seed(0)
     model = MorphogeneticModel(CNNHost(base_channels=4), slots=slots)
     model.germinate_seed("norm", "s1", slot=slots[-1])
-    return save_checkpoint(tmp_path / name, model=model), model
+    version = current(save_checkpoint(tmp_path / name, model=model))
+    assert version is not None
+    return version, model
 
 
 def _refused_load(directory: Path, error: type[BaseException], fragment: str) -> None:

@@ -1,7 +1,8 @@
 """The on-disk format: file names, the manifest, and checks shared by saving and loading.
 
-A checkpoint is a directory holding ``weights.safetensors`` (every tensor) and
-``checkpoint.json`` (everything else, written last). Tensor keys are the
+A checkpoint version is a directory holding ``weights.safetensors`` (every
+tensor) and ``checkpoint.json`` (everything else, written last); a checkpoint
+root holds versions behind a pointer (:mod:`esper.checkpoint.layout`). Tensor keys are the
 model's ``state_dict`` keys prefixed ``model/`` (slot states live in the JSON,
 not as ``_extra_state``) and momentum buffers prefixed ``optim/``.
 """

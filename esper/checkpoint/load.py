@@ -17,6 +17,7 @@ from ..kasmina.model import MorphogeneticModel
 from ..kasmina.serialize import dataclass_kwargs
 from ..leyline import QualityGates, TaskConfig
 from ..tolaria.optim import OptimizerState, SGDConfig
+from . import layout
 from .document import exact, read_document, reading
 from .errors import CheckpointError
 from .format import (
@@ -53,7 +54,9 @@ def load_checkpoint(directory: str | os.PathLike[str], *,
     saved; attach them to the returned model's slots.
 
     Arguments:
-        directory: what :func:`save_checkpoint` wrote.
+        directory: a checkpoint root as :func:`save_checkpoint` wrote it (its
+            current version loads), one version directory in it, or a root
+            written before versions existed.
         device: where the model and momentum buffers go.
 
     Returns:
@@ -63,9 +66,7 @@ def load_checkpoint(directory: str | os.PathLike[str], *,
         CheckpointError: anything missing, malformed, inconsistent or written
             by a newer Esper; the message names the file and the problem.
     """
-    directory = Path(directory)
-    if not directory.is_dir():
-        raise CheckpointError(f"{directory}: no such checkpoint directory")
+    directory = layout.resolve(Path(directory))
     doc_path, weights_path = directory / JSON_FILE, directory / WEIGHTS_FILE
     document = read_document(doc_path)
     tensors = _read_weights(weights_path, document, doc_path)

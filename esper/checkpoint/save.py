@@ -1,15 +1,16 @@
-"""Writing a checkpoint: weights first, the JSON document last, each atomically."""
+"""Writing a checkpoint: a new version, made current only once it is complete."""
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
 
+import safetensors
 import safetensors.torch
 from torch import Tensor
 
@@ -18,6 +19,7 @@ from ..kasmina.model import MorphogeneticModel
 from ..kasmina.serialize import state_to_dict
 from ..leyline import QualityGates, TaskConfig
 from ..tolaria.optim import OptimizerState
+from . import layout
 from .errors import CheckpointError
 from .format import (
     FORMAT,
@@ -31,51 +33,82 @@ from .format import (
     manifest_entry,
     model_tensors,
 )
+from .layout import DEFAULT_KEEP
 
 
 def save_checkpoint(directory: str | os.PathLike[str], *, model: MorphogeneticModel,
                     optimizer: OptimizerState | None = None,
-                    trainer_state: dict[str, Any] | None = None) -> Path:
-    """Write ``model``, its optimizer state and the caller's progress to ``directory``.
+                    trainer_state: dict[str, Any] | None = None,
+                    keep: int = DEFAULT_KEEP) -> Path:
+    """Write ``model``, its optimizer state and the caller's progress as a new version.
 
-    ``weights.safetensors`` is written and renamed into place first, then
-    ``checkpoint.json``; an older ``checkpoint.json`` is removed before the
-    weights change, so a crash leaves no document vouching for other weights.
+    Crash-consistent (see :mod:`esper.checkpoint.layout`): the new version is
+    written into a temporary directory, made durable, renamed into place, and
+    only then made current; until that instant the previous checkpoint is the
+    one that loads. Leftovers of an interrupted save are removed first, and
+    versions beyond the last ``keep`` after.
 
     Arguments:
-        directory: created if needed; an existing checkpoint there is replaced.
+        directory: the checkpoint root, created if needed.
         model: the model.
         optimizer: momentum buffers and groups, or ``None``.
         trainer_state: JSON-serializable progress (tuples come back as lists).
+        keep: how many versions to keep (at least 1).
 
     Returns:
-        The checkpoint directory.
+        The checkpoint root (what :func:`~esper.checkpoint.load_checkpoint` takes).
 
     Raises:
         CheckpointError: a host without ``config()``, an optimizer that does not
-            match the model, or a trainer state that is not JSON.
+            match the model, a trainer state that is not JSON, or a write that
+            failed (a full disk, say; the previous checkpoint is intact and the
+            next save tries again).
         TypeError: ``model`` is not a :class:`MorphogeneticModel`.
+        ValueError: ``keep`` is not an int >= 1.
     """
     if not isinstance(model, MorphogeneticModel):
         raise TypeError(f"model must be a MorphogeneticModel, got {type(model).__name__}")
-    directory = Path(directory)
+    if not isinstance(keep, int) or isinstance(keep, bool) or keep < 1:
+        raise ValueError(f"keep must be an int >= 1, got {keep!r}")
+    root = Path(directory)
     trainer = {} if trainer_state is None else trainer_state
-    document, tensors = _encode(model, optimizer, trainer, directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / JSON_FILE).unlink(missing_ok=True)
+    document, tensors = _encode(model, optimizer, trainer, root)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        layout.clean(root)
+        number = max(layout.versions(root), default=0) + 1
+        temp = Path(tempfile.mkdtemp(dir=root, prefix=layout.TEMP_PREFIX))
+        try:
+            _write_version(temp, document, tensors)
+            version = root / layout.version_name(number)
+            os.rename(temp, version)
+        finally:
+            if temp.exists():  # the save failed before the rename
+                shutil.rmtree(temp, ignore_errors=True)
+        layout.sync_directory(root)
+        layout.point_to(root, version)
+    except (OSError, safetensors.SafetensorError) as error:
+        kept = layout.current(root) if root.is_dir() else None
+        raise CheckpointError(
+            f"{root}: the checkpoint could not be written ({error}); "
+            + (f"{kept.name} is still the current one" if kept else "there is no earlier one")
+            + ": free space or fix the directory and save again") from error
+    layout.prune(root, keep)
+    return root
+
+
+def _write_version(directory: Path, document: dict[str, Any], tensors: dict[str, Tensor]) -> None:
+    """Weights, then the document that vouches for them, each fsynced, then the directory."""
     weights = directory / WEIGHTS_FILE
-    with _temporary(directory, WEIGHTS_FILE) as temp:
-        safetensors.torch.save_file(tensors, str(temp), metadata={"format": "pt"})
-        _sync(temp)
-        document["weights"] = {"file": WEIGHTS_FILE, "bytes": temp.stat().st_size,
-                               "sha256": file_digest(temp)}
-        os.replace(temp, weights)
-    with _temporary(directory, JSON_FILE) as temp:
-        temp.write_text(json.dumps(document, indent=1) + "\n", encoding="utf-8")
-        _sync(temp)
-        os.replace(temp, directory / JSON_FILE)
-    _sync(directory)
-    return directory
+    safetensors.torch.save_file(tensors, str(weights), metadata={"format": "pt"})
+    _sync(weights)
+    document["weights"] = {"file": WEIGHTS_FILE, "bytes": weights.stat().st_size,
+                           "sha256": file_digest(weights)}
+    with (directory / JSON_FILE).open("w", encoding="utf-8") as stream:
+        stream.write(json.dumps(document, indent=1) + "\n")
+        stream.flush()
+        os.fsync(stream.fileno())
+    layout.sync_directory(directory)
 
 
 def _encode(model: MorphogeneticModel, optimizer: OptimizerState | None,
@@ -136,24 +169,12 @@ def _for_file(tensors: dict[str, Tensor]) -> tuple[dict[str, Tensor], dict[str, 
     return files, tied
 
 
-@contextlib.contextmanager
-def _temporary(directory: Path, name: str) -> Any:
-    handle, temp = tempfile.mkstemp(dir=directory, prefix=f".{name}.", suffix=".tmp")
-    os.close(handle)
-    try:
-        yield Path(temp)
-    finally:
-        Path(temp).unlink(missing_ok=True)
-
-
 def _sync(path: Path) -> None:
-    flags = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) if path.is_dir() else os.O_RDONLY
-    with contextlib.suppress(OSError):  # some file systems cannot fsync a directory
-        descriptor = os.open(path, flags)
-        try:
-            os.fsync(descriptor)
-        finally:
-            os.close(descriptor)
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
 
 
 __all__ = ["save_checkpoint"]

@@ -9,6 +9,7 @@ import pytest
 from checkpoint_support import grown_cnn
 
 from esper.checkpoint import save_checkpoint
+from esper.checkpoint.layout import current
 
 
 @pytest.fixture(scope="session")
@@ -20,5 +21,9 @@ def _pristine(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def saved(_pristine: Path, tmp_path: Path) -> Path:
-    """A fresh copy of a saved grown CNN with optimizer and trainer state."""
-    return Path(shutil.copytree(_pristine, tmp_path / "ckpt"))
+    """A fresh copy of a saved grown CNN with optimizer and trainer state: the directory
+    of its one version, which holds the two files (and loads by itself)."""
+    root = Path(shutil.copytree(_pristine, tmp_path / "ckpt"))
+    version = current(root)
+    assert version is not None
+    return version

@@ -14,6 +14,7 @@ from checkpoint_support import grown_cnn, grown_transformer
 
 import esper
 from esper.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from esper.checkpoint.layout import current
 from esper.leyline import SeedStage
 
 BUILDERS = {"cnn": grown_cnn, "transformer": grown_transformer}
@@ -77,7 +78,7 @@ def test_files_are_json_and_pure_safetensors(saved: Path) -> None:
 def test_tied_weights_are_stored_once(tmp_path: Path) -> None:
     model, optimizer, _ = grown_transformer()
     path = save_checkpoint(tmp_path, model=model, optimizer=optimizer)
-    document = json.loads((path / "checkpoint.json").read_text())
+    document = json.loads((current(path) / "checkpoint.json").read_text())
     assert document["tied"] == {"model/host.lm_head.weight": "model/host.wte.weight"}
     assert "model/host.lm_head.weight" not in document["tensors"]
     host = load_checkpoint(path).model.host
@@ -110,16 +111,18 @@ def test_resaving_a_loaded_checkpoint_is_byte_identical(saved: Path, tmp_path: P
     again = save_checkpoint(tmp_path / "again", model=loaded.model, optimizer=loaded.optimizer,
                             trainer_state=loaded.trainer_state)
     for name in ("weights.safetensors", "checkpoint.json"):
-        assert (again / name).read_bytes() == (saved / name).read_bytes(), name
+        assert (current(again) / name).read_bytes() == (saved / name).read_bytes(), name
 
 
-def test_saving_over_a_checkpoint_replaces_it(saved: Path) -> None:
+def test_saving_over_a_checkpoint_makes_a_new_current_version(saved: Path) -> None:
+    root = saved.parent
     model, _, _ = grown_transformer()
-    save_checkpoint(saved, model=model)
-    loaded = load_checkpoint(saved)
+    save_checkpoint(root, model=model)
+    loaded = load_checkpoint(root)
     assert loaded.model.host.topology == "transformer"
     assert loaded.optimizer is None and loaded.trainer_state == {}
-    assert sorted(p.name for p in saved.iterdir()) == ["checkpoint.json", "weights.safetensors"]
+    assert sorted(p.name for p in root.iterdir()) == ["LATEST", "ckpt-000001", "ckpt-000002"]
+    assert load_checkpoint(saved).trainer_state == {"epoch": 3}  # the previous version
 
 
 def test_checkpoint_from_before_holding_validation_loads(saved: Path) -> None:
