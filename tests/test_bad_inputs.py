@@ -51,6 +51,7 @@ from esper.kasmina.host import CNNHost, TransformerHost
 from esper.kasmina.model import MorphogeneticModel
 from esper.kasmina.slot import SeedSlot
 from esper.leyline import EventType, SeedStage, SlotTelemetry, TaskConfig
+from esper.tolaria.progress import check_progress
 from tests.broken_modules import RaisingFactory, SeedFailure, Widen, registered
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -430,6 +431,27 @@ def _newer_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
     data = json.loads(document.read_text())
     document.write_text(json.dumps({**data, "schema_version": 99}))
     _refused_load(directory, CheckpointError, "written by a newer Esper")
+
+
+@case("edited-checkpoint", "CheckpointError", "ValueError")
+def _edited_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    directory, _ = _saved(tmp_path, "ck")
+    document = directory / "checkpoint.json"
+    data = json.loads(document.read_text())
+    data["slots"]["mid"]["seed_id"] = "=HYPERLINK(1)"
+    document.write_text(json.dumps(data))
+    _refused_load(directory, CheckpointError, "its checksum does not match its content")
+
+
+@case("forged-progress", "CheckpointError", "ValueError")
+def _forged_progress(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    progress = {"epoch": 10, "records": [], "tally": {}, "events_written": -5,
+                "global_step": 0, "controller": {"accuracies": [], "germinations": {},
+                                                 "seeds_created": 0}}
+    expect(CheckpointError, "epoch is 10 but the records are 0", lambda: check_progress(progress))
+    progress["epoch"] = 0
+    expect(CheckpointError, "events_written must be an int in [0",
+           lambda: check_progress(progress))
 
 
 @case("mismatched-state-dict", "StateDictMismatchError", "CheckpointError", "RuntimeError")

@@ -11,7 +11,15 @@ from typing import Any
 
 from .. import __version__
 from .errors import CheckpointError
-from .format import DOCUMENT_KEYS, FORMAT, SCHEMA_VERSION
+from .format import (
+    CHECKSUM_KEY,
+    DOCUMENT_KEYS,
+    FORMAT,
+    MAX_DOCUMENT_BYTES,
+    MAX_DOCUMENT_DEPTH,
+    SCHEMA_VERSION,
+    document_checksum,
+)
 
 _SECTIONS: dict[str, type | tuple[type, ...]] = {
     "esper_version": str, "host": dict, "model": dict, "slots": dict,
@@ -70,14 +78,29 @@ def read_document(path: Path) -> dict[str, Any]:
         The document; its sections have the right JSON types.
 
     Raises:
-        CheckpointError: a missing file, invalid JSON, not an Esper checkpoint,
-            a schema newer than this Esper reads, or a missing or mistyped section.
+        CheckpointError: a missing file, one over :data:`MAX_DOCUMENT_BYTES` or
+            nesting deeper than :data:`MAX_DOCUMENT_DEPTH` (checked before
+            parsing), invalid JSON, not an Esper checkpoint, a schema newer than
+            this Esper reads, a checksum that does not match (an edited or
+            corrupt document), or a missing or mistyped section.
     """
     if not path.is_file():
         raise CheckpointError(f"{path}: missing (not a checkpoint, or its save was interrupted)")
+    size = path.stat().st_size
+    if size > MAX_DOCUMENT_BYTES:
+        raise CheckpointError(f"{path}: {size} bytes, over the {MAX_DOCUMENT_BYTES} a "
+                              "checkpoint document may have")
     try:
-        document = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise CheckpointError(f"{path}: not UTF-8 text ({error})") from error
+    depth = nesting_depth(text)
+    if depth > MAX_DOCUMENT_DEPTH:
+        raise CheckpointError(f"{path}: JSON nested {depth} deep, over the "
+                              f"{MAX_DOCUMENT_DEPTH} a checkpoint document may have")
+    try:
+        document = json.loads(text)
+    except json.JSONDecodeError as error:
         raise CheckpointError(f"{path}: not valid JSON ({error})") from error
     if not isinstance(document, dict):
         raise CheckpointError(f"{path}: not an Esper checkpoint (a JSON "
@@ -92,9 +115,14 @@ def read_document(path: Path) -> dict[str, Any]:
         raise CheckpointError(
             f"{path}: schema version {version} was written by a newer Esper "
             f"({document.get('esper_version')}); Esper {__version__} reads up to {SCHEMA_VERSION}")
-    if set(document) != DOCUMENT_KEYS:
-        raise CheckpointError(f"{path}: missing sections {sorted(DOCUMENT_KEYS - set(document))}, "
-                              f"unexpected sections {sorted(set(document) - DOCUMENT_KEYS)}")
+    expected = DOCUMENT_KEYS if version >= 2 else DOCUMENT_KEYS - {CHECKSUM_KEY}
+    if set(document) != expected:
+        raise CheckpointError(f"{path}: missing sections {sorted(expected - set(document))}, "
+                              f"unexpected sections {sorted(set(document) - expected)}")
+    if version >= 2 and document[CHECKSUM_KEY] != document_checksum(document):
+        raise CheckpointError(f"{path}: its checksum does not match its content (edited or "
+                              "corrupt); restore it from a copy, or resume from an earlier "
+                              "version in the checkpoint directory")
     for key, kind in _SECTIONS.items():
         if not isinstance(document[key], kind):
             raise CheckpointError(f"{path}: section {key!r} has the wrong type "
@@ -102,4 +130,29 @@ def read_document(path: Path) -> dict[str, Any]:
     return document
 
 
-__all__ = ["exact", "read_document", "reading"]
+def nesting_depth(text: str) -> int:
+    """How deep the JSON in ``text`` nests (``[[1]]`` is 2), read without parsing it.
+
+    Brackets inside strings do not count; the text need not be valid JSON.
+    """
+    depth = deepest = 0
+    in_string = escaped = False
+    for char in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == '"':
+                in_string = False
+        elif char == '"':
+            in_string = True
+        elif char in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in "]}":
+            depth -= 1
+    return deepest
+
+
+__all__ = ["exact", "nesting_depth", "read_document", "reading"]

@@ -10,6 +10,7 @@ not as ``_extra_state``) and momentum buffers prefixed ``optim/``.
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -20,13 +21,18 @@ from ..tolaria.optim import OptimizerState
 from .errors import CheckpointError
 
 FORMAT = "esper-checkpoint"
-SCHEMA_VERSION = 1
+# 2: the document carries its own checksum ("checksum"); 1 (no checksum) still loads.
+SCHEMA_VERSION = 2
+CHECKSUM_KEY = "checksum"
+# Bounds checked before a document is parsed: its size, and how deep its JSON nests.
+MAX_DOCUMENT_BYTES = 64 << 20
+MAX_DOCUMENT_DEPTH = 32
 JSON_FILE = "checkpoint.json"
 WEIGHTS_FILE = "weights.safetensors"
 MODEL_PREFIX = "model/"
 OPTIM_PREFIX = "optim/"
 DOCUMENT_KEYS = frozenset({"format", "schema_version", "esper_version", "host", "model", "slots",
-                           "optimizer", "trainer", "tensors", "tied", "weights"})
+                           "optimizer", "trainer", "tensors", "tied", "weights", CHECKSUM_KEY})
 _EXTRA_STATE = "_extra_state"
 
 
@@ -44,6 +50,17 @@ def model_tensors(model: nn.Module) -> dict[str, Tensor]:
     """The model's ``state_dict`` tensors (detached views of its own) without extra states."""
     return {k: v for k, v in model.state_dict().items()
             if k.rsplit(".", 1)[-1] != _EXTRA_STATE}
+
+
+def document_checksum(document: Mapping[str, Any]) -> str:
+    """SHA-256 of the document's canonical JSON, its own checksum left out.
+
+    Canonical: sorted keys, no whitespace, ASCII. Any edit of any value
+    changes it; reformatting the file does not.
+    """
+    body = {k: v for k, v in document.items() if k != CHECKSUM_KEY}
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(text.encode("ascii")).hexdigest()
 
 
 def file_digest(path: Path) -> str:
@@ -92,6 +109,21 @@ def check_optimizer(optimizer: OptimizerState, params: Mapping[str, Tensor],
                 f"its parameter {dtype_name(param)} {list(param.shape)}")
 
 
-__all__ = ["DOCUMENT_KEYS", "FORMAT", "JSON_FILE", "MODEL_PREFIX", "OPTIM_PREFIX",
-           "SCHEMA_VERSION", "WEIGHTS_FILE", "check_optimizer", "dtype_name", "file_digest",
-           "manifest_entry", "model_tensors"]
+__all__ = [
+    "CHECKSUM_KEY",
+    "DOCUMENT_KEYS",
+    "FORMAT",
+    "JSON_FILE",
+    "MAX_DOCUMENT_BYTES",
+    "MAX_DOCUMENT_DEPTH",
+    "MODEL_PREFIX",
+    "OPTIM_PREFIX",
+    "SCHEMA_VERSION",
+    "WEIGHTS_FILE",
+    "check_optimizer",
+    "document_checksum",
+    "dtype_name",
+    "file_digest",
+    "manifest_entry",
+    "model_tensors",
+]

@@ -110,6 +110,10 @@ def _read_weights(path: Path, document: dict[str, Any], doc_path: Path) -> dict[
             raise CheckpointError(
                 f"{path}: tensor {key!r} is {dtype_name(stored)} {list(stored.shape)}, "
                 f"{doc_path.name} says {entry['dtype']} {entry['shape']}")
+        if stored.is_floating_point() and not bool(stored.isfinite().all()):
+            raise CheckpointError(f"{path}: tensor {key!r} holds NaN or infinite values; a "
+                                  "model saved that way cannot continue: resume from an earlier "
+                                  "version")
     for key, source in tied.items():
         if not (key.startswith(MODEL_PREFIX) and key not in manifest and source in manifest):
             raise CheckpointError(f"{doc_path}: tied tensor {key!r} -> {source!r} must name a "

@@ -22,6 +22,7 @@ from ..tolaria.optim import OptimizerState
 from . import layout
 from .errors import CheckpointError
 from .format import (
+    CHECKSUM_KEY,
     FORMAT,
     JSON_FILE,
     MODEL_PREFIX,
@@ -29,6 +30,7 @@ from .format import (
     SCHEMA_VERSION,
     WEIGHTS_FILE,
     check_optimizer,
+    document_checksum,
     file_digest,
     manifest_entry,
     model_tensors,
@@ -104,6 +106,7 @@ def _write_version(directory: Path, document: dict[str, Any], tensors: dict[str,
     _sync(weights)
     document["weights"] = {"file": WEIGHTS_FILE, "bytes": weights.stat().st_size,
                            "sha256": file_digest(weights)}
+    document[CHECKSUM_KEY] = document_checksum(document)
     with (directory / JSON_FILE).open("w", encoding="utf-8") as stream:
         stream.write(json.dumps(document, indent=1) + "\n")
         stream.flush()

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 HOST_GROUP = "host"
+MAX_LR = 100.0  # a learning rate above this only diverges
 SLOT_PREFIX = "seed_slots."
 
 
@@ -37,10 +38,18 @@ class SGDConfig:
     seed_lr: float | None = None
 
     def __post_init__(self) -> None:
-        for name in ("lr", "momentum", "weight_decay"):
+        for name in ("lr", "momentum", "weight_decay", "seed_lr"):
             value = getattr(self, name)
-            if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
+            if name == "seed_lr" and value is None:
+                continue
+            if not (isinstance(value, int | float) and not isinstance(value, bool)
+                    and math.isfinite(value) and value >= 0):
                 raise ValueError(f"SGDConfig.{name} must be a finite number >= 0, got {value!r}")
+        for name in ("lr", "seed_lr"):
+            value = getattr(self, name)
+            if value is not None and not 0 < value <= MAX_LR:
+                raise ValueError(f"SGDConfig.{name} must lie in (0, {MAX_LR:g}], got {value!r}: "
+                                 "0 trains nothing and a larger rate only diverges")
         if self.momentum >= 1:
             raise ValueError(f"SGDConfig.momentum must be < 1, got {self.momentum}")
 

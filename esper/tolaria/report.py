@@ -69,8 +69,25 @@ def slot_columns(slots: Sequence[str]) -> list[str]:
 
 
 def _cell(value: object) -> object:
-    """A CSV cell: ``None`` is empty."""
-    return "" if value is None else value
+    """A CSV cell: ``None`` is empty, text is made safe (:func:`csv_text`)."""
+    if value is None:
+        return ""
+    return csv_text(value) if isinstance(value, str) else value
+
+
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_text(text: str) -> str:
+    """``text`` safe to put in a CSV cell a spreadsheet will open.
+
+    Control characters become ``\\xNN`` escapes, and text that a spreadsheet
+    would read as a formula (starting with ``=``, ``+``, ``-``, ``@``, a tab or
+    a carriage return) gets a leading ``'``, as OWASP advises against CSV
+    injection. A seed id is the caller's text: it may be anything.
+    """
+    text = "".join(c if c.isprintable() or c == " " else f"\\x{ord(c):02x}" for c in text)
+    return "'" + text if text.startswith(_FORMULA_START) else text
 
 
 def _slot_cells(snapshot: SlotSnapshot | None) -> list[object]:

@@ -38,6 +38,7 @@ from .evaluate import Validation, validate
 from .external import CommandSource, open_source
 from .inputs import StepInputs
 from .optim import HOST_GROUP, OptimizerState, SGDConfig
+from .progress import check_progress
 from .records import EpochRecord, SlotSnapshot
 from .step import CompileCounter, StepFn, StepResult, build_probe, build_step
 
@@ -445,7 +446,13 @@ class Trainer:
 
     def restore(self, model: MorphogeneticModel, optimizer: OptimizerState,
                 state: dict[str, Any]) -> None:
-        """Continue from a checkpoint's model, optimizer and trainer state."""
+        """Continue from a checkpoint's model, optimizer and trainer state.
+
+        Raises:
+            CheckpointError: the trainer state is not one a run can continue from
+                (see :func:`~esper.tolaria.progress.check_progress`); nothing changed.
+        """
+        state = check_progress(state)
         for slot in model.seed_slots.values():
             slot.on_telemetry = self._lifecycle_event
         self.model, self.optimizer = model, optimizer
@@ -455,7 +462,7 @@ class Trainer:
         self.global_step = int(state["global_step"])
         self.breakers = breakers.fresh(tuple(model.seed_slots),
                                        {n: s.state.seed_id for n, s in model.seed_slots.items()})
-        self.records = [EpochRecord.from_dict(r) for r in state["records"]]
+        self.records = list(state["records"])
         memory = state["controller"]
         self.memory = ControllerMemory(tuple(memory["accuracies"]), dict(memory["germinations"]),
                                        int(memory["seeds_created"]))

@@ -11,6 +11,7 @@ from typing import Any
 import safetensors.torch
 import torch
 
+from esper.checkpoint.format import document_checksum
 from esper.kasmina import set_alpha, transition
 from esper.kasmina.host import CNNHost, TransformerHost
 from esper.kasmina.model import MorphogeneticModel
@@ -73,7 +74,8 @@ def grown_transformer() -> tuple[MorphogeneticModel, OptimizerState, torch.Tenso
 
 def tamper(directory: Path, *, tensors: Callable[[dict[str, torch.Tensor]], Any] | None = None,
            document: Callable[[dict[str, Any]], Any] | None = None) -> None:
-    """Edit a saved checkpoint and re-stamp the weights' size and digest (a buggy writer)."""
+    """Edit a saved checkpoint and re-stamp the weights' size and digest and the document's
+    checksum (a buggy writer: every check below the checksum still has to catch it)."""
     weights, doc_path = directory / "weights.safetensors", directory / "checkpoint.json"
     data = json.loads(doc_path.read_text())
     if tensors is not None:
@@ -84,4 +86,6 @@ def tamper(directory: Path, *, tensors: Callable[[dict[str, torch.Tensor]], Any]
                                sha256=hashlib.sha256(weights.read_bytes()).hexdigest())
     if document is not None:
         document(data)
+    if "checksum" in data:
+        data["checksum"] = document_checksum(data)
     doc_path.write_text(json.dumps(data))

@@ -56,8 +56,8 @@ CASES: dict[str, tuple[dict[str, Any], str, str]] = {
                              JSON, r"slot 'mid': .*missing keys \['epoch'\]"),
     "slot states do not match slots": ({"document": lambda d: d["slots"].pop("late")}, JSON,
                                        r"slot states for \['early', 'mid'\], but the model's"),
-    "future schema": ({"document": lambda d: d.update(schema_version=2)}, JSON,
-                      r"schema version 2 was written by a newer Esper"),
+    "future schema": ({"document": lambda d: d.update(schema_version=3)}, JSON,
+                      r"schema version 3 was written by a newer Esper"),
     "schema not an int": ({"document": lambda d: d.update(schema_version="1")}, JSON,
                           r"schema_version must be an int >= 1, got '1'"),
     "no format key": ({"document": lambda d: d.pop("format")}, JSON,
@@ -176,7 +176,8 @@ def test_a_crash_while_saving_keeps_the_previous_checkpoint(saved: Path, monkeyp
 def test_document_has_the_documented_layout(saved: Path) -> None:
     document = json.loads((saved / JSON).read_text())
     assert list(document) == ["format", "schema_version", "esper_version", "host", "model",
-                              "slots", "optimizer", "trainer", "tensors", "tied", "weights"]
+                              "slots", "optimizer", "trainer", "tensors", "tied", "weights",
+                              "checksum"]
     assert document["host"]["kind"] == "cnn"
     assert document["host"]["memory_format"] == "channels_last"
     assert document["model"]["slots"] == ["early", "mid", "late"]

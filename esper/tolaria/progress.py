@@ -1,0 +1,120 @@
+"""The trainer's progress as a checkpoint stores it, checked field by field on the way in.
+
+:meth:`~esper.tolaria.trainer.Trainer.trainer_state` writes it;
+:func:`check_progress` reads it back and refuses anything a resume could not
+continue from exactly: a wrong type, a count out of range, an epoch that does
+not match its records, a number that is not finite. Each refusal is a
+:class:`~esper.errors.CheckpointError` naming the field.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from ..errors import CheckpointError
+from .records import EpochRecord, SlotSnapshot
+
+PROGRESS_KEYS = frozenset({"epoch", "records", "tally", "events_written", "global_step",
+                           "controller"})
+CONTROLLER_KEYS = frozenset({"accuracies", "germinations", "seeds_created"})
+RECORD_KEYS = frozenset({"epoch", "train_loss", "val_accuracy", "baseline_accuracy", "seconds",
+                         "slots"})
+# Large enough for any run, small enough that a count is never a float in disguise.
+MAX_COUNT = 2**53
+
+
+def _count(where: str, value: object, *, low: int = 0, high: int = MAX_COUNT) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        raise CheckpointError(f"{where} must be an int in [{low}, {high}], got {value!r}")
+    return value
+
+
+def _number(where: str, value: object, *, low: float = -math.inf, high: float = math.inf,
+            finite: bool = True, optional: bool = False) -> float | None:
+    if value is None and optional:
+        return None
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        raise CheckpointError(f"{where} must be a number, got {value!r}")
+    if finite and not math.isfinite(value):
+        raise CheckpointError(f"{where} must be finite, got {value!r}")
+    if not (math.isnan(value) or low <= value <= high):
+        raise CheckpointError(f"{where} must lie in [{low}, {high}], got {value!r}")
+    return float(value)
+
+
+def _keys(where: str, value: object, keys: frozenset[str]) -> Mapping[str, Any]:
+    if not isinstance(value, dict):
+        raise CheckpointError(f"{where} must be an object, got {type(value).__name__}")
+    if set(value) != keys:
+        raise CheckpointError(f"{where}: missing keys {sorted(keys - set(value))}, unexpected "
+                              f"keys {sorted(set(value) - keys)}")
+    return value
+
+
+def _record(where: str, data: object, epoch: int) -> EpochRecord:
+    data = _keys(where, data, RECORD_KEYS)
+    if _count(f"{where}.epoch", data["epoch"]) != epoch:
+        raise CheckpointError(f"{where}.epoch is {data['epoch']}, expected {epoch}: records "
+                              "must number the epochs 1, 2, ... in order")
+    _number(f"{where}.train_loss", data["train_loss"], finite=False)
+    _number(f"{where}.val_accuracy", data["val_accuracy"], low=0.0, high=100.0)
+    _number(f"{where}.baseline_accuracy", data["baseline_accuracy"], low=0.0, high=100.0,
+            optional=True)
+    _number(f"{where}.seconds", data["seconds"], low=0.0)
+    if not isinstance(data["slots"], list):
+        raise CheckpointError(f"{where}.slots must be a list")
+    try:
+        slots = tuple(SlotSnapshot.from_dict(s) for s in data["slots"])
+    except (TypeError, AttributeError) as error:
+        raise CheckpointError(f"{where}.slots: {error}") from error
+    return EpochRecord(epoch, data["train_loss"], data["val_accuracy"], slots, data["seconds"],
+                       data["baseline_accuracy"])
+
+
+def check_progress(state: object, where: str = "trainer state") -> dict[str, Any]:
+    """``state`` if a trainer can resume from it, with its records rebuilt.
+
+    Arguments:
+        state: the ``trainer`` section of a checkpoint document.
+        where: what to call it in messages (the document's path, say).
+
+    Returns:
+        A copy whose ``"records"`` are :class:`EpochRecord` objects.
+
+    Raises:
+        CheckpointError: naming the first field that is missing, of the wrong
+            type, out of range or inconsistent with another.
+    """
+    state = _keys(where, state, PROGRESS_KEYS)
+    epoch = _count(f"{where}: epoch", state["epoch"])
+    records = state["records"]
+    if not isinstance(records, list) or len(records) != epoch:
+        count = len(records) if isinstance(records, list) else type(records).__name__
+        raise CheckpointError(f"{where}: epoch is {epoch} but the records are {count}: one "
+                              "record per epoch run")
+    rebuilt = [_record(f"{where}: records[{i}]", r, i + 1) for i, r in enumerate(records)]
+    _count(f"{where}: events_written", state["events_written"])
+    _count(f"{where}: global_step", state["global_step"])
+    tally = state["tally"]
+    if not isinstance(tally, dict):
+        raise CheckpointError(f"{where}: tally must be an object, got {type(tally).__name__}")
+    for name, count in tally.items():
+        _count(f"{where}: tally[{name!r}]", count)
+    controller = _keys(f"{where}: controller", state["controller"], CONTROLLER_KEYS)
+    accuracies = controller["accuracies"]
+    if not isinstance(accuracies, list):
+        raise CheckpointError(f"{where}: controller.accuracies must be a list")
+    for i, value in enumerate(accuracies):
+        _number(f"{where}: controller.accuracies[{i}]", value, low=0.0, high=100.0)
+    germinations = controller["germinations"]
+    if not isinstance(germinations, dict):
+        raise CheckpointError(f"{where}: controller.germinations must be an object")
+    for slot, count in germinations.items():
+        _count(f"{where}: controller.germinations[{slot!r}]", count)
+    _count(f"{where}: controller.seeds_created", controller["seeds_created"])
+    return {**state, "records": rebuilt}
+
+
+__all__ = ["CONTROLLER_KEYS", "MAX_COUNT", "PROGRESS_KEYS", "RECORD_KEYS", "check_progress"]
