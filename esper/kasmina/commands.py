@@ -5,7 +5,8 @@ sending one JSON line ``{"command": {...}, "signature": "<64 hex digits>"}``.
 The signature is HMAC-SHA256, under a shared key, of the command's canonical
 encoding: the six fields as JSON with sorted keys, separators ``","`` and
 ``":"``, non-ASCII escaped (so the bytes are ASCII, hence UTF-8) and
-``issued_at`` written as a float.
+``issued_at`` written as a float. The key is at least :data:`MIN_KEY_BYTES`
+(16) bytes: a shorter one raises :class:`~esper.errors.WeakCommandKeyError`.
 
 :class:`CommandVerifier` accepts a line only if it parses, the signature
 matches (compared in constant time), the slot is known, the command is fresh
