@@ -25,6 +25,7 @@ from .errors import TelemetryValueError as TelemetryValueError
 from .errors import TopologyMismatchError as TopologyMismatchError
 from .errors import UnknownBlueprintError as UnknownBlueprintError
 from .errors import UnknownSlotError as UnknownSlotError
+from .errors import WeakCommandKeyError as WeakCommandKeyError
 
 try:
     __version__ = version("esper")

@@ -137,6 +137,11 @@ class CommandSourceError(EsperError, OSError):
     """The ``--commands`` path cannot be read (missing, a directory, unreadable)."""
 
 
+class WeakCommandKeyError(EsperError, ValueError):
+    """A command key too short to resist guessing (under 16 bytes); the message says how to make
+    one."""
+
+
 __all__ = [
     "AlphaShapeError",
     "AlphaValueError",
@@ -160,4 +165,5 @@ __all__ = [
     "TopologyMismatchError",
     "UnknownBlueprintError",
     "UnknownSlotError",
+    "WeakCommandKeyError",
 ]

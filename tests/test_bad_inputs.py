@@ -13,6 +13,7 @@ import contextlib
 import json
 import os
 import re
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +45,7 @@ from esper.errors import (
     TopologyMismatchError,
     UnknownBlueprintError,
     UnknownSlotError,
+    WeakCommandKeyError,
 )
 from esper.kasmina import blueprints, set_alpha, transition
 from esper.kasmina.commands import CommandVerifier, LifecycleCommand, Verdict, sign
@@ -556,6 +558,42 @@ def _missing_commands_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
         err = run_cli(argv, tmp_path, capsys)
     assert f"--commands {missing}: No such file or directory; create the file" in err
     assert not missing.exists()
+
+
+@case("short-command-key", "WeakCommandKeyError", "ValueError", "SystemExit(2)")
+def _short_command_key(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    expect(WeakCommandKeyError, "the command key is 1 bytes; at least 16 are needed",
+           lambda: CommandVerifier(b"k"))
+    commands = tmp_path / "commands.jsonl"
+    commands.write_text("")
+    argv = ["grow", "--epochs", "1", "--limit", "16", "--controller", "external",
+            "--commands", str(commands)]
+    for short in ("k", "fifteen bytes!!", "hex:" + "ab" * 15):
+        with command_key(short):
+            err = run_cli(argv, tmp_path, capsys)
+        assert "ESPER_COMMAND_KEY: the key is" in err and "at least 16 are needed" in err
+        assert 'export ESPER_COMMAND_KEY="hex:$(openssl rand -hex 32)"' in err
+    assert commands.read_text() == ""
+
+
+@case("seed-mismatch-command", "COMMAND_REJECTED", "seed_mismatch")
+def _seed_mismatch_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    commands, out = tmp_path / "commands.jsonl", tmp_path / "run"
+    signed = [LifecycleCommand("germinate", "mid", "norm", "s1", time.time(), "n-1"),
+              LifecycleCommand("prune", "mid", None, "ghost", time.time(), "n-2")]
+    commands.write_text("".join(sign(c, KEY).to_json() + "\n" for c in signed))
+    with command_key(KEY.decode()):
+        assert main(["grow", "--epochs", "1", "--limit", "16", "--no-compile", "--quiet",
+                     "--slots", "mid", "--controller", "external", "--commands",
+                     str(commands), "--out", str(out)]) == 0
+    events = [json.loads(x) for x in (out / "events.jsonl").read_text().splitlines()]
+    rejected = [e["payload"] for e in events if e.get("type") == "COMMAND_REJECTED"]
+    assert [(p["reason"], p["detail"]) for p in rejected] == [(
+        "seed_mismatch",
+        "the prune command names seed 'ghost', but slot 'mid' holds seed 's1' (GERMINATED)")]
+    assert not any(e.get("type") == "SEED_PRUNED" for e in events)
+    state = load_checkpoint(out / "checkpoint").model.slot_states()["mid"]
+    assert (state.seed_id, state.stage) == ("s1", SeedStage.GERMINATED)
 
 
 # --------------------------------------------------------------------------- signed commands

@@ -5,7 +5,8 @@ sending one JSON line ``{"command": {...}, "signature": "<64 hex digits>"}``.
 The signature is HMAC-SHA256, under a shared key, of the command's canonical
 encoding: the six fields as JSON with sorted keys, separators ``","`` and
 ``":"``, non-ASCII escaped (so the bytes are ASCII, hence UTF-8) and
-``issued_at`` written as a float.
+``issued_at`` written as a float. The key is at least :data:`MIN_KEY_BYTES`
+(16) bytes: a shorter one raises :class:`~esper.errors.WeakCommandKeyError`.
 
 :class:`CommandVerifier` accepts a line only if it parses, the signature
 matches (compared in constant time), the slot is known, the command is fresh
@@ -37,15 +38,18 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from ..errors import MalformedCommandError
+from ..errors import MalformedCommandError, WeakCommandKeyError
 from ..leyline import EventType, TelemetryEvent
 from ..tamiyo.decisions import ACTIONS, Action, Decision
 from .slot import TelemetryCallbackWarning
 
 Reason = Literal["ok", "bad_signature", "replayed_nonce", "stale", "future", "malformed",
-                 "unknown_slot"]
+                 "unknown_slot", "seed_mismatch"]
 REASONS: tuple[Reason, ...] = ("ok", "bad_signature", "replayed_nonce", "stale", "future",
-                               "malformed", "unknown_slot")
+                               "malformed", "unknown_slot", "seed_mismatch")
+# The reason of the one summary event that stands for rejections not reported one by one.
+RATE_LIMITED = "rate_limited"
+MIN_KEY_BYTES = 16  # a shorter HMAC key can be guessed (a 1-byte key in 256 tries)
 FIELDS: tuple[str, ...] = ("action", "slot", "blueprint_id", "seed_id", "issued_at", "nonce")
 MAX_LINE_CHARS = 8192  # a signed command is a few hundred characters
 MAX_NONCE_CHARS = 128
@@ -188,9 +192,13 @@ def _reject_constant(name: str) -> None:
     raise ValueError(f"{name} is not allowed")
 
 
-def _check_key(key: object) -> bytes:
+def _check_key(key: object, minimum: int = 1) -> bytes:
     if not isinstance(key, bytes) or not key:
         raise ValueError("the command key must be non-empty bytes")
+    if len(key) < minimum:
+        raise WeakCommandKeyError(
+            f"the command key is {len(key)} bytes; at least {minimum} are needed (a short key "
+            f"can be guessed): use 32 random bytes, e.g. hex:$(openssl rand -hex 32)")
     return key
 
 
@@ -213,20 +221,39 @@ def load_key_from_env(name: str = KEY_ENV) -> bytes:
     Raises:
         ValueError: the variable is unset or empty, or its ``hex:`` value does
             not decode to at least one byte.
+        WeakCommandKeyError: the key is shorter than :data:`MIN_KEY_BYTES` bytes.
     """
     value = os.environ.get(name)
     if not value:
         raise ValueError(f"environment variable {name} is unset or empty; set it to the "
                          f"shared command key (raw text, or 'hex:' and hex digits)")
     if not value.startswith("hex:"):
-        return value.encode("utf-8", "surrogateescape")
-    try:
-        key = bytes.fromhex(value[4:])
-    except ValueError:
-        raise ValueError(f"environment variable {name}: invalid hex after 'hex:'") from None
-    if not key:
-        raise ValueError(f"environment variable {name}: empty key after 'hex:'")
+        key = value.encode("utf-8", "surrogateescape")
+    else:
+        try:
+            key = bytes.fromhex(value[4:])
+        except ValueError:
+            raise ValueError(f"environment variable {name}: invalid hex after 'hex:'") from None
+        if not key:
+            raise ValueError(f"environment variable {name}: empty key after 'hex:'")
+    if len(key) < MIN_KEY_BYTES:
+        raise WeakCommandKeyError(
+            f"environment variable {name}: the key is {len(key)} bytes, at least "
+            f"{MIN_KEY_BYTES} are needed (a short key can be guessed); set it to 32 random "
+            f"bytes: export {name}=\"hex:$(openssl rand -hex 32)\"")
     return key
+
+
+def rejection_event(reason: str, detail: str, command: LifecycleCommand | None = None, *,
+                    slot: str | None = None, seed_id: str | None = None) -> TelemetryEvent:
+    """The ``COMMAND_REJECTED`` event of a command refused for ``reason`` (epoch 0: the
+    caller stamps its own). ``slot`` and ``seed_id`` stand in when there is no ``command``."""
+    if command is not None:
+        slot, seed_id = command.slot, command.seed_id
+    return TelemetryEvent(
+        EventType.COMMAND_REJECTED, slot_id=slot or "", seed_id=seed_id, epoch=0,
+        payload={"reason": reason, "slot": slot,
+                 "nonce": None if command is None else command.nonce, "detail": detail})
 
 
 @dataclass(frozen=True, slots=True)
@@ -255,7 +282,8 @@ class CommandVerifier:
     """Checks signed commands: signature, slot, freshness and replay, in that order.
 
     Arguments:
-        key: the shared HMAC key (non-empty bytes).
+        key: the shared HMAC key, at least :data:`MIN_KEY_BYTES` bytes (else
+            :class:`~esper.errors.WeakCommandKeyError`).
         freshness_s: how old (seconds) a command may be; tunable via :attr:`freshness_s`.
         clock: seconds since the epoch, called once per :meth:`verify`.
         known_slots: if given, commands for other slots are ``"unknown_slot"``.
@@ -270,7 +298,9 @@ class CommandVerifier:
     the cap is hit, the oldest nonce is forgotten and the horizon moves past
     it, so memory stays bounded without ever re-accepting a nonce (fail
     closed). The horizon never moves back: a larger window, or a clock that
-    steps back, cannot revive a forgotten nonce.
+    steps back, cannot revive a forgotten nonce. :meth:`state` and
+    :meth:`restore` carry the horizon and the remembered nonces across a
+    checkpoint, so a resumed run still refuses the commands it accepted.
     """
 
     def __init__(self, key: bytes, freshness_s: float = 30.0,
@@ -278,7 +308,7 @@ class CommandVerifier:
                  known_slots: frozenset[str] | None = None,
                  on_event: Callable[[TelemetryEvent], object] | None = None,
                  max_nonces: int = 100_000, *, max_skew_s: float = DEFAULT_MAX_SKEW_S) -> None:
-        self._key = _check_key(key)
+        self._key = _check_key(key, MIN_KEY_BYTES)
         self.freshness_s = freshness_s
         if not isinstance(max_nonces, int) or isinstance(max_nonces, bool) or max_nonces < 1:
             raise ValueError(f"max_nonces must be a positive int, got {max_nonces!r}")
@@ -311,18 +341,64 @@ class CommandVerifier:
         """How many nonces are remembered now."""
         return len(self._nonces)
 
-    def verify(self, raw: str | SignedCommand) -> Verdict:
+    def verify(self, raw: str | SignedCommand, *, report: bool = True) -> Verdict:
         """Check one command line (or parsed command); never raises on bad input.
+
+        Arguments:
+            raw: the line, or a parsed command.
+            report: whether a rejection is reported through ``on_event`` (a
+                caller that rate-limits the reports passes ``False`` and
+                summarises with :meth:`report`).
 
         Returns:
             ``Verdict(True, "ok", command)`` and the nonce recorded, or a
-            rejection (reported through ``on_event``) with nothing recorded.
+            rejection with nothing recorded.
         """
         with self._lock:
             verdict, command, detail = self._check(raw)
-        if not verdict.accepted:
-            self._emit(verdict.reason, command, detail)
+        if not verdict.accepted and report:
+            self.report(verdict.reason, detail, command)
         return verdict
+
+    def state(self) -> dict[str, Any]:
+        """The replay memory, JSON-ready: the horizon (``None`` before any
+        verification) and the remembered ``[issued_at, nonce]`` pairs, oldest first."""
+        with self._lock:
+            horizon = None if self._horizon == -math.inf else self._horizon
+            nonces = sorted([t, n] for n, t in self._nonces.items())
+        return {"horizon": horizon, "nonces": nonces}
+
+    def restore(self, state: Any) -> None:
+        """Remember again what :meth:`state` returned (merged with what is remembered now).
+
+        The horizon only moves forward, nonces below it are dropped, and the
+        cap holds as in :meth:`verify`.
+
+        Raises:
+            ValueError: ``state`` is not what :meth:`state` returns; nothing changed.
+        """
+        if not isinstance(state, dict) or set(state) != {"horizon", "nonces"}:
+            raise ValueError('the verifier state must be an object with keys "horizon" and '
+                             '"nonces"')
+        horizon, pairs = state["horizon"], state["nonces"]
+        if horizon is not None and not _finite_number(horizon):
+            raise ValueError(f"the verifier horizon must be a finite number or null, "
+                             f"got {horizon!r}")
+        if not isinstance(pairs, list):
+            raise ValueError("the verifier nonces must be a list of [issued_at, nonce] pairs")
+        for pair in pairs:
+            if not (isinstance(pair, list) and len(pair) == 2 and _finite_number(pair[0])
+                    and isinstance(pair[1], str) and 0 < len(pair[1]) <= MAX_NONCE_CHARS):
+                raise ValueError(f"the verifier nonces must be [issued_at, nonce] pairs (a "
+                                 f"finite number, a nonce of 1 to {MAX_NONCE_CHARS} "
+                                 f"characters), got {str(pair)[:200]}")
+        with self._lock:
+            if horizon is not None:
+                self._horizon = max(self._horizon, float(horizon))
+            for issued_at, nonce in pairs:
+                if nonce not in self._nonces:
+                    self._remember(nonce, float(issued_at))
+            self._forget_below_horizon()
 
     def _check(self, raw: object) -> tuple[Verdict, LifecycleCommand | None, str]:
         now = float(self._clock())
@@ -352,30 +428,42 @@ class CommandVerifier:
             return Verdict(False, "stale", None), cmd, detail
         if cmd.nonce in self._nonces:
             return Verdict(False, "replayed_nonce", None), cmd, "nonce already accepted"
-        self._nonces[cmd.nonce] = cmd.issued_at
-        heapq.heappush(self._heap, (cmd.issued_at, cmd.nonce))
+        self._remember(cmd.nonce, cmd.issued_at)
+        return Verdict(True, "ok", cmd), cmd, ""
+
+    def _remember(self, nonce: str, issued_at: float) -> None:
+        self._nonces[nonce] = issued_at
+        heapq.heappush(self._heap, (issued_at, nonce))
         if len(self._nonces) > self._max_nonces:  # hard cap: forget the oldest, fail closed
             oldest, _ = self._heap[0]
             self._horizon = max(self._horizon, math.nextafter(oldest, math.inf))
             self._forget_below_horizon()
-        return Verdict(True, "ok", cmd), cmd, ""
 
     def _forget_below_horizon(self) -> None:
         while self._heap and self._heap[0][0] < self._horizon:
             _, nonce = heapq.heappop(self._heap)
             del self._nonces[nonce]
 
-    def _emit(self, reason: Reason, command: LifecycleCommand | None, detail: str) -> None:
+    def report(self, reason: str, detail: str, command: LifecycleCommand | None = None) -> None:
+        """Send a ``COMMAND_REJECTED`` event for ``reason`` to ``on_event`` (if any).
+
+        :meth:`verify` calls it for each rejection it reports; a reader calls it
+        for what it refuses itself (an over-long line, a summary of unreported
+        rejections, reason :data:`RATE_LIMITED`).
+        """
         if self._on_event is None:
             return
-        slot = None if command is None else command.slot
-        event = TelemetryEvent(
-            EventType.COMMAND_REJECTED, slot_id=slot or "",
-            seed_id=None if command is None else command.seed_id, epoch=0,
-            payload={"reason": reason, "slot": slot,
-                     "nonce": None if command is None else command.nonce, "detail": detail})
         try:
-            self._on_event(event)
+            self._on_event(rejection_event(reason, detail, command))
         except Exception as exc:
             warnings.warn(f"command telemetry callback raised {exc!r}; the rejection stands",
                           TelemetryCallbackWarning, stacklevel=3)
+
+
+def _finite_number(value: object) -> bool:
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(float(value))
+    except OverflowError:
+        return False

@@ -168,12 +168,15 @@ class DataParallelTrainer(Trainer):
         return Proposal(states, tuple(decisions)), memory
 
     def _poll_commands(self) -> list[Decision]:
-        """Rank 0 reads and verifies the new commands; every rank gets their decisions."""
+        """Rank 0 reads and verifies the new commands; every rank gets their decisions and
+        the source's state (so every rank's checkpointed trainer state is the same)."""
         text = None
         if self.commands is not None:
-            text = json.dumps([d.to_dict() for d in self.commands.poll()])
-        received = self.replicas.broadcast_text(text)
-        return [Decision(**d) for d in json.loads(received)] if received else []
+            decisions = [d.to_dict() for d in self.commands.poll()]
+            text = json.dumps({"decisions": decisions, "state": self.commands.state()})
+        received = json.loads(self.replicas.broadcast_text(text))
+        self.command_state = received["state"]
+        return [Decision(**d) for d in received["decisions"]]
 
     def _lifecycle(self, val: float, telemetry: dict[str, SlotTelemetry]) -> None:
         """Propose, agree (one collective), then apply only what every rank proposed."""

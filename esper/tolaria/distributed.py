@@ -197,7 +197,7 @@ class Replicas:
         buffer = (torch.frombuffer(bytearray(data), dtype=torch.uint8) if self.is_main
                   else torch.empty(count, dtype=torch.uint8))
         dist.broadcast(buffer, src=0, group=self.group)
-        return bytes(buffer.tolist()).decode("utf-8")
+        return buffer.numpy().tobytes().decode("utf-8")
 
     def gather_codes(self, codes: Sequence[int]) -> list[list[int]]:
         """Every rank's ``codes`` (non-negative int64s), by one MIN all-reduce.

@@ -22,9 +22,9 @@ from typing import Any
 import torch
 
 from ..data import TaskData, batches
-from ..errors import SeedRaisedError, describe
+from ..errors import CheckpointError, SeedRaisedError, describe
 from ..kasmina import safety
-from ..kasmina.commands import load_key_from_env
+from ..kasmina.commands import load_key_from_env, rejection_event
 from ..kasmina.culprit import seed_culprit
 from ..kasmina.model import MorphogeneticModel
 from ..kasmina.safety import BreakerState, BreakerStatus
@@ -35,7 +35,7 @@ from ..tamiyo import ControllerMemory, Decision, HeuristicController
 from . import breakers
 from .config import GrowConfig, build_host
 from .evaluate import Validation, validate
-from .external import CommandSource, open_source
+from .external import CommandSource, open_source, seed_mismatch
 from .inputs import StepInputs
 from .optim import HOST_GROUP, OptimizerState, SGDConfig
 from .progress import check_progress
@@ -73,6 +73,8 @@ class Trainer:
     global_step: int = 0
     breakers: dict[str, BreakerState] = field(init=False)
     commands: CommandSource | None = field(init=False, default=None)
+    # The command source's read offset and replay memory as of the last poll (checkpointed).
+    command_state: dict[str, Any] | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
         torch.manual_seed(epoch_seed(self.config.seed, 0))
@@ -310,7 +312,16 @@ class Trainer:
     # ------------------------------------------------------------------ lifecycle
 
     def _apply_external(self, decision: Decision, telemetry: dict[str, SlotTelemetry]) -> None:
-        """A verified command: one the lifecycle refuses changes nothing and is reported."""
+        """A verified command: one the lifecycle refuses changes nothing and is reported.
+
+        A prune or fossilize naming another seed than the slot's is rejected
+        (a ``COMMAND_REJECTED`` event, reason ``seed_mismatch``).
+        """
+        mismatch = seed_mismatch(decision, self.model.seed_slots[decision.slot].state)
+        if mismatch is not None:
+            self._command_event(rejection_event("seed_mismatch", mismatch, slot=decision.slot,
+                                                seed_id=decision.seed_id))
+            return
         try:
             self._apply(decision, telemetry)
         except (ValueError, RuntimeError) as exc:
@@ -406,7 +417,9 @@ class Trainer:
             for decision in decisions:
                 self._apply(decision, telemetry)
         else:
-            for decision in self.commands.poll():
+            decisions = self.commands.poll()
+            self.command_state = self.commands.state()
+            for decision in decisions:
                 self._apply_external(decision, telemetry)
 
     def _snapshots(self, contributions: dict[str, float]) -> tuple[SlotSnapshot, ...]:
@@ -436,13 +449,20 @@ class Trainer:
     # ------------------------------------------------------------------ persistence
 
     def trainer_state(self) -> dict[str, Any]:
-        """JSON-ready progress for a checkpoint (weights and optimizer saved beside it)."""
-        return {"epoch": self.epoch, "records": [r.to_dict() for r in self.records],
-                "tally": dict(self.tally), "events_written": self.events_written,
-                "global_step": self.global_step,
-                "controller": {"accuracies": list(self.memory.accuracies),
-                               "germinations": dict(self.memory.germinations),
-                               "seeds_created": self.memory.seeds_created}}
+        """JSON-ready progress for a checkpoint (weights and optimizer saved beside it).
+
+        With an external controller it holds ``"commands"``: the read offset and
+        the replay memory, so a resumed run refuses commands it already accepted.
+        """
+        state = {"epoch": self.epoch, "records": [r.to_dict() for r in self.records],
+                 "tally": dict(self.tally), "events_written": self.events_written,
+                 "global_step": self.global_step,
+                 "controller": {"accuracies": list(self.memory.accuracies),
+                                "germinations": dict(self.memory.germinations),
+                                "seeds_created": self.memory.seeds_created}}
+        if self.command_state is not None:
+            state["commands"] = self.command_state
+        return state
 
     def restore(self, model: MorphogeneticModel, optimizer: OptimizerState,
                 state: dict[str, Any]) -> None:
@@ -466,3 +486,10 @@ class Trainer:
         memory = state["controller"]
         self.memory = ControllerMemory(tuple(memory["accuracies"]), dict(memory["germinations"]),
                                        int(memory["seeds_created"]))
+        commands = state.get("commands")  # absent from older checkpoints: nothing remembered
+        if commands is not None and self.commands is not None:
+            try:
+                self.commands.restore(commands)
+            except ValueError as error:
+                raise CheckpointError(f"checkpoint trainer state 'commands': {error}") from None
+        self.command_state = commands

@@ -5,12 +5,15 @@ from __future__ import annotations
 import dataclasses
 import hmac
 import json
+import math
 
 import pytest
 
+from esper.errors import WeakCommandKeyError
 from esper.kasmina.commands import (
     FIELDS,
     MAX_LINE_CHARS,
+    MIN_KEY_BYTES,
     CommandVerifier,
     LifecycleCommand,
     MalformedCommandError,
@@ -293,11 +296,76 @@ def test_load_key_from_env(monkeypatch):
     monkeypatch.setenv("ESPER_COMMAND_KEY", "")
     with pytest.raises(ValueError, match="unset or empty"):
         load_key_from_env()
-    monkeypatch.setenv("ESPER_COMMAND_KEY", "s3cret text")
-    assert load_key_from_env() == b"s3cret text"
-    monkeypatch.setenv("MY_KEY", "hex:00ff10")
-    assert load_key_from_env("MY_KEY") == b"\x00\xff\x10"
+    monkeypatch.setenv("ESPER_COMMAND_KEY", "s3cret text, long")
+    assert load_key_from_env() == b"s3cret text, long"
+    monkeypatch.setenv("MY_KEY", "hex:00ff10" + "ab" * 13)
+    assert load_key_from_env("MY_KEY") == b"\x00\xff\x10" + b"\xab" * 13
     for bad in ("hex:zz", "hex:"):
         monkeypatch.setenv("MY_KEY", bad)
         with pytest.raises(ValueError, match="MY_KEY"):
             load_key_from_env("MY_KEY")
+
+
+@pytest.mark.parametrize("value", ["s", "fifteen bytes!!", "hex:00", "hex:" + "ab" * 15])
+def test_keys_shorter_than_16_bytes_are_refused_at_start(monkeypatch, value):
+    monkeypatch.setenv("ESPER_COMMAND_KEY", value)
+    with pytest.raises(WeakCommandKeyError, match=r"ESPER_COMMAND_KEY: the key is \d+ bytes, "
+                       r"at least 16 are needed .*openssl rand -hex 32"):
+        load_key_from_env()
+    key = value.encode() if not value.startswith("hex:") else bytes.fromhex(value[4:])
+    with pytest.raises(WeakCommandKeyError, match=f"the command key is {len(key)} bytes"):
+        CommandVerifier(key)
+    assert isinstance(WeakCommandKeyError("x"), ValueError)
+
+
+def test_a_16_byte_key_is_enough():
+    assert MIN_KEY_BYTES == 16
+    verifier = CommandVerifier(b"k" * 16, clock=Clock())
+    assert verifier.verify(line(key=b"k" * 16)).accepted
+
+
+def test_replay_memory_survives_state_and_restore(setup):
+    verifier, clock, _ = setup
+    assert verifier.state() == {"horizon": None, "nonces": []}
+    assert verifier.verify(line("a")).accepted and verifier.verify(line("b", T0 + 1)).accepted
+    state = json.loads(json.dumps(verifier.state()))  # through a checkpoint's JSON
+    assert state == {"horizon": T0 - 30.0, "nonces": [[T0, "a"], [T0 + 1, "b"]]}
+
+    clock.now = T0 + 10  # the run resumed 10 s later, still inside the freshness window
+    events: list = []
+    resumed = CommandVerifier(KEY, clock=clock, on_event=events.append)
+    resumed.restore(state)
+    assert resumed.nonce_count == 2
+    assert resumed.verify(line("a")) == Verdict(False, "replayed_nonce", None)
+    assert resumed.verify(line("b", T0 + 1)).reason == "replayed_nonce"
+    assert resumed.verify(line("c", T0 + 2)).accepted
+    assert [e.payload["reason"] for e in events] == ["replayed_nonce", "replayed_nonce"]
+    # Without the restored memory the same lines would be accepted again (the defect).
+    assert CommandVerifier(KEY, clock=clock).verify(line("a")).accepted
+
+
+def test_restore_keeps_the_horizon_and_the_cap():
+    clock = Clock(T0)
+    verifier = CommandVerifier(KEY, clock=clock, max_nonces=2)
+    # A horizon ahead of this clock (the clock stepped back): older commands stay stale.
+    verifier.restore({"horizon": T0 + 5, "nonces": [[T0 + 4, "old"], [T0 + 6, "x"],
+                                                   [T0 + 7, "y"], [T0 + 8, "z"]]})
+    assert verifier.state() == {"horizon": math.nextafter(T0 + 6, math.inf),
+                                "nonces": [[T0 + 7, "y"], [T0 + 8, "z"]]}
+    assert verifier.verify(line("new", T0 + 3)).reason == "stale"
+
+
+@pytest.mark.parametrize("state", [
+    None, [], {"horizon": None}, {"horizon": "0", "nonces": []},
+    {"horizon": float("inf"), "nonces": []}, {"horizon": None, "nonces": {}},
+    {"horizon": None, "nonces": [[T0]]}, {"horizon": None, "nonces": [[T0, ""]]},
+    {"horizon": None, "nonces": [["n", T0]]}, {"horizon": None, "nonces": [[10**400, "n"]]},
+    {"horizon": None, "nonces": [[T0, "n" * 129]]}, {"horizon": True, "nonces": []},
+])
+def test_restore_refuses_a_malformed_state_and_changes_nothing(setup, state):
+    verifier, _, _ = setup
+    assert verifier.verify(line("a")).accepted
+    before = verifier.state()
+    with pytest.raises(ValueError, match="verifier"):
+        verifier.restore(state)
+    assert verifier.state() == before
