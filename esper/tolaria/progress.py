@@ -18,6 +18,8 @@ from .records import EpochRecord, SlotSnapshot
 
 PROGRESS_KEYS = frozenset({"epoch", "records", "tally", "events_written", "global_step",
                            "controller"})
+# Present when the run reads signed commands (checked by the command source's restore).
+OPTIONAL_KEYS = frozenset({"commands"})
 CONTROLLER_KEYS = frozenset({"accuracies", "germinations", "seeds_created"})
 RECORD_KEYS = frozenset({"epoch", "train_loss", "val_accuracy", "baseline_accuracy", "seconds",
                          "slots"})
@@ -44,12 +46,13 @@ def _number(where: str, value: object, *, low: float = -math.inf, high: float = 
     return float(value)
 
 
-def _keys(where: str, value: object, keys: frozenset[str]) -> Mapping[str, Any]:
+def _keys(where: str, value: object, keys: frozenset[str],
+          optional: frozenset[str] = frozenset()) -> Mapping[str, Any]:
     if not isinstance(value, dict):
         raise CheckpointError(f"{where} must be an object, got {type(value).__name__}")
-    if set(value) != keys:
-        raise CheckpointError(f"{where}: missing keys {sorted(keys - set(value))}, unexpected "
-                              f"keys {sorted(set(value) - keys)}")
+    missing, extra = sorted(keys - set(value)), sorted(set(value) - keys - optional)
+    if missing or extra:
+        raise CheckpointError(f"{where}: missing keys {missing}, unexpected keys {extra}")
     return value
 
 
@@ -87,7 +90,7 @@ def check_progress(state: object, where: str = "trainer state") -> dict[str, Any
         CheckpointError: naming the first field that is missing, of the wrong
             type, out of range or inconsistent with another.
     """
-    state = _keys(where, state, PROGRESS_KEYS)
+    state = _keys(where, state, PROGRESS_KEYS, OPTIONAL_KEYS)
     epoch = _count(f"{where}: epoch", state["epoch"])
     records = state["records"]
     if not isinstance(records, list) or len(records) != epoch:
@@ -117,4 +120,5 @@ def check_progress(state: object, where: str = "trainer state") -> dict[str, Any
     return {**state, "records": rebuilt}
 
 
-__all__ = ["CONTROLLER_KEYS", "MAX_COUNT", "PROGRESS_KEYS", "RECORD_KEYS", "check_progress"]
+__all__ = ["CONTROLLER_KEYS", "MAX_COUNT", "OPTIONAL_KEYS", "PROGRESS_KEYS", "RECORD_KEYS",
+           "check_progress"]

@@ -473,6 +473,12 @@ class Trainer:
                 (see :func:`~esper.tolaria.progress.check_progress`); nothing changed.
         """
         state = check_progress(state)
+        commands = state.get("commands")  # absent from older checkpoints: nothing remembered
+        if commands is not None and self.commands is not None:
+            try:
+                self.commands.restore(commands)  # checks before it changes anything
+            except ValueError as error:
+                raise CheckpointError(f"checkpoint trainer state 'commands': {error}") from None
         for slot in model.seed_slots.values():
             slot.on_telemetry = self._lifecycle_event
         self.model, self.optimizer = model, optimizer
@@ -486,10 +492,4 @@ class Trainer:
         memory = state["controller"]
         self.memory = ControllerMemory(tuple(memory["accuracies"]), dict(memory["germinations"]),
                                        int(memory["seeds_created"]))
-        commands = state.get("commands")  # absent from older checkpoints: nothing remembered
-        if commands is not None and self.commands is not None:
-            try:
-                self.commands.restore(commands)
-            except ValueError as error:
-                raise CheckpointError(f"checkpoint trainer state 'commands': {error}") from None
         self.command_state = commands

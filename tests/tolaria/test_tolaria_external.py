@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 
 from esper.checkpoint import CheckpointError, load_checkpoint
+from esper.checkpoint.format import document_checksum
+from esper.checkpoint.layout import current
 from esper.cli import main
 from esper.kasmina.commands import CommandVerifier, LifecycleCommand, sign
 from esper.tolaria import external
@@ -290,9 +292,10 @@ def test_a_checkpoint_without_command_state_still_resumes(tmp_path, external_run
     commands, out = tmp_path / "commands.jsonl", tmp_path / "run"
     commands.write_text(line("germinate", "mid", "n1", blueprint="norm", seed="s1") + "\n")
     grow(tiny(out, commands, epochs=3, stop_after=1))
-    document = out / "checkpoint" / "checkpoint.json"
+    document = current(out / "checkpoint") / "checkpoint.json"
     older = json.loads(document.read_text())
     del older["trainer"]["commands"]  # as written before the command state was saved
+    older["checksum"] = document_checksum(older)
     document.write_text(json.dumps(older))
     before = len(read_events(out))
     grow(tiny(out, commands, epochs=3), resume=out)
@@ -302,8 +305,10 @@ def test_a_checkpoint_without_command_state_still_resumes(tmp_path, external_run
     assert decisions == [(2, "rejected")]  # the slot is occupied by s1 already
     assert load_checkpoint(out / "checkpoint").trainer_state["commands"]["offset"] > 0
 
+    document = current(out / "checkpoint") / "checkpoint.json"
     edited = json.loads(document.read_text())
     edited["trainer"]["commands"]["offset"] = -1
+    edited["checksum"] = document_checksum(edited)  # a forgery: the field check must catch it
     document.write_text(json.dumps(edited))
     with pytest.raises(CheckpointError, match="'commands': the command offset must be"):
         grow(tiny(out, commands, epochs=3), resume=out)
