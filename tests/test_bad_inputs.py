@@ -462,6 +462,29 @@ def _bad_cli_choice(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert "invalid choice: 'mnist'" in err and "choose from" in err
 
 
+@case("bad-cli-bound", "SystemExit(2)")
+def _bad_cli_bound(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    for argv, message in (
+            (["--seed", "1e20"], "argument --seed: must be an integer in [0, 4294967295], "
+                                 "got '1e20'"),
+            (["--seed", str(2**32)], "argument --seed: must be an integer in [0, 4294967295], "
+                                     "got 4294967296"),
+            (["--seed", "-1"], "got -1"),
+            (["--width", "100000"], "argument --width: must be <= 1024, got 100000"),
+            (["--task", "chars", "--width", "6"], "--width must be a multiple of 4, got 6"),
+            (["--lr", "1e30"], "argument --lr: must be a number in (0, 10], got 1e30"),
+            (["--lr", "nan"], "argument --lr: must be a number in (0, 10], got nan"),
+            (["--lr", "0"], "argument --lr: must be a number in (0, 10], got 0")):
+        assert message in run_cli(["grow", "--no-compile", *argv], tmp_path, capsys), argv
+
+
+@case("bad-cli-backend", "SystemExit(2)")
+def _bad_cli_backend(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    err = run_cli(["grow", "--compile-backend", "bogus"], tmp_path, capsys)
+    assert "argument --compile-backend: unknown torch.compile backend 'bogus'; known: " in err
+    assert "aot_eager" in err and "inductor" in err
+
+
 @case("bad-cli-blueprint", "SystemExit(2)", "UnknownBlueprintError")
 def _bad_cli_blueprint(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     err = run_cli(["grow", "--blueprints", "nope", "--epochs", "1", "--limit", "16"],
