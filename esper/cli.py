@@ -9,12 +9,15 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from . import __version__
+from .tolaria.rundir import LOCK_FILE
 
 GROW_HELP = """\
 Train a host network on a task while seeds germinate in its slots, train behind
 the host, blend in, and are fossilized or pruned by a heuristic controller.
 Writes events.jsonl, metrics.csv, growth.png, summary.json and a checkpoint to
---out."""
+--out, which must be new or empty unless --resume continues the run in it or
+--overwrite replaces it; a run locks its directory while it lives, so a second
+run on it fails at once, naming the first one's pid."""
 
 # Bounds of the numeric options, checked when the arguments are parsed.
 MAX_SEED = 2**32 - 1  # every generator the run seeds accepts it
@@ -66,6 +69,13 @@ def _learning_rate(text: str) -> float:
     return value
 
 
+def _run_dir(text: str) -> Path:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must name a directory, got an empty path (which "
+                                         "would be the current directory)")
+    return Path(text)
+
+
 def _compile_backend(text: str) -> str:
     if text == DEFAULT_COMPILE_BACKEND:  # no need to import torch to accept the default
         return text
@@ -92,7 +102,7 @@ def _grow(args: argparse.Namespace) -> int:
         data_dir=args.data_dir, batch_size=args.batch_size, lr=args.lr, limit=args.limit,
         quiet=args.quiet, width=args.width, stop_after=args.stop_after,
         compile_backend=args.compile_backend, commands=args.commands)
-    grow(config, resume=args.resume)
+    grow(config, resume=args.resume, overwrite=args.overwrite)
     return 0
 
 
@@ -121,9 +131,16 @@ def _add_grow(commands: argparse._SubParsersAction) -> None:
                            "topology)")
     grow.add_argument("--seed", type=_seed, default=0,
                       help=f"random seed in [0, {MAX_SEED}]; a run is deterministic")
-    grow.add_argument("--out", type=Path, default=Path("runs/grow"), help="run directory")
-    grow.add_argument("--resume", type=Path, default=None,
-                      help="continue the run in this directory from its checkpoint")
+    grow.add_argument("--out", type=_run_dir, default=Path("runs/grow"),
+                      help="run directory: new or empty, unless --resume or --overwrite; "
+                           f"locked (file {LOCK_FILE}, holding the pid) while the run lives")
+    existing = grow.add_mutually_exclusive_group()
+    existing.add_argument("--resume", type=Path, default=None,
+                          help="continue the run in this directory from its checkpoint")
+    existing.add_argument("--overwrite", action="store_true",
+                          help="replace the run already in --out: its events, metrics, "
+                               "summary, plot and checkpoint are deleted first (other files "
+                               "stay)")
     grow.add_argument("--baseline", action="store_true",
                       help="also train the host alone and plot it beside the grown model")
     grow.add_argument("--no-compile", action="store_true",
