@@ -3,17 +3,29 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from . import __version__
+from .leyline.constants import MAX_LEARNING_RATE
+from .tolaria.rundir import LOCK_FILE
 
 GROW_HELP = """\
 Train a host network on a task while seeds germinate in its slots, train behind
 the host, blend in, and are fossilized or pruned by a heuristic controller.
 Writes events.jsonl, metrics.csv, growth.png, summary.json and a checkpoint to
---out."""
+--out, which must be new or empty unless --resume continues the run in it or
+--overwrite replaces it; a run locks its directory while it lives, so a second
+run on it fails at once, naming the first one's pid."""
+
+# Bounds of the numeric options, checked when the arguments are parsed.
+MAX_SEED = 2**32 - 1  # every generator the run seeds accepts it
+MAX_WIDTH = 1024  # CNN base channels (the last block has 4x) or transformer embedding
+MAX_LR = MAX_LEARNING_RATE
+DEFAULT_COMPILE_BACKEND = "inductor"
+TRANSFORMER_HEADS = 4  # the chars host's attention heads: they must divide --width
 
 
 def _positive(text: str) -> int:
@@ -30,6 +42,53 @@ def _non_negative(text: str) -> int:
     return value
 
 
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"must be an integer in [0, {MAX_SEED}], got {text!r}") from None
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"must be an integer in [0, {MAX_SEED}], got {value}")
+    return value
+
+
+def _width(text: str) -> int:
+    value = _positive(text)
+    if value > MAX_WIDTH:
+        raise argparse.ArgumentTypeError(f"must be <= {MAX_WIDTH}, got {value}")
+    return value
+
+
+def _learning_rate(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+    if not (math.isfinite(value) and 0.0 < value <= MAX_LR):
+        raise argparse.ArgumentTypeError(f"must be a number in (0, {MAX_LR:g}], got {text}")
+    return value
+
+
+def _run_dir(text: str) -> Path:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must name a directory, got an empty path (which "
+                                         "would be the current directory)")
+    return Path(text)
+
+
+def _compile_backend(text: str) -> str:
+    if text == DEFAULT_COMPILE_BACKEND:  # no need to import torch to accept the default
+        return text
+    from torch._dynamo import list_backends
+
+    known = list_backends(exclude_tags=())
+    if text not in known:
+        raise argparse.ArgumentTypeError(f"unknown torch.compile backend {text!r}; known: "
+                                         f"{', '.join(known)}")
+    return text
+
+
 def _grow(args: argparse.Namespace) -> int:
     from .tolaria.config import GrowConfig
     from .tolaria.run import grow
@@ -44,7 +103,7 @@ def _grow(args: argparse.Namespace) -> int:
         data_dir=args.data_dir, batch_size=args.batch_size, lr=args.lr, limit=args.limit,
         quiet=args.quiet, width=args.width, stop_after=args.stop_after,
         compile_backend=args.compile_backend, commands=args.commands)
-    grow(config, resume=args.resume)
+    grow(config, resume=args.resume, overwrite=args.overwrite)
     return 0
 
 
@@ -71,22 +130,34 @@ def _add_grow(commands: argparse._SubParsersAction) -> None:
     grow.add_argument("--blueprints", nargs="+", default=None,
                       help="blueprints the controller plants, in turn (default: a set per "
                            "topology)")
-    grow.add_argument("--seed", type=int, default=0, help="random seed; a run is deterministic")
-    grow.add_argument("--out", type=Path, default=Path("runs/grow"), help="run directory")
-    grow.add_argument("--resume", type=Path, default=None,
-                      help="continue the run in this directory from its checkpoint")
+    grow.add_argument("--seed", type=_seed, default=0,
+                      help=f"random seed in [0, {MAX_SEED}]; a run is deterministic")
+    grow.add_argument("--out", type=_run_dir, default=Path("runs/grow"),
+                      help="run directory: new or empty, unless --resume or --overwrite; "
+                           f"locked (file {LOCK_FILE}, holding the pid) while the run lives")
+    existing = grow.add_mutually_exclusive_group()
+    existing.add_argument("--resume", type=Path, default=None,
+                          help="continue the run in this directory from its checkpoint")
+    existing.add_argument("--overwrite", action="store_true",
+                          help="replace the run already in --out: its events, metrics, "
+                               "summary, plot and checkpoint are deleted first (other files "
+                               "stay)")
     grow.add_argument("--baseline", action="store_true",
                       help="also train the host alone and plot it beside the grown model")
     grow.add_argument("--no-compile", action="store_true",
                       help="run the training step eagerly instead of torch.compile")
-    grow.add_argument("--compile-backend", default="inductor",
-                      help="torch.compile backend of the training step (e.g. aot_eager)")
+    grow.add_argument("--compile-backend", type=_compile_backend,
+                      default=DEFAULT_COMPILE_BACKEND,
+                      help="torch.compile backend of the training step (e.g. aot_eager; "
+                           "torch._dynamo.list_backends() lists them)")
     grow.add_argument("--data-dir", type=Path, default=None,
                       help="directory of the CIFAR-10 python batches (cifar10 only)")
     grow.add_argument("--batch-size", type=_positive, default=64, help="training batch size")
-    grow.add_argument("--lr", type=float, default=0.02, help="SGD learning rate")
-    grow.add_argument("--width", type=_positive, default=None,
-                      help="host width: CNN base channels or transformer embedding size")
+    grow.add_argument("--lr", type=_learning_rate, default=0.02,
+                      help=f"SGD learning rate, in (0, {MAX_LR:g}]")
+    grow.add_argument("--width", type=_width, default=None,
+                      help=f"host width, at most {MAX_WIDTH}: CNN base channels or transformer "
+                           f"embedding size (a multiple of {TRANSFORMER_HEADS}, the heads)")
     grow.add_argument("--limit", type=_positive, default=None,
                       help="use at most this many examples per split (quick runs)")
     grow.add_argument("--stop-after", type=_positive, default=None,
@@ -113,7 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser(
         "demo", help="a hand-driven lifecycle on a small CNN (no controller)")
     demo.add_argument("--epochs", type=_positive, default=12, help="epochs to train")
-    demo.add_argument("--seed", type=int, default=0, help="random seed")
+    demo.add_argument("--seed", type=_seed, default=0, help=f"random seed in [0, {MAX_SEED}]")
     demo.set_defaults(run=_demo)
     return parser
 
@@ -122,6 +193,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``esper`` console script; bad input exits 2 with a message."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    if (args.command == "grow" and args.task == "chars" and args.width is not None
+            and args.width % TRANSFORMER_HEADS):
+        parser.error(f"argument --width: the chars task's transformer has {TRANSFORMER_HEADS} "
+                     f"attention heads, so --width must be a multiple of {TRANSFORMER_HEADS}, "
+                     f"got {args.width}")
     try:
         return int(args.run(args))
     except (ValueError, OSError) as error:  # DatasetError and CheckpointError are ValueErrors

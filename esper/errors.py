@@ -129,6 +129,18 @@ class DatasetError(EsperError, ValueError):
     """
 
 
+class RunDirectoryExistsError(EsperError, FileExistsError):
+    """``esper grow --out DIR`` where DIR already holds a run (or is a file) and neither
+    ``--resume`` continues that run nor ``--overwrite`` replaces it; nothing was written."""
+
+
+class RunDirectoryLockedError(EsperError, OSError):
+    """Another live run holds the lock on the run directory; ``pid`` is its process id
+    (``None`` if it had not written it yet)."""
+
+    pid: int | None = None
+
+
 class MalformedCommandError(EsperError, ValueError):
     """A signed-command line that does not parse into a valid command."""
 
@@ -155,6 +167,8 @@ __all__ = [
     "InvalidTransitionError",
     "MalformedCommandError",
     "NoLiveSeedError",
+    "RunDirectoryExistsError",
+    "RunDirectoryLockedError",
     "SeedRaisedError",
     "SeedShapeError",
     "SlotOccupiedError",

@@ -54,6 +54,7 @@ from esper.kasmina.model import MorphogeneticModel
 from esper.kasmina.slot import SeedSlot
 from esper.leyline import EventType, SeedStage, SlotTelemetry, TaskConfig
 from esper.tolaria.progress import check_progress
+from esper.tolaria.rundir import claim_run_dir
 from tests.broken_modules import RaisingFactory, SeedFailure, Widen, registered
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -488,6 +489,82 @@ def _bad_cli_number(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
 def _bad_cli_choice(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     err = run_cli(["grow", "--task", "mnist"], tmp_path, capsys)
     assert "invalid choice: 'mnist'" in err and "choose from" in err
+
+
+@case("bad-cli-bound", "SystemExit(2)")
+def _bad_cli_bound(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    for argv, message in (
+            (["--seed", "1e20"], "argument --seed: must be an integer in [0, 4294967295], "
+                                 "got '1e20'"),
+            (["--seed", str(2**32)], "argument --seed: must be an integer in [0, 4294967295], "
+                                     "got 4294967296"),
+            (["--seed", "-1"], "got -1"),
+            (["--width", "100000"], "argument --width: must be <= 1024, got 100000"),
+            (["--task", "chars", "--width", "6"], "--width must be a multiple of 4, got 6"),
+            (["--lr", "1e30"], "argument --lr: must be a number in (0, 10], got 1e30"),
+            (["--lr", "nan"], "argument --lr: must be a number in (0, 10], got nan"),
+            (["--lr", "0"], "argument --lr: must be a number in (0, 10], got 0")):
+        assert message in run_cli(["grow", "--no-compile", *argv], tmp_path, capsys), argv
+
+
+@case("bad-cli-backend", "SystemExit(2)")
+def _bad_cli_backend(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    err = run_cli(["grow", "--compile-backend", "bogus"], tmp_path, capsys)
+    assert "argument --compile-backend: unknown torch.compile backend 'bogus'; known: " in err
+    assert "aot_eager" in err and "inductor" in err
+
+
+@case("empty-run-directory", "SystemExit(2)")
+def _empty_run_directory(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    here = Path.cwd()
+    os.chdir(tmp_path)
+    try:
+        with pytest.raises(SystemExit) as info:
+            main(["grow", "--epochs", "1", "--limit", "16", "--no-compile", "--out", ""])
+    finally:
+        os.chdir(here)
+    assert info.value.code == 2
+    assert "argument --out: must name a directory, got an empty path" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+QUICK_RUN = ["grow", "--epochs", "1", "--limit", "16", "--no-compile", "--quiet"]
+
+
+def tree_of(directory: Path) -> dict[str, bytes | None]:
+    """Every path under ``directory`` and its bytes (``None`` for a directory)."""
+    return {str(p.relative_to(directory)): None if p.is_dir() else p.read_bytes()
+            for p in sorted(directory.rglob("*"))}
+
+
+@case("existing-run-directory", "RunDirectoryExistsError", "FileExistsError", "SystemExit(2)")
+def _existing_run_directory(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "run"
+    assert main([*QUICK_RUN, "--out", str(out)]) == 0
+    capsys.readouterr()
+    before = tree_of(out)
+    assert "checkpoint/LATEST" in before and "checkpoint/ckpt-000001/checkpoint.json" in before
+    with pytest.raises(SystemExit) as info:
+        main([*QUICK_RUN, "--out", str(out)])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"--out {out}: the directory already holds a run" in err
+    assert "continue it with --resume, replace it with --overwrite" in err
+    assert tree_of(out) == before
+
+
+@case("locked-run-directory", "RunDirectoryLockedError", "OSError", "SystemExit(2)")
+def _locked_run_directory(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "run"
+    with claim_run_dir(out):  # this process holds it, as another run would
+        before = tree_of(out)
+        for extra in ([], ["--overwrite"]):
+            with pytest.raises(SystemExit) as info:
+                main([*QUICK_RUN, "--out", str(out), *extra])
+            assert info.value.code == 2
+            assert (f"--out {out}: the run directory is locked by another esper run "
+                    f"(pid {os.getpid()}); wait for it to end" in capsys.readouterr().err)
+        assert tree_of(out) == before == {".esper.lock": f"{os.getpid()}\n".encode()}
 
 
 @case("bad-cli-blueprint", "SystemExit(2)", "UnknownBlueprintError")

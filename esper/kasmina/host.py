@@ -17,7 +17,7 @@ from __future__ import annotations
 import abc
 import itertools
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -25,6 +25,9 @@ from torch import Tensor, nn
 
 from ..errors import InputDtypeError, InputShapeError
 from ..leyline import Topology
+
+if TYPE_CHECKING:  # at run time the re-export is lazy: see __getattr__ at the end
+    from .model import MorphogeneticModel
 
 _THREE_POINTS = ("early", "mid", "late")
 _FORMAT_NAMES = {torch.channels_last: "channels_last", torch.contiguous_format: "contiguous_format"}
@@ -352,5 +355,15 @@ def build_host(config: dict[str, Any]) -> nn.Module:
         raise ValueError(f"bad {config['kind']} host config: {error}") from error
 
 
-__all__ = ["CNNHost", "CausalSelfAttention", "ConvBlock", "DecoderBlock", "TransformerHost",
-           "build_host", "point_names"]
+def __getattr__(name: str) -> Any:
+    """``MorphogeneticModel``, re-exported here on first use (``from esper.kasmina.host import
+    CNNHost, MorphogeneticModel``); lazily, because :mod:`esper.kasmina.model` builds on hosts."""
+    if name == "MorphogeneticModel":
+        from .model import MorphogeneticModel
+
+        return MorphogeneticModel
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = ["CNNHost", "CausalSelfAttention", "ConvBlock", "DecoderBlock", "MorphogeneticModel",
+           "TransformerHost", "build_host", "point_names"]

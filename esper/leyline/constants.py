@@ -36,6 +36,9 @@ BLEND_ALGORITHMS: Final = ("linear", "sigmoid", "gated")
 # Steepness of the sigmoid alpha ramp over its normalised [0, 1] time axis.
 DEFAULT_SIGMOID_STEEPNESS: Final = 12.0
 
+# The largest learning rate accepted anywhere (SGD diverges at once far below it).
+MAX_LEARNING_RATE: Final = 10.0
+
 # Gradient telemetry.
 DEFAULT_TELEMETRY_STRIDE: Final = 10
 DEFAULT_TELEMETRY_EMA_DECAY: Final = 0.9

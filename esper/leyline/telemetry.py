@@ -13,7 +13,11 @@ from ..errors import TelemetryTypeError, TelemetryValueError
 
 
 class EventType(StrEnum):
-    """Lifecycle events a slot transition implies."""
+    """Lifecycle events a slot transition implies.
+
+    ``SEED_CULLED`` is the older revision's name of ``SEED_PRUNED`` (as
+    ``SeedStage.CULLED`` is of ``PRUNED``) and is accepted as an alias.
+    """
 
     SEED_GERMINATED = "SEED_GERMINATED"
     SEED_STAGE_CHANGED = "SEED_STAGE_CHANGED"
@@ -22,6 +26,7 @@ class EventType(StrEnum):
     SEED_PRUNED = "SEED_PRUNED"
     COMMAND_REJECTED = "COMMAND_REJECTED"
     BREAKER_CHANGED = "BREAKER_CHANGED"
+    SEED_CULLED = "SEED_PRUNED"
 
 
 # The payload keys each event carries (the specification's lists).

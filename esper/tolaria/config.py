@@ -62,6 +62,9 @@ class GrowConfig:
             raise ValueError(f"max_seeds must be an int >= 0, got {self.max_seeds!r}")
         if not self.lr > 0:
             raise ValueError(f"lr must be > 0, got {self.lr!r}")
+        if not str(self.out).strip():
+            raise ValueError("out must name a run directory, got an empty path (which would be "
+                             "the current directory)")
         if self.commands is not None and not isinstance(self.commands, Path):
             raise TypeError(f"commands must be a Path, got {self.commands!r}")
 

@@ -16,8 +16,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
+from ..leyline.constants import MAX_LEARNING_RATE
+
 HOST_GROUP = "host"
-MAX_LR = 100.0  # a learning rate above this only diverges
 SLOT_PREFIX = "seed_slots."
 
 
@@ -47,9 +48,9 @@ class SGDConfig:
                 raise ValueError(f"SGDConfig.{name} must be a finite number >= 0, got {value!r}")
         for name in ("lr", "seed_lr"):
             value = getattr(self, name)
-            if value is not None and not 0 < value <= MAX_LR:
-                raise ValueError(f"SGDConfig.{name} must lie in (0, {MAX_LR:g}], got {value!r}: "
-                                 "0 trains nothing and a larger rate only diverges")
+            if value is not None and not 0 < value <= MAX_LEARNING_RATE:
+                raise ValueError(f"SGDConfig.{name} must lie in (0, {MAX_LEARNING_RATE:g}], got "
+                                 f"{value!r}: 0 trains nothing and a larger rate only diverges")
         if self.momentum >= 1:
             raise ValueError(f"SGDConfig.momentum must be < 1, got {self.momentum}")
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import io
 import json
 import time
-from contextlib import closing
+from collections.abc import Iterator
+from contextlib import ExitStack, closing, contextmanager
 from dataclasses import replace
 from pathlib import Path
 
@@ -13,16 +14,23 @@ from rich.console import Console
 
 from ..checkpoint import load_checkpoint, save_checkpoint
 from ..data import load_task
+from ..errors import RunDirectoryExistsError, RunDirectoryLockedError
 from ..leyline import EventType
 from .config import GrowConfig
 from .data_parallel import NullWriter, dump_replica, make_trainer
 from .display import Progress, print_summary
 from .distributed import Replicas, session
 from .records import RunSummary
-from .report import EVENTS_FILE, RunWriter
+from .report import EVENTS_FILE, GROWTH_FILE, METRICS_FILE, SUMMARY_FILE, RunWriter
+from .rundir import check_run_dir, claim_run_dir
 from .trainer import Trainer
 
 CHECKPOINT_DIR = "checkpoint"
+# What a run writes into its directory: what --overwrite deletes before the new run.
+RUN_OUTPUTS = (EVENTS_FILE, METRICS_FILE, SUMMARY_FILE, GROWTH_FILE, CHECKPOINT_DIR)
+_REFUSALS: dict[str, type[Exception]] = {
+    error.__name__: error for error in (RunDirectoryExistsError, RunDirectoryLockedError,
+                                        ValueError)}
 
 
 def _baseline(config: GrowConfig, data,  # type: ignore[no-untyped-def]
@@ -50,31 +58,70 @@ def _resume(trainer: Trainer, resume: Path, read_events: bool = True) -> list[di
 
 
 def grow(config: GrowConfig, resume: Path | None = None,
-         console: Console | None = None) -> RunSummary:
+         console: Console | None = None, overwrite: bool = False) -> RunSummary:
     """Run ``esper grow`` and return its summary; files go to ``config.out``.
 
     Arguments:
         config: the run's configuration.
         resume: a run directory (or its checkpoint directory) to continue from.
         console: where the live display goes (stdout by default).
+        overwrite: replace the run already in ``config.out`` (its files listed
+            in :data:`RUN_OUTPUTS` are deleted first; other files stay).
+
+    ``config.out`` must be new or empty, the directory ``resume`` continues, or
+    ``overwrite`` set; the run holds an exclusive lock on it while it lives
+    (see :mod:`esper.tolaria.rundir`).
+
+    Raises:
+        RunDirectoryExistsError: ``config.out`` holds a run this one may not replace.
+        RunDirectoryLockedError: another live run holds ``config.out`` (its pid is named).
 
     Under ``torchrun`` (``WORLD_SIZE`` > 1) every rank runs this with the same
     arguments: each trains on its shard (see :mod:`esper.tolaria.data_parallel`)
     and only rank 0 writes ``config.out`` and shows progress.
     """
     with session() as replicas:
-        return _grow(config, resume, console, replicas)
+        return _grow(config, resume, console, replicas, overwrite)
+
+
+@contextmanager
+def _run_dir(out: Path, resume: Path | None, overwrite: bool,
+             replicas: Replicas | None) -> Iterator[None]:
+    """The lock on the run directory for the block; under torchrun rank 0 holds it and
+    every rank raises if rank 0 could not take it (one broadcast)."""
+    claim = claim_run_dir(out, resume=resume, overwrite=overwrite, outputs=RUN_OUTPUTS)
+    if replicas is None:
+        with claim:
+            yield
+        return
+    with ExitStack() as stack:
+        refusal: Exception | None = None
+        if replicas.is_main:
+            try:
+                stack.enter_context(claim)
+            except (RunDirectoryExistsError, RunDirectoryLockedError, ValueError) as error:
+                refusal = error
+        text = replicas.broadcast_text(
+            f"{type(refusal).__name__}\n{refusal}" if refusal is not None else None)
+        if refusal is not None:
+            raise refusal
+        if text:
+            name, _, message = text.partition("\n")
+            raise _REFUSALS.get(name, RuntimeError)(f"rank 0: {message}")
+        yield
 
 
 def _grow(config: GrowConfig, resume: Path | None, console: Console | None,
-          replicas: Replicas | None) -> RunSummary:
+          replicas: Replicas | None, overwrite: bool = False) -> RunSummary:
     """:func:`grow` on this process: the only one, or one rank of a torchrun job."""
     main = replicas is None or replicas.is_main
     if not main:
         console = Console(file=io.StringIO())  # one display: rank 0's
+    out = Path(config.out)
+    if replicas is None:  # fail before loading anything; the claim below checks again
+        check_run_dir(out, resume=resume, overwrite=overwrite)
     started = time.perf_counter()
     data = load_task(config.task, data_dir=config.data_dir, seed=config.seed, limit=config.limit)
-    out = Path(config.out)
     progress = Progress(console=console, quiet=config.quiet)
 
     def sink(record: dict) -> None:
@@ -90,32 +137,33 @@ def _grow(config: GrowConfig, resume: Path | None, console: Console | None,
                           f"the {record['item']} of {record['slot']}: not applied")
 
     trainer = make_trainer(config, data, sink, replicas)
-    earlier = _resume(trainer, resume, read_events=main) if resume is not None else []
-    baseline = _baseline(config, data, replicas) if config.baseline else None
-    slots = config.slots if config.max_seeds else ()
-    with (RunWriter(out, slots=slots) if main else NullWriter()) as writer, progress, \
-            closing(trainer):
-        for record in earlier:
-            writer.event(record)
-        for epoch_record in trainer.records:
-            writer.epoch(epoch_record)
-        progress.start(config.epochs)
-        last = min(config.epochs, config.stop_after or config.epochs)
-        while trainer.epoch < last:
-            epoch_record = trainer.run_epoch()
-            if baseline is not None:
-                epoch_record = replace(epoch_record,
-                                       baseline_accuracy=baseline[epoch_record.epoch - 1])
-                trainer.records[-1] = epoch_record
-            writer.epoch(epoch_record)
-            progress.update(epoch_record)
-            if main:
-                save_checkpoint(out / CHECKPOINT_DIR, model=trainer.model,
-                                optimizer=trainer.optimizer,
-                                trainer_state=trainer.trainer_state())
-        dump_replica(trainer, replicas)
-        summary = _summary(config, trainer, baseline, time.perf_counter() - started)
-        writer.finish(summary, trainer.records, baseline)
+    with _run_dir(out, resume, overwrite, replicas):
+        earlier = _resume(trainer, resume, read_events=main) if resume is not None else []
+        baseline = _baseline(config, data, replicas) if config.baseline else None
+        slots = config.slots if config.max_seeds else ()
+        with (RunWriter(out, slots=slots) if main else NullWriter()) as writer, progress, \
+                closing(trainer):
+            for record in earlier:
+                writer.event(record)
+            for epoch_record in trainer.records:
+                writer.epoch(epoch_record)
+            progress.start(config.epochs)
+            last = min(config.epochs, config.stop_after or config.epochs)
+            while trainer.epoch < last:
+                epoch_record = trainer.run_epoch()
+                if baseline is not None:
+                    epoch_record = replace(epoch_record,
+                                           baseline_accuracy=baseline[epoch_record.epoch - 1])
+                    trainer.records[-1] = epoch_record
+                writer.epoch(epoch_record)
+                progress.update(epoch_record)
+                if main:
+                    save_checkpoint(out / CHECKPOINT_DIR, model=trainer.model,
+                                    optimizer=trainer.optimizer,
+                                    trainer_state=trainer.trainer_state())
+            dump_replica(trainer, replicas)
+            summary = _summary(config, trainer, baseline, time.perf_counter() - started)
+            writer.finish(summary, trainer.records, baseline)
     if main:
         print_summary(summary, console)
     return summary

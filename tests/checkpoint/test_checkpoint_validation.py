@@ -104,7 +104,7 @@ def test_reformatting_the_document_keeps_the_checksum(trained):
     (lambda d: d["optimizer"]["config"].update(seed_lr="fast"), "seed_lr must be a finite"),
     (lambda d: d["optimizer"]["config"].update(seed_lr=float("nan")), "seed_lr must be a finite"),
     (lambda d: d["optimizer"]["config"].update(seed_lr=-1e30), "seed_lr must be a finite"),
-    (lambda d: d["optimizer"]["config"].update(lr=0), r"lr must lie in \(0, 100\]"),
+    (lambda d: d["optimizer"]["config"].update(lr=0), r"lr must lie in \(0, 10\]"),
 ])
 def test_forged_optimizer_settings_are_refused(trained, change, message):
     edit(trained, change, reseal=True)

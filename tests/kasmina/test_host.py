@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
 from torch._dynamo.testing import CompileCounterWithBackend
 
 from esper.kasmina.host import CNNHost, TransformerHost
+from esper.kasmina.model import MorphogeneticModel as Model
 from esper.kasmina.ops import slot_forward
 from esper.kasmina.protocol import HostProtocol
 from esper.kasmina.state import SlotState
@@ -144,3 +150,21 @@ def test_slotted_walk_compiles_to_one_graph() -> None:
     out = torch.compile(walk, backend=counter, fullgraph=True)(x, state)
     torch.testing.assert_close(out, host(x))
     assert counter.frame_count == 1
+
+
+def test_the_bug_reports_import_line_works_in_a_fresh_interpreter() -> None:
+    """``from esper.kasmina.host import CNNHost, MorphogeneticModel`` (the first line of the
+    reports in spec/) imports the model itself, first of anything, without a cycle."""
+    from esper.kasmina.host import MorphogeneticModel
+
+    assert MorphogeneticModel is Model
+    root = Path(__file__).resolve().parents[2]
+    script = ("from esper.kasmina.host import CNNHost, MorphogeneticModel\n"
+              "import esper.kasmina.model as m\n"
+              "assert MorphogeneticModel is m.MorphogeneticModel\n"
+              "print(type(MorphogeneticModel(CNNHost(base_channels=4), slots=['mid'])).__name__)")
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         cwd=root, env={**os.environ, "PYTHONPATH": str(root)},
+                         timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.strip() == "MorphogeneticModel"

@@ -118,3 +118,13 @@ def test_int_too_large_for_float_is_rejected_or_reported_non_finite():
     except (TypeError, ValueError):
         return
     assert t.is_finite is False
+
+
+def test_seed_culled_is_the_older_name_of_seed_pruned():
+    """As ``SeedStage.CULLED`` aliases ``PRUNED``; the alias adds no member and no value."""
+    assert EventType.SEED_CULLED is EventType.SEED_PRUNED
+    assert EventType["SEED_CULLED"] is EventType.SEED_PRUNED
+    assert EventType.SEED_CULLED.value == "SEED_PRUNED"
+    fields = EVENT_PAYLOAD_FIELDS
+    assert fields[EventType.SEED_CULLED] == fields[EventType.SEED_PRUNED]
+    assert len(list(EventType)) == 7

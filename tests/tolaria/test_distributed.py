@@ -44,7 +44,8 @@ def torchrun(args: list[str], **env: str) -> str:
                "--nproc_per_node", "2", *args]
     process = subprocess.Popen(command, cwd=ROOT, text=True, start_new_session=True,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               env={**os.environ, "OMP_NUM_THREADS": "1", **env})
+                               env={**os.environ, "OMP_NUM_THREADS": "1",
+                                    "PYTHONPATH": str(ROOT), **env})  # this tree's esper
     try:
         output, _ = process.communicate(timeout=TIMEOUT)
     except subprocess.TimeoutExpired:
@@ -104,6 +105,27 @@ def test_torchrun_esper_grow_keeps_the_replicas_bit_identical(tmp_path):
     assert summary["epochs"] == 7 and summary["seeds_germinated"] == 1
     assert summary["compile_count"] == 2  # one graph per topology, collective included
     assert any(s.has_seed for s in rank0.model.slot_states().values())
+
+
+@pytest.mark.slow
+def test_a_refused_run_directory_stops_every_rank_at_once(tmp_path):
+    """Rank 0 alone claims the directory; when it cannot, every rank exits with its reason
+    (one broadcast) instead of waiting in the next collective."""
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "metrics.csv").write_text("another run\n")
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               "--nproc_per_node", "2", "-m", "esper", "grow", "--epochs", "1", "--limit", "32",
+               "--no-compile", "--quiet", "--out", str(out)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    run = subprocess.run(command, cwd=ROOT, text=True, capture_output=True, timeout=TIMEOUT,
+                         env=env)
+    log = run.stdout + run.stderr
+    assert run.returncode != 0
+    assert log.count(f"--out {out}: the directory already holds a run (metrics.csv)") == 2, log
+    assert "esper: error: rank 0: --out" in log
+    assert sorted(p.name for p in out.iterdir()) == ["metrics.csv"]
+    assert (out / "metrics.csv").read_text() == "another run\n"
 
 
 @pytest.mark.slow
