@@ -17,6 +17,7 @@ from .errors import MalformedCommandError as MalformedCommandError
 from .errors import NoLiveSeedError as NoLiveSeedError
 from .errors import RunDirectoryExistsError as RunDirectoryExistsError
 from .errors import RunDirectoryLockedError as RunDirectoryLockedError
+from .errors import RunLogError as RunLogError
 from .errors import SeedRaisedError as SeedRaisedError
 from .errors import SeedShapeError as SeedShapeError
 from .errors import SlotOccupiedError as SlotOccupiedError

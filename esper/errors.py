@@ -134,6 +134,12 @@ class RunDirectoryExistsError(EsperError, FileExistsError):
     ``--resume`` continues that run nor ``--overwrite`` replaces it; nothing was written."""
 
 
+class RunLogError(EsperError, ValueError):
+    """A run's ``events.jsonl`` or ``metrics.csv`` does not hold what its checkpoint says
+    was logged (cut short, garbled, other columns); the message names the file and the
+    line, and nothing was written."""
+
+
 class RunDirectoryLockedError(EsperError, OSError):
     """Another live run holds the lock on the run directory; ``pid`` is its process id
     (``None`` if it had not written it yet)."""
@@ -169,6 +175,7 @@ __all__ = [
     "NoLiveSeedError",
     "RunDirectoryExistsError",
     "RunDirectoryLockedError",
+    "RunLogError",
     "SeedRaisedError",
     "SeedShapeError",
     "SlotOccupiedError",

@@ -90,7 +90,7 @@ def resolve(root: Path) -> Path:
     leftovers = [p.name for p in root.iterdir() if p.name.startswith(TEMP_PREFIX)]
     if versions(root) or leftovers:
         raise CheckpointError(f"{root}: no complete checkpoint: the first save into it did not "
-                              "finish (nothing to resume from; start the run again)")
+                              "finish, so there is nothing to resume; start the run again")
     raise CheckpointError(f"{root}: no checkpoint here ({POINTER_FILE} is missing)")
 
 

@@ -17,10 +17,12 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import enum
 import json
 import math
+import os
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
@@ -116,28 +118,50 @@ def _plain(value: Any) -> Any:
     return str(value)
 
 
+@contextlib.contextmanager
+def _replacing(path: Path) -> Iterator[Path]:
+    """A temporary path beside ``path`` to write; on success it atomically replaces ``path``
+    (after an fsync), so a reader or a crash sees the old file or the new one, whole."""
+    temp = path.with_name(f".{path.name}.tmp{path.suffix}")
+    try:
+        yield temp
+        with temp.open("rb") as stream:
+            os.fsync(stream.fileno())
+        os.replace(temp, path)
+    finally:
+        temp.unlink(missing_ok=True)
+
+
 class RunWriter:
     """Writes one run directory; a context manager that closes its files.
 
     Arguments:
         out_dir: the run directory, created with its parents if missing.
         slots: the model's slot names, fixing the slot columns of ``metrics.csv``.
+        append: continue logs already there (a resumed run, whose logs
+            :mod:`esper.tolaria.runlog` checked and trimmed) instead of
+            starting them.
 
     ``events.jsonl`` and ``metrics.csv`` (header only) exist from construction,
-    and every line is flushed as it is written, so a crashed run keeps its log.
+    are only ever appended to, and every line is flushed as it is written, so
+    a crashed run keeps its log. ``summary.json`` and ``growth.png`` are
+    replaced atomically.
     """
 
-    def __init__(self, out_dir: Path | str, slots: Sequence[str] = ()) -> None:
+    def __init__(self, out_dir: Path | str, slots: Sequence[str] = (),
+                 append: bool = False) -> None:
         self.out_dir = Path(out_dir)
         self.slots: tuple[str, ...] = tuple(slots)
         if len(set(self.slots)) != len(self.slots):
             raise ValueError(f"slot names must be unique, got {self.slots}")
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        self._events = (self.out_dir / EVENTS_FILE).open("w", encoding="utf-8")
-        self._metrics = (self.out_dir / METRICS_FILE).open("w", encoding="utf-8", newline="")
+        mode = "a" if append else "w"
+        self._events = (self.out_dir / EVENTS_FILE).open(mode, encoding="utf-8")
+        self._metrics = (self.out_dir / METRICS_FILE).open(mode, encoding="utf-8", newline="")
         self._csv = csv.writer(self._metrics)
-        self._csv.writerow(slot_columns(self.slots))
-        self._metrics.flush()
+        if not append:
+            self._csv.writerow(slot_columns(self.slots))
+            self._metrics.flush()
 
     def event(self, record: dict[str, Any]) -> None:
         """Append ``record`` as one JSON line to ``events.jsonl``."""
@@ -164,11 +188,12 @@ class RunWriter:
                baseline: Sequence[float] | None = None) -> None:
         """Write ``summary.json`` and ``growth.png``, then close the logs."""
         data = {**summary.to_dict(), "esper_version": esper.__version__}
-        (self.out_dir / SUMMARY_FILE).write_text(json.dumps(data, indent=2) + "\n",
-                                                 encoding="utf-8")
-        plot_growth(records, self.slots, self.out_dir / GROWTH_FILE, baseline=baseline,
-                    title=f"{summary.task}: {summary.final_accuracy:.2f}% after "
-                          f"{summary.epochs} epochs")
+        with _replacing(self.out_dir / SUMMARY_FILE) as temp:
+            temp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+        with _replacing(self.out_dir / GROWTH_FILE) as temp:
+            plot_growth(records, self.slots, temp, baseline=baseline,
+                        title=f"{summary.task}: {summary.final_accuracy:.2f}% after "
+                              f"{summary.epochs} epochs")
         self.close()
 
     def close(self) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import json
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, closing, contextmanager
@@ -12,7 +11,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from ..checkpoint import load_checkpoint, save_checkpoint
+from ..checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from ..data import load_task
 from ..errors import RunDirectoryExistsError, RunDirectoryLockedError
 from ..leyline import EventType
@@ -20,9 +19,11 @@ from .config import GrowConfig
 from .data_parallel import NullWriter, dump_replica, make_trainer
 from .display import Progress, print_summary
 from .distributed import Replicas, session
+from .progress import check_progress
 from .records import RunSummary
 from .report import EVENTS_FILE, GROWTH_FILE, METRICS_FILE, SUMMARY_FILE, RunWriter
 from .rundir import check_run_dir, claim_run_dir
+from .runlog import LogEnds, check_logs, trim_logs
 from .trainer import Trainer
 
 CHECKPOINT_DIR = "checkpoint"
@@ -40,21 +41,31 @@ def _baseline(config: GrowConfig, data,  # type: ignore[no-untyped-def]
     return [alone.run_epoch().val_accuracy for _ in range(config.epochs)]
 
 
-def _resume(trainer: Trainer, resume: Path, read_events: bool = True) -> list[dict]:
-    """Restore ``trainer`` from a run directory; the events logged before its checkpoint.
+def _resume(trainer: Trainer, resume: Path, slots: tuple[str, ...],
+            check: bool = True) -> LogEnds | None:
+    """Restore ``trainer`` from a run directory; where its logs end at the checkpoint.
 
-    ``read_events=False`` (ranks other than 0, which write nothing) skips the log,
-    which rank 0 is about to rewrite.
+    Everything is checked before anything is changed: the checkpoint, then the
+    logs against it (:func:`~esper.tolaria.runlog.check_logs`). ``check=False``
+    (ranks other than 0, which write nothing) skips the logs and returns ``None``.
+
+    Raises:
+        CheckpointError: the checkpoint cannot be resumed from.
+        RunLogError: a log is shorter than the checkpoint or garbled within it.
     """
     run_dir = resume.parent if resume.name == CHECKPOINT_DIR else resume
+    if run_dir.is_dir() and not (run_dir / CHECKPOINT_DIR).exists():
+        raise CheckpointError(f"{run_dir}: no checkpoint: the run stopped before its first save "
+                              "completed, so there is nothing to resume; start it again "
+                              "(--overwrite)")
     checkpoint = load_checkpoint(run_dir / CHECKPOINT_DIR)
     if checkpoint.optimizer is None:
         raise ValueError(f"{run_dir}: the checkpoint has no optimizer state to resume from")
+    progress = check_progress(checkpoint.trainer_state, f"{run_dir / CHECKPOINT_DIR}: trainer")
+    ends = (check_logs(run_dir, slots, progress["events_written"], progress["epoch"])
+            if check else None)
     trainer.restore(checkpoint.model, checkpoint.optimizer, checkpoint.trainer_state)
-    events = run_dir / EVENTS_FILE
-    lines = events.read_text(encoding="utf-8").splitlines() \
-        if read_events and events.exists() else []
-    return [json.loads(line) for line in lines[: trainer.events_written]]
+    return ends
 
 
 def grow(config: GrowConfig, resume: Path | None = None,
@@ -138,15 +149,13 @@ def _grow(config: GrowConfig, resume: Path | None, console: Console | None,
 
     trainer = make_trainer(config, data, sink, replicas)
     with _run_dir(out, resume, overwrite, replicas):
-        earlier = _resume(trainer, resume, read_events=main) if resume is not None else []
-        baseline = _baseline(config, data, replicas) if config.baseline else None
         slots = config.slots if config.max_seeds else ()
-        with (RunWriter(out, slots=slots) if main else NullWriter()) as writer, progress, \
-                closing(trainer):
-            for record in earlier:
-                writer.event(record)
-            for epoch_record in trainer.records:
-                writer.epoch(epoch_record)
+        ends = _resume(trainer, resume, slots, check=main) if resume is not None else None
+        baseline = _baseline(config, data, replicas) if config.baseline else None
+        if ends is not None:
+            trim_logs(out, ends)  # the epoch after the checkpoint runs again
+        with (RunWriter(out, slots=slots, append=ends is not None) if main else NullWriter()) \
+                as writer, progress, closing(trainer):
             progress.start(config.epochs)
             last = min(config.epochs, config.stop_after or config.epochs)
             while trainer.epoch < last:

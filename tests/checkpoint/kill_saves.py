@@ -13,15 +13,10 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import sys
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
-import safetensors.torch
 import torch
 
 torch.set_num_threads(1)  # forked children must not touch an OpenMP pool
@@ -29,34 +24,12 @@ torch.set_num_threads(1)  # forked children must not touch an OpenMP pool
 from esper.checkpoint import save_checkpoint  # noqa: E402
 from esper.kasmina.host import CNNHost  # noqa: E402
 from esper.kasmina.model import MorphogeneticModel  # noqa: E402
-
-TRACED: list[tuple[Any, str]] = [(os, "fsync"), (os, "rename"), (os, "replace"),
-                                 (tempfile, "mkdtemp"), (shutil, "rmtree"), (os, "unlink"),
-                                 (safetensors.torch, "save_file")]
+from tests.fault_injection import kill_at, trace  # noqa: E402
 
 
 def model(seed: int) -> MorphogeneticModel:
     torch.manual_seed(seed)
     return MorphogeneticModel(CNNHost(base_channels=4), slots=("mid",))
-
-
-def trace(on_step: Callable[[str, tuple[Any, ...]], None]) -> None:
-    """Call ``on_step(name, args)`` before every traced file-system call."""
-    for owner, name in TRACED:
-        original = getattr(owner, name)
-
-        def traced(*args: Any, __original=original, __name=name, **kwargs: Any) -> Any:
-            on_step(__name, args)
-            return __original(*args, **kwargs)
-
-        setattr(owner, name, traced)
-
-
-def half_then_die(args: tuple[Any, ...]) -> None:
-    """Inside the weights write: leave half a file, as a crash mid-write does."""
-    tensors, filename = args[0], args[1]
-    whole = safetensors.torch.save(tensors)
-    Path(filename).write_bytes(whole[: len(whole) // 2])
 
 
 def prepare(root: Path, a: MorphogeneticModel) -> None:
@@ -85,17 +58,7 @@ def main(out: Path) -> None:
         prepare(root, a)
         pid = os.fork()
         if pid == 0:
-            seen = [0]
-
-            def step(name: str, args: tuple[Any, ...], k: int = k, seen: list[int] = seen
-                     ) -> None:
-                seen[0] += 1
-                if seen[0] == k:
-                    if name == "save_file":
-                        half_then_die(args)
-                    os.kill(os.getpid(), signal.SIGKILL)
-
-            trace(step)
+            trace(kill_at(k))
             save_checkpoint(root, model=b, trainer_state={"epoch": 2})
             os._exit(0)
         _, status = os.waitpid(pid, 0)
