@@ -8,6 +8,7 @@ from .errors import AlphaValueError as AlphaValueError
 from .errors import CheckpointError as CheckpointError
 from .errors import CommandSourceError as CommandSourceError
 from .errors import DatasetError as DatasetError
+from .errors import DistributedTimeoutError as DistributedTimeoutError
 from .errors import EsperError as EsperError
 from .errors import FossilizedSeedError as FossilizedSeedError
 from .errors import InputDtypeError as InputDtypeError

@@ -26,6 +26,7 @@ MAX_WIDTH = 1024  # CNN base channels (the last block has 4x) or transformer emb
 MAX_LR = MAX_LEARNING_RATE
 DEFAULT_COMPILE_BACKEND = "inductor"
 TRANSFORMER_HEADS = 4  # the chars host's attention heads: they must divide --width
+MAX_DIST_TIMEOUT = 86_400  # --dist-timeout, seconds: a day
 
 
 def _positive(text: str) -> int:
@@ -77,6 +78,17 @@ def _run_dir(text: str) -> Path:
     return Path(text)
 
 
+def _dist_timeout(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds, got {text!r}") from None
+    if not (math.isfinite(value) and 0.0 < value <= MAX_DIST_TIMEOUT):
+        raise argparse.ArgumentTypeError(
+            f"must be a number of seconds in (0, {MAX_DIST_TIMEOUT}], got {text}")
+    return value
+
+
 def _compile_backend(text: str) -> str:
     if text == DEFAULT_COMPILE_BACKEND:  # no need to import torch to accept the default
         return text
@@ -103,7 +115,7 @@ def _grow(args: argparse.Namespace) -> int:
         data_dir=args.data_dir, batch_size=args.batch_size, lr=args.lr, limit=args.limit,
         quiet=args.quiet, width=args.width, stop_after=args.stop_after,
         compile_backend=args.compile_backend, commands=args.commands)
-    grow(config, resume=args.resume, overwrite=args.overwrite)
+    grow(config, resume=args.resume, overwrite=args.overwrite, dist_timeout=args.dist_timeout)
     return 0
 
 
@@ -170,6 +182,10 @@ def _add_grow(commands: argparse._SubParsersAction) -> None:
                       help="JSON-lines file or FIFO of signed lifecycle commands, applied at "
                            "epoch boundaries (with --controller external; the HMAC key comes "
                            "from the environment variable ESPER_COMMAND_KEY)")
+    grow.add_argument("--dist-timeout", type=_dist_timeout, default=120.0, metavar="SECONDS",
+                      help="under torchrun: how long a rank waits for the others in a "
+                           "collective; a silent rank then stops the run with an error naming "
+                           "it (the last epoch's checkpoint stays intact)")
     grow.add_argument("--quiet", action="store_true", help="plain log lines, no live display")
     grow.set_defaults(run=_grow)
 

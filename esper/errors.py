@@ -147,6 +147,28 @@ class RunDirectoryLockedError(EsperError, OSError):
     pid: int | None = None
 
 
+class DistributedTimeoutError(EsperError, TimeoutError):
+    """Under ``torchrun``, a collective waited longer than ``--dist-timeout`` for other ranks.
+
+    ``rank`` is the rank that raised; ``silent`` the ranks that did not answer
+    (stalled, hung or dead), ``None`` when that could not be found out. Also a
+    ``TimeoutError`` (an ``OSError``); the run stops, its last checkpoint intact.
+    """
+
+    def __init__(self, message: str, *, rank: int, silent: tuple[int, ...] | None,
+                 seconds: float) -> None:
+        super().__init__(message)
+        self.rank, self.silent, self.seconds = rank, silent, seconds
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]  # keyword-only arguments
+        return (_distributed_timeout, (str(self), self.rank, self.silent, self.seconds))
+
+
+def _distributed_timeout(message: str, rank: int, silent: tuple[int, ...] | None,
+                         seconds: float) -> DistributedTimeoutError:
+    return DistributedTimeoutError(message, rank=rank, silent=silent, seconds=seconds)
+
+
 class MalformedCommandError(EsperError, ValueError):
     """A signed-command line that does not parse into a valid command."""
 
@@ -166,6 +188,7 @@ __all__ = [
     "CheckpointError",
     "CommandSourceError",
     "DatasetError",
+    "DistributedTimeoutError",
     "EsperError",
     "FossilizedSeedError",
     "InputDtypeError",

@@ -51,7 +51,8 @@ def load_checkpoint(directory: str | os.PathLike[str], *,
 
     Never unpickles: tensors come from safetensors, everything else from JSON.
     The caller's RNG state is left as it was. Telemetry callbacks are not
-    saved; attach them to the returned model's slots.
+    saved; attach them to the returned model's slots. A model saved in
+    bfloat16, float16 or float64 (``model.to(dtype)``) comes back in that dtype.
 
     Arguments:
         directory: a checkpoint root as :func:`save_checkpoint` wrote it (its
@@ -152,6 +153,8 @@ def _copy_weights(model: MorphogeneticModel, tensors: dict[str, Tensor], tied: d
         raise CheckpointError(f"{path}: holds tensors {extra} that are not in the model")
     keys = {name: MODEL_PREFIX + name for name in targets}
     sources = {name: tensors[tied.get(key, key)] for name, key in keys.items()}
+    _follow_dtypes(model, targets, sources)
+    targets = model_tensors(model)
     for name, target in targets.items():
         source = sources[name]
         if source.shape != target.shape or source.dtype != target.dtype:
@@ -162,6 +165,36 @@ def _copy_weights(model: MorphogeneticModel, tensors: dict[str, Tensor], tied: d
     with torch.no_grad():
         for name, target in targets.items():
             target.copy_(sources[name])  # into the fresh tensors: their memory format stays
+
+
+def _follow_dtypes(model: MorphogeneticModel, targets: dict[str, Tensor],
+                   sources: dict[str, Tensor]) -> None:
+    """Give the freshly built model the dtype of the stored floating-point tensors.
+
+    The model is built in float32; a model saved after ``.to(torch.bfloat16)``
+    (or float16, float64) stores every floating-point tensor in that dtype.
+    When the stored ones share one dtype, each floating-point parameter or
+    buffer of the same shape takes it, as ``.to`` would have done (a
+    parameter's ``.data`` is replaced, so tied parameters stay one object; the
+    memory format is kept). Mixed dtypes, integer tensors and shape mismatches
+    are left as they are, for the caller to refuse.
+    """
+    stored = {t.dtype for t in sources.values() if t.is_floating_point()}
+    if len(stored) != 1:
+        return
+    for name, target in targets.items():
+        source = sources[name]
+        if (source.dtype == target.dtype or source.shape != target.shape
+                or not (source.is_floating_point() and target.is_floating_point())):
+            continue
+        owner_name, _, attr = name.rpartition(".")
+        owner = model.get_submodule(owner_name)
+        param = owner._parameters.get(attr)
+        if param is not None:
+            if param.dtype != source.dtype:  # a tied parameter may be converted already
+                param.data = param.data.to(source.dtype)
+        elif owner._buffers.get(attr) is not None:
+            owner._buffers[attr] = owner._buffers[attr].to(source.dtype)
 
 
 def _optimizer(spec: dict[str, Any] | None, model: MorphogeneticModel,

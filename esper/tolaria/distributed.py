@@ -26,6 +26,18 @@ the group is ``cpu:gloo,cuda:nccl``, so CUDA tensors go through NCCL):
 ``RANK``, ``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``) and yields ``None``
 when there is no such environment or ``WORLD_SIZE`` is 1: a plain
 ``esper grow`` creates no process group and pays nothing.
+
+A rank that stops answering (stalled, hung, dead without closing its
+connections) makes the others wait in their next collective for the group's
+timeout (``esper grow --dist-timeout``, :data:`DEFAULT_TIMEOUT`), after which
+gloo raises a ``RuntimeError`` ("Timed out waiting ...ms for recv operation").
+:func:`session` turns it into a :class:`~esper.errors.DistributedTimeoutError`
+naming the silent ranks: each rank that times out says so in the group's
+key-value store (served by torchrun's agent, so it outlives any rank) and
+waits a moment (:data:`REPORT_GRACE_SECONDS`, at most the timeout) for the
+others' reports; the ranks that sent none are the silent ones.
+(``dist.monitored_barrier`` names them too, but only on rank 0 and only if
+every live rank enters it: a rank blocked in the step's all-reduce never does.)
 """
 
 from __future__ import annotations
@@ -34,6 +46,7 @@ import dataclasses
 import functools
 import hashlib
 import os
+import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -45,9 +58,15 @@ import torch.distributed._functional_collectives as fcol
 from torch import Tensor, nn
 
 from ..data import TaskData, shard
+from ..errors import DistributedTimeoutError
 
 INT64_MAX = torch.iinfo(torch.int64).max
-DEFAULT_TIMEOUT = timedelta(minutes=10)
+# How long a collective waits for the other ranks (esper grow --dist-timeout): long enough
+# for a rank-0 checkpoint save or a recompilation on CPU, short enough not to idle for long.
+DEFAULT_TIMEOUT = timedelta(minutes=2)
+# How long a rank that timed out waits for the others' reports before naming the silent ones.
+REPORT_GRACE_SECONDS = 5.0
+_TIMED_OUT_KEY = "esper/timed-out/"
 
 
 class DistributedSetupError(ValueError):
@@ -82,12 +101,17 @@ class Replicas:
         world_size: the number of ranks (:func:`session` makes none for one process).
         group: the process group every collective runs in.
         backend: the group's backend (``"gloo"`` or ``"cpu:gloo,cuda:nccl"``).
+        timeout: how long a collective waits for the other ranks.
+        store: the group's key-value store, where a rank that timed out says so
+            (``None``: the silent ranks cannot be named).
     """
 
     rank: int
     world_size: int
     group: dist.ProcessGroup
     backend: str
+    timeout: timedelta = DEFAULT_TIMEOUT
+    store: dist.Store | None = None
 
     @property
     def is_main(self) -> bool:
@@ -235,6 +259,81 @@ class Replicas:
                                "run the same command with the same seed (launch with torchrun)")
 
 
+    # ------------------------------------------------------------------ failure
+
+    def timed_out(self, error: BaseException,
+                  grace: float = REPORT_GRACE_SECONDS) -> DistributedTimeoutError:
+        """The error for a collective of this rank that timed out (``error``, from gloo).
+
+        Says in the store that this rank timed out, then waits up to ``grace``
+        seconds (never more than the timeout) for every other rank's report:
+        the ranks that sent none are named silent. Ranks that did report timed
+        out as well, waiting for someone else.
+        """
+        seconds = self.timeout.total_seconds()
+        silent = self._silent_ranks(min(grace, seconds))
+        waited = f"{seconds:g} s (--dist-timeout)"
+        if silent is None:
+            who = (f"rank {self.rank} waited {waited} for the other ranks in a collective; "
+                   "which of them stopped answering could not be found out")
+        elif silent:
+            names = ", ".join(map(str, silent))
+            rank_s = "rank" if len(silent) == 1 else "ranks"
+            verb = "is" if len(silent) == 1 else "are"
+            who = (f"rank {self.rank} waited {waited} for {rank_s} {names}, which {verb} silent "
+                   f"(stalled, hung or dead): no answer in a collective and no report of a "
+                   f"timeout of {'its' if len(silent) == 1 else 'their'} own")
+        else:
+            who = (f"rank {self.rank} waited {waited} in a collective, and every other rank "
+                   "timed out too: the ranks are waiting in different collectives (a "
+                   "rank took another path) or the network between them failed")
+        first = (_timeouts(error) or [error])[-1]  # gloo's "Timed out waiting ...ms"
+        return DistributedTimeoutError(f"{who} [{' '.join(str(first).split())[:300]}]",
+                                       rank=self.rank, silent=silent, seconds=seconds)
+
+    def _silent_ranks(self, grace: float) -> tuple[int, ...] | None:
+        if self.store is None:
+            return None
+        others = [r for r in range(self.world_size) if r != self.rank]
+        try:
+            self.store.set(f"{_TIMED_OUT_KEY}{self.rank}", b"1")
+            deadline = time.monotonic() + grace
+            while True:
+                silent = tuple(r for r in others if not self.store.check([f"{_TIMED_OUT_KEY}{r}"]))
+                if not silent or time.monotonic() >= deadline:
+                    return silent
+                time.sleep(0.05)
+        except (RuntimeError, OSError):  # the store itself is gone: nobody can be named
+            return None
+
+
+def is_timeout(error: BaseException) -> bool:
+    """Whether ``error`` is, or was raised while handling, a collective that timed out.
+
+    gloo raises a ``RuntimeError`` (``DistBackendError`` is one) whose message
+    says "Timed out waiting ...ms for recv|send operation to complete"; it then
+    closes the connections, so a later collective raises at once with
+    "Application timeout caused pair closure" (the trainer re-runs a compiled
+    step that raised eagerly: that is the error which reaches the top, the
+    timeout as its ``__context__``).
+    """
+    return bool(_timeouts(error))
+
+
+def _timeouts(error: BaseException) -> list[BaseException]:
+    """The timeout errors in ``error``'s chain (itself, its cause or context, theirs...)."""
+    found: list[BaseException] = []
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        text = str(current).lower()
+        if isinstance(current, RuntimeError) and ("timed out" in text or "timeout" in text):
+            found.append(current)
+        current = current.__cause__ or current.__context__
+    return found
+
+
 # --------------------------------------------------------------------------- set-up
 
 
@@ -305,6 +404,8 @@ def session(env: Mapping[str, str] | None = None,
     Raises:
         DistributedSetupError: missing or malformed variables, a rank out of
             range, or a backend this torch lacks.
+        DistributedTimeoutError: a collective in the block timed out; names
+            the silent ranks (see :meth:`Replicas.timed_out`).
     """
     env = os.environ if env is None else env
     world_size = world_size_from(env)
@@ -331,8 +432,22 @@ def session(env: Mapping[str, str] | None = None,
                                     f"{world_size}")
     group = dist.group.WORLD
     assert group is not None
+    replicas = Replicas(rank, world_size, group, str(dist.get_backend(group)),
+                        timeout=timeout, store=_default_store())
     try:
-        yield Replicas(rank, world_size, group, str(dist.get_backend(group)))
+        yield replicas
+    except RuntimeError as error:
+        if not is_timeout(error):
+            raise
+        raise replicas.timed_out(error) from error
     finally:
         if created:
             dist.destroy_process_group()
+
+
+def _default_store() -> dist.Store | None:
+    """The default group's key-value store (a private torch API: ``None`` if it moved)."""
+    try:
+        return dist.distributed_c10d._get_default_store()
+    except (AttributeError, RuntimeError, ValueError):
+        return None

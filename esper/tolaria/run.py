@@ -7,18 +7,19 @@ import time
 from collections.abc import Iterator
 from contextlib import ExitStack, closing, contextmanager
 from dataclasses import replace
+from datetime import timedelta
 from pathlib import Path
 
 from rich.console import Console
 
 from ..checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from ..data import load_task
-from ..errors import RunDirectoryExistsError, RunDirectoryLockedError
+from ..errors import DistributedTimeoutError, RunDirectoryExistsError, RunDirectoryLockedError
 from ..leyline import EventType
 from .config import GrowConfig
 from .data_parallel import NullWriter, dump_replica, make_trainer
 from .display import Progress, print_summary
-from .distributed import Replicas, session
+from .distributed import DEFAULT_TIMEOUT, Replicas, session
 from .progress import check_progress
 from .records import RunSummary
 from .report import EVENTS_FILE, GROWTH_FILE, METRICS_FILE, SUMMARY_FILE, RunWriter
@@ -69,7 +70,8 @@ def _resume(trainer: Trainer, resume: Path, slots: tuple[str, ...],
 
 
 def grow(config: GrowConfig, resume: Path | None = None,
-         console: Console | None = None, overwrite: bool = False) -> RunSummary:
+         console: Console | None = None, overwrite: bool = False,
+         dist_timeout: float = DEFAULT_TIMEOUT.total_seconds()) -> RunSummary:
     """Run ``esper grow`` and return its summary; files go to ``config.out``.
 
     Arguments:
@@ -78,6 +80,8 @@ def grow(config: GrowConfig, resume: Path | None = None,
         console: where the live display goes (stdout by default).
         overwrite: replace the run already in ``config.out`` (its files listed
             in :data:`RUN_OUTPUTS` are deleted first; other files stay).
+        dist_timeout: under torchrun, seconds a collective waits for the other
+            ranks before the run stops (not part of the run's configuration).
 
     ``config.out`` must be new or empty, the directory ``resume`` continues, or
     ``overwrite`` set; the run holds an exclusive lock on it while it lives
@@ -86,13 +90,24 @@ def grow(config: GrowConfig, resume: Path | None = None,
     Raises:
         RunDirectoryExistsError: ``config.out`` holds a run this one may not replace.
         RunDirectoryLockedError: another live run holds ``config.out`` (its pid is named).
+        DistributedTimeoutError: under torchrun, a rank went silent for
+            ``dist_timeout`` seconds; names it, and the checkpoint to resume from
+            (that of the last completed epoch: saves are crash-consistent).
 
     Under ``torchrun`` (``WORLD_SIZE`` > 1) every rank runs this with the same
     arguments: each trains on its shard (see :mod:`esper.tolaria.data_parallel`)
     and only rank 0 writes ``config.out`` and shows progress.
     """
-    with session() as replicas:
-        return _grow(config, resume, console, replicas, overwrite)
+    try:
+        with session(timeout=timedelta(seconds=dist_timeout)) as replicas:
+            return _grow(config, resume, console, replicas, overwrite)
+    except DistributedTimeoutError as error:
+        out = Path(config.out)
+        saved = (f"the last completed epoch's checkpoint is intact in {out / CHECKPOINT_DIR}: "
+                 f"continue with --resume {out}" if (out / CHECKPOINT_DIR).exists()
+                 else "no epoch had completed, so there is no checkpoint to resume from")
+        raise DistributedTimeoutError(f"{error}; the run stops, {saved}", rank=error.rank,
+                                      silent=error.silent, seconds=error.seconds) from error
 
 
 @contextmanager

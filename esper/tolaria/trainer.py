@@ -89,7 +89,7 @@ class Trainer:
         self.breakers = breakers.fresh(tuple(self.model.seed_slots), {})
         if self.config.commands is not None:
             self.commands = open_source(self.config.commands, load_key_from_env(),
-                                        frozenset(self.model.seed_slots), self._command_event)
+                                        frozenset(self.model.seed_slots), self._lifecycle_event)
         self.counter = CompileCounter(self.config.compile_backend)
         self._step = build_step(self.config.compile, self.counter)
         self._eager_step = build_step(False)
@@ -103,11 +103,15 @@ class Trainer:
         self.sink(record)
 
     def _lifecycle_event(self, event: TelemetryEvent) -> None:
+        """Log a slot's, breaker's or command's event, stamped with the trainer's epoch.
+
+        A slot stamps its own epoch counter, which moves only when the slots
+        step at the end of an epoch: a seed pruned before that (its breaker
+        tripped, it raised) would carry the previous epoch's number.
+        """
+        event = dataclasses.replace(event, epoch=self.epoch)
         self.tally[event.type.value] = self.tally.get(event.type.value, 0) + 1
         self._emit({"kind": "lifecycle", **event.to_dict()})
-
-    def _command_event(self, event: TelemetryEvent) -> None:
-        self._lifecycle_event(dataclasses.replace(event, epoch=self.epoch))
 
     def _decision_event(self, decision: Decision, outcome: str) -> None:
         self._emit({"kind": "decision", "epoch": self.epoch, **decision.to_dict(),
@@ -319,7 +323,7 @@ class Trainer:
         """
         mismatch = seed_mismatch(decision, self.model.seed_slots[decision.slot].state)
         if mismatch is not None:
-            self._command_event(rejection_event("seed_mismatch", mismatch, slot=decision.slot,
+            self._lifecycle_event(rejection_event("seed_mismatch", mismatch, slot=decision.slot,
                                                 seed_id=decision.seed_id))
             return
         try:

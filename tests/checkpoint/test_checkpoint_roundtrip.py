@@ -16,6 +16,7 @@ import esper
 from esper.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from esper.checkpoint.layout import current
 from esper.leyline import SeedStage
+from esper.tolaria.optim import OptimizerState, SGDConfig
 
 BUILDERS = {"cnn": grown_cnn, "transformer": grown_transformer}
 
@@ -140,3 +141,35 @@ def test_checkpoint_from_before_holding_validation_loads(saved: Path) -> None:
     assert loaded.model.slot_states() == expected
     assert all(s.gates.min_holding_epochs == 1 and s.metrics.holding_contribution is None
                for s in loaded.model.slot_states().values())
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float64])
+@pytest.mark.parametrize("kind", list(BUILDERS))
+def test_a_model_in_another_float_dtype_round_trips_bit_identically(
+        tmp_path: Path, kind: str, dtype: torch.dtype) -> None:
+    model, _, x = BUILDERS[kind]()
+    model = model.to(dtype)
+    optimizer = OptimizerState(SGDConfig(lr=0.1, seed_lr=0.01)).synced(model)
+    for buffer in optimizer.momenta.values():
+        buffer.normal_()
+    loaded = load_checkpoint(save_checkpoint(tmp_path / "ckpt", model=model,
+                                             optimizer=optimizer))
+    saved, restored = model.state_dict(), loaded.model.state_dict()
+    assert restored.keys() == saved.keys()
+    floats = 0
+    for key, value in saved.items():
+        if isinstance(value, torch.Tensor):
+            assert restored[key].dtype == value.dtype, key
+            assert torch.equal(restored[key].reshape(-1).view(torch.uint8),
+                               value.reshape(-1).view(torch.uint8)), key
+            floats += value.dtype == dtype
+    assert floats > 10
+    assert {p.dtype for p in loaded.model.parameters()} == {dtype}
+    assert loaded.optimizer is not None
+    for name, buffer in optimizer.momenta.items():
+        stored = loaded.optimizer.momenta[name]
+        assert stored.dtype == dtype and torch.equal(stored, buffer), name
+    model.eval()
+    loaded.model.eval()
+    x = x if kind == "transformer" else x.to(dtype)
+    assert torch.equal(loaded.model(x), model(x))

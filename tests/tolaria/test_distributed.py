@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ import torch
 from esper.checkpoint import load_checkpoint
 from esper.checkpoint.load import Checkpoint
 from esper.data import load_task
+from esper.errors import DistributedTimeoutError
 from esper.kasmina import SlotState, germinate, prune, step
 from esper.kasmina.commands import LifecycleCommand, sign
 from esper.leyline import SeedStage, SlotTelemetry, TaskConfig
@@ -30,7 +32,13 @@ from esper.tamiyo import Decision
 from esper.tolaria.config import GrowConfig
 from esper.tolaria.consensus import Proposal, agree, describe
 from esper.tolaria.data_parallel import REPLICA_DUMP_ENV, make_trainer
-from esper.tolaria.distributed import DistributedSetupError, Replicas, backend_for, session
+from esper.tolaria.distributed import (
+    DistributedSetupError,
+    Replicas,
+    backend_for,
+    is_timeout,
+    session,
+)
 from esper.tolaria.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -305,3 +313,89 @@ def test_an_incomplete_torchrun_environment_is_a_clear_error(env, message):
 
 def test_the_cpu_backend_is_gloo():
     assert backend_for(cuda=False) == "gloo"
+
+
+# --------------------------------------------------------------------------- a silent rank
+
+
+STALLING_WORKER = Path(__file__).with_name("stalling_worker.py")
+DIST_TIMEOUT = 3.0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("silent, compiled", [(1, False), (0, True)])
+def test_a_stalled_rank_stops_the_run_within_the_timeout_naming_it(tmp_path, silent, compiled):
+    """Issue 11, defect 7: a stopped rank left the other waiting 633.6 s before a raw gloo
+    error. Now the live rank raises DistributedTimeoutError after --dist-timeout (plus a
+    short wait for the others' reports) naming the silent rank; the checkpoint of the last
+    completed epoch loads. Compiled, the step's all-reduce times out inside the graph and
+    its eager re-run fails at once on the closed connection: the same error."""
+    out, mark = tmp_path / "run", tmp_path / "stalled-at"
+    live = 1 - silent
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               "--nproc_per_node", "2", str(STALLING_WORKER), "grow", "--epochs", "4",
+               "--limit", "64", "--max-seeds", "0", "--quiet",
+               *(["--compile-backend", "aot_eager"] if compiled else ["--no-compile"]),
+               "--dist-timeout", str(DIST_TIMEOUT), "--out", str(out)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT),
+           "ESPER_TEST_STALL_RANK": str(silent), "ESPER_TEST_STALL_EPOCH": "2",
+           "ESPER_TEST_STALL_MARK": str(mark)}
+    run = subprocess.run(command, cwd=ROOT, text=True, capture_output=True, timeout=TIMEOUT,
+                         env=env, start_new_session=True)
+    ended = time.time()
+    log = run.stdout + run.stderr
+    assert run.returncode != 0, log[-6000:]
+    # The live rank gave up after the timeout and the report grace (min(5, 3) s); torchrun
+    # then ended the stalled one. Before: 10 minutes of waiting.
+    stalled_for = ended - float(mark.read_text())
+    assert DIST_TIMEOUT <= stalled_for < DIST_TIMEOUT + 3.0 + 20.0, (stalled_for, log[-6000:])
+    assert (f"esper: error: rank {live} waited 3 s (--dist-timeout) for rank {silent}, which "
+            "is silent (stalled, hung or dead)") in log, log[-6000:]
+    assert f"continue with --resume {out}" in log
+    assert "Timed out waiting 3000ms" in log  # gloo's own words, kept in brackets
+    assert "RuntimeError" not in log  # no raw gloo traceback from either rank
+    checkpoint = load_checkpoint(out / "checkpoint")
+    assert checkpoint.trainer_state["epoch"] == 1  # epoch 2 never completed
+    assert checkpoint.optimizer is not None
+
+
+def test_a_timed_out_rank_names_the_ranks_that_reported_no_timeout():
+    store = torch.distributed.HashStore()
+    replicas = [Replicas(r, 4, None, "gloo", timeout=timedelta(seconds=7),  # type: ignore
+                         store=store) for r in range(4)]
+    store.set("esper/timed-out/2", b"1")  # rank 2 timed out as well: it is not silent
+    started = time.monotonic()
+    error = replicas[0].timed_out(RuntimeError("[gloo] Timed out waiting 7000ms for recv"),
+                                  grace=0.3)
+    assert 0.3 <= time.monotonic() - started < 5.0
+    assert isinstance(error, DistributedTimeoutError) and isinstance(error, TimeoutError)
+    assert (error.rank, error.silent, error.seconds) == (0, (1, 3), 7.0)
+    assert str(error).startswith("rank 0 waited 7 s (--dist-timeout) for ranks 1, 3, which "
+                                 "are silent")
+    assert str(error).endswith("[[gloo] Timed out waiting 7000ms for recv]")
+    store.set("esper/timed-out/1", b"1")
+    store.set("esper/timed-out/3", b"1")
+    everyone = replicas[2].timed_out(RuntimeError("Timed out"), grace=0.0)
+    assert everyone.silent == () and "every other rank timed out too" in str(everyone)
+    unknown = Replicas(1, 2, None, "gloo").timed_out(RuntimeError("Timed out"))  # type: ignore
+    assert unknown.silent is None and "could not be found out" in str(unknown)
+    assert is_timeout(RuntimeError("[x.cc:78] Timed out waiting 3000ms for recv operation"))
+    assert not is_timeout(RuntimeError("Connection closed by peer"))
+    assert not is_timeout(ValueError("timed out"))
+    try:  # a compiled step that timed out is re-run eagerly, which fails at once
+        try:
+            raise RuntimeError("Timed out waiting 3000ms for recv operation to complete")
+        except RuntimeError:
+            raise RuntimeError("Application timeout caused pair closure") from None
+    except RuntimeError as closure:
+        assert is_timeout(closure)
+        error = Replicas(1, 2, None, "gloo").timed_out(closure)  # type: ignore[arg-type]
+        assert str(error).endswith("[Timed out waiting 3000ms for recv operation to complete]")
+
+
+def test_the_cli_default_dist_timeout_is_the_library_default():
+    from esper.cli import build_parser
+    from esper.tolaria.distributed import DEFAULT_TIMEOUT
+
+    args = build_parser().parse_args(["grow"])
+    assert args.dist_timeout == DEFAULT_TIMEOUT.total_seconds() == 120.0
