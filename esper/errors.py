@@ -141,6 +141,12 @@ class RunDirectoryLockedError(EsperError, OSError):
     pid: int | None = None
 
 
+class ResumeConflictError(EsperError, ValueError):
+    """``esper grow --resume DIR`` given a setting that differs from the run's own (its
+    checkpoint keeps its configuration), or an ``--out`` other than ``DIR``; the message
+    names each option and both values. Nothing was written."""
+
+
 class MalformedCommandError(EsperError, ValueError):
     """A signed-command line that does not parse into a valid command."""
 
@@ -167,6 +173,7 @@ __all__ = [
     "InvalidTransitionError",
     "MalformedCommandError",
     "NoLiveSeedError",
+    "ResumeConflictError",
     "RunDirectoryExistsError",
     "RunDirectoryLockedError",
     "SeedRaisedError",
