@@ -30,7 +30,7 @@ The lifecycle follows the contract's defaults (esper.leyline.constants);
 every departure under "contract_departures"."""
 
 # Bounds of the numeric options, checked when the arguments are parsed.
-MAX_SEED = 2**32 - 1  # every generator the run seeds accepts it
+MAX_SEED = C.MAX_RUN_SEED
 MAX_WIDTH = 1024  # CNN base channels (the last block has 4x) or transformer embedding
 MAX_LR = MAX_LEARNING_RATE
 DEFAULT_COMPILE_BACKEND = C.DEFAULT_COMPILE_BACKEND

@@ -45,6 +45,7 @@ DEFAULT_RUN_MAX_SEEDS: Final = 2
 DEFAULT_RUN_LR: Final = 0.05
 DEFAULT_RUN_BATCH_SIZE: Final = 64
 DEFAULT_RUN_SEED: Final = 0
+MAX_RUN_SEED: Final = 2**32 - 1  # every generator a run seeds accepts it
 DEFAULT_RUN_TASK: Final = "digits"
 DEFAULT_RUN_SLOTS: Final = ("early", "mid", "late")
 DEFAULT_RUN_DIR: Final = "runs/grow"

@@ -24,11 +24,11 @@ from typing import Any
 from ..errors import CheckpointError
 from ..kasmina.safety import BreakerConfig
 from ..leyline import QualityGates
-from ..leyline.constants import MAX_LEARNING_RATE
+from ..leyline.constants import MAX_LEARNING_RATE, MAX_RUN_SEED
 from ..tamiyo import ControllerConfig
 from .config import GrowConfig
 
-MAX_SEED = 2**32 - 1  # the largest --seed
+MAX_SEED = MAX_RUN_SEED  # the largest --seed
 # Settings of one invocation, never recorded.
 NOT_RECORDED = frozenset({"out", "quiet", "stop_after"})
 # What a resumed run may set differently: its length (--epochs extends it, never below the
