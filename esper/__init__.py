@@ -16,6 +16,7 @@ from .errors import InputShapeError as InputShapeError
 from .errors import InvalidTransitionError as InvalidTransitionError
 from .errors import MalformedCommandError as MalformedCommandError
 from .errors import NoLiveSeedError as NoLiveSeedError
+from .errors import ResumeConflictError as ResumeConflictError
 from .errors import RunDirectoryExistsError as RunDirectoryExistsError
 from .errors import RunDirectoryLockedError as RunDirectoryLockedError
 from .errors import RunLogError as RunLogError

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from . import __version__
+from .leyline import constants as C
 from .leyline.constants import MAX_LEARNING_RATE
 from .tolaria.rundir import LOCK_FILE
 
@@ -18,13 +19,21 @@ the host, blend in, and are fossilized or pruned by a heuristic controller.
 Writes events.jsonl, metrics.csv, growth.png, summary.json and a checkpoint to
 --out, which must be new or empty unless --resume continues the run in it or
 --overwrite replaces it; a run locks its directory while it lives, so a second
-run on it fails at once, naming the first one's pid."""
+run on it fails at once, naming the first one's pid.
+
+--resume DIR continues the run in DIR with the configuration its checkpoint
+keeps: an option given again must match the run's, except --epochs (to extend
+the run), --no-compile, --compile-backend, --data-dir, --stop-after and --quiet.
+
+The lifecycle follows the contract's defaults (esper.leyline.constants);
+--blending-steps and --embargo-epochs depart from it, and summary.json lists
+every departure under "contract_departures"."""
 
 # Bounds of the numeric options, checked when the arguments are parsed.
-MAX_SEED = 2**32 - 1  # every generator the run seeds accepts it
+MAX_SEED = C.MAX_RUN_SEED
 MAX_WIDTH = 1024  # CNN base channels (the last block has 4x) or transformer embedding
 MAX_LR = MAX_LEARNING_RATE
-DEFAULT_COMPILE_BACKEND = "inductor"
+DEFAULT_COMPILE_BACKEND = C.DEFAULT_COMPILE_BACKEND
 TRANSFORMER_HEADS = 4  # the chars host's attention heads: they must divide --width
 MAX_DIST_TIMEOUT = 86_400  # --dist-timeout, seconds: a day
 
@@ -101,20 +110,64 @@ def _compile_backend(text: str) -> str:
     return text
 
 
-def _grow(args: argparse.Namespace) -> int:
-    from .tolaria.config import GrowConfig
-    from .tolaria.run import grow
+def _given(base: type[argparse.Action]) -> type[argparse.Action]:
+    """``base``, also recording its destination in ``namespace.given`` when the option is
+    given (whatever its value: ``--lr 0.05`` is given even if 0.05 is the default)."""
 
-    if (args.controller == "external") != (args.commands is not None):
+    class Given(base):  # type: ignore[valid-type,misc]
+        def __call__(self, parser, namespace, values, option_string=None):  # type: ignore[no-untyped-def]
+            super().__call__(parser, namespace, values, option_string)
+            namespace.given = frozenset({*getattr(namespace, "given", ()), self.dest})
+
+    return Given
+
+
+# CLI destination -> (GrowConfig field, the field's value from the option's).
+_FIELDS = {
+    "task": ("task", None), "epochs": ("epochs", None), "slots": ("slots", tuple),
+    "max_seeds": ("max_seeds", None),
+    "blueprints": ("blueprints", lambda v: tuple(v) if v else None), "seed": ("seed", None),
+    "baseline": ("baseline", None), "no_compile": ("compile", lambda v: not v),
+    "compile_backend": ("compile_backend", None), "data_dir": ("data_dir", None),
+    "batch_size": ("batch_size", None), "lr": ("lr", None), "width": ("width", None),
+    "limit": ("limit", None), "stop_after": ("stop_after", None), "quiet": ("quiet", None),
+    "commands": ("commands", None), "blending_steps": ("blending_steps", None),
+    "embargo_epochs": ("embargo_epochs", None), "blend": ("blend_algorithm", None)}
+
+
+def _settings(args: argparse.Namespace, only: frozenset[str] | None = None) -> dict:
+    """GrowConfig keyword arguments from the options (``only`` those given, if named)."""
+    settings = {}
+    for dest, (name, convert) in _FIELDS.items():
+        if only is None or dest in only:
+            value = getattr(args, dest)
+            settings[name] = convert(value) if convert is not None else value
+    return settings
+
+
+def _grow(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from .tolaria.config import GrowConfig
+    from .tolaria.run import grow, resumed_config, run_directory
+
+    given: frozenset[str] = getattr(args, "given", frozenset())
+    if ({"controller", "commands"} & given or args.resume is None) and \
+            (args.controller == "external") != (args.commands is not None):
         raise ValueError("--controller external and --commands PATH go together: external "
                          "commands are read from PATH (signed with ESPER_COMMAND_KEY)")
-    config = GrowConfig(
-        task=args.task, epochs=args.epochs, slots=tuple(args.slots), max_seeds=args.max_seeds,
-        blueprints=tuple(args.blueprints) if args.blueprints else None, seed=args.seed,
-        out=args.out, baseline=args.baseline, compile=not args.no_compile,
-        data_dir=args.data_dir, batch_size=args.batch_size, lr=args.lr, limit=args.limit,
-        quiet=args.quiet, width=args.width, stop_after=args.stop_after,
-        compile_backend=args.compile_backend, commands=args.commands)
+    out = getattr(args, "out", None)
+    if args.resume is None:
+        config = GrowConfig(**_settings(args), out=out or Path(C.DEFAULT_RUN_DIR))
+    else:
+        run_dir = run_directory(args.resume)
+        stored = resumed_config(args.resume)
+        if stored is None:  # a checkpoint that predates kept configurations: as given
+            stored = GrowConfig(**_settings(args))
+        chosen = _settings(args, given)
+        if "controller" in given:  # --controller heuristic says: no commands
+            chosen["commands"] = args.commands
+        config = replace(stored, **chosen, out=out or run_dir)
     grow(config, resume=args.resume, overwrite=args.overwrite, dist_timeout=args.dist_timeout)
     return 0
 
@@ -130,26 +183,33 @@ def _add_grow(commands: argparse._SubParsersAction) -> None:
     grow = commands.add_parser("grow", help="grow a network on a task (the main job)",
                                description=GROW_HELP,
                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    grow.add_argument("--task", choices=("digits", "cifar10", "chars"), default="digits",
+    grow.register("action", None, _given(argparse._StoreAction))
+    grow.register("action", "store", _given(argparse._StoreAction))
+    grow.register("action", "store_true", _given(argparse._StoreTrueAction))
+    grow.add_argument("--task", choices=("digits", "cifar10", "chars"), default=C.DEFAULT_RUN_TASK,
                       help="digits: scikit-learn's bundled 8x8 digits on a CNN; cifar10: the "
                            "python-pickle batches in --data-dir on a CNN; chars: a character "
                            "language model over the Python standard library's source")
-    grow.add_argument("--epochs", type=_positive, default=30, help="epochs to train")
-    grow.add_argument("--slots", nargs="+", default=["early", "mid", "late"],
+    grow.add_argument("--epochs", type=_positive, default=C.DEFAULT_RUN_EPOCHS,
+                      help="epochs to train (with --resume: extends the run)")
+    grow.add_argument("--slots", nargs="+", default=list(C.DEFAULT_RUN_SLOTS),
                       help="injection points that get a seed slot")
-    grow.add_argument("--max-seeds", type=_non_negative, default=1,
+    grow.add_argument("--max-seeds", type=_non_negative, default=C.DEFAULT_RUN_MAX_SEEDS,
                       help="most seeds alive at once across all slots (0: the host alone)")
     grow.add_argument("--blueprints", nargs="+", default=None,
                       help="blueprints the controller plants, in turn (default: a set per "
                            "topology)")
-    grow.add_argument("--seed", type=_seed, default=0,
+    grow.add_argument("--seed", type=_seed, default=C.DEFAULT_RUN_SEED,
                       help=f"random seed in [0, {MAX_SEED}]; a run is deterministic")
-    grow.add_argument("--out", type=_run_dir, default=Path("runs/grow"),
-                      help="run directory: new or empty, unless --resume or --overwrite; "
-                           f"locked (file {LOCK_FILE}, holding the pid) while the run lives")
+    grow.add_argument("--out", type=_run_dir, default=argparse.SUPPRESS,
+                      help=f"run directory (default: {C.DEFAULT_RUN_DIR}; with --resume, the "
+                           "run's own and no other): new or empty, unless --resume or "
+                           f"--overwrite; locked (file {LOCK_FILE}, holding the pid) while the "
+                           "run lives")
     existing = grow.add_mutually_exclusive_group()
     existing.add_argument("--resume", type=Path, default=None,
-                          help="continue the run in this directory from its checkpoint")
+                          help="continue the run in this directory from its checkpoint, with "
+                               "its configuration (a conflicting option is refused)")
     existing.add_argument("--overwrite", action="store_true",
                           help="replace the run already in --out: its events, metrics, "
                                "summary, plot and checkpoint are deleted first (other files "
@@ -164,8 +224,9 @@ def _add_grow(commands: argparse._SubParsersAction) -> None:
                            "torch._dynamo.list_backends() lists them)")
     grow.add_argument("--data-dir", type=Path, default=None,
                       help="directory of the CIFAR-10 python batches (cifar10 only)")
-    grow.add_argument("--batch-size", type=_positive, default=64, help="training batch size")
-    grow.add_argument("--lr", type=_learning_rate, default=0.02,
+    grow.add_argument("--batch-size", type=_positive, default=C.DEFAULT_RUN_BATCH_SIZE,
+                      help="training batch size")
+    grow.add_argument("--lr", type=_learning_rate, default=C.DEFAULT_RUN_LR,
                       help=f"SGD learning rate, in (0, {MAX_LR:g}]")
     grow.add_argument("--width", type=_width, default=None,
                       help=f"host width, at most {MAX_WIDTH}: CNN base channels or transformer "
@@ -175,6 +236,18 @@ def _add_grow(commands: argparse._SubParsersAction) -> None:
     grow.add_argument("--stop-after", type=_positive, default=None,
                       help="stop after this epoch (the run's schedule still spans --epochs); "
                            "continue later with --resume")
+    grow.add_argument("--blend", choices=C.BLEND_ALGORITHMS, default=C.DEFAULT_BLEND_ALGORITHM,
+                      help="alpha ramp of the seeds the controller germinates (a signed "
+                           "command may name its own); another than the contract's "
+                           f"{C.DEFAULT_BLEND_ALGORITHM} is a departure listed in summary.json")
+    grow.add_argument("--blending-steps", type=_positive, default=C.DEFAULT_BLENDING_STEPS,
+                      help="epochs of a seed's alpha ramp; the contract's value is "
+                           f"{C.DEFAULT_BLENDING_STEPS}: another is a departure listed in "
+                           "summary.json")
+    grow.add_argument("--embargo-epochs", type=_non_negative, default=C.DEFAULT_EMBARGO_EPOCHS,
+                      help="epochs a pruned slot rests before it is reset; the contract's "
+                           f"value is {C.DEFAULT_EMBARGO_EPOCHS}: another is a departure listed "
+                           "in summary.json")
     grow.add_argument("--controller", choices=("heuristic", "external"), default="heuristic",
                       help="who decides germinate/fossilize/prune: the built-in heuristic, or "
                            "signed commands from --commands")

@@ -169,6 +169,12 @@ def _distributed_timeout(message: str, rank: int, silent: tuple[int, ...] | None
     return DistributedTimeoutError(message, rank=rank, silent=silent, seconds=seconds)
 
 
+class ResumeConflictError(EsperError, ValueError):
+    """``esper grow --resume DIR`` given a setting that differs from the run's own (its
+    checkpoint keeps its configuration), or an ``--out`` other than ``DIR``; the message
+    names each option and both values. Nothing was written."""
+
+
 class MalformedCommandError(EsperError, ValueError):
     """A signed-command line that does not parse into a valid command."""
 
@@ -196,6 +202,7 @@ __all__ = [
     "InvalidTransitionError",
     "MalformedCommandError",
     "NoLiveSeedError",
+    "ResumeConflictError",
     "RunDirectoryExistsError",
     "RunDirectoryLockedError",
     "RunLogError",

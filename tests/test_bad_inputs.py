@@ -36,6 +36,7 @@ from esper.errors import (
     InputShapeError,
     InvalidTransitionError,
     NoLiveSeedError,
+    ResumeConflictError,
     SeedRaisedError,
     SeedShapeError,
     SlotOccupiedError,
@@ -53,7 +54,9 @@ from esper.kasmina.host import CNNHost, TransformerHost
 from esper.kasmina.model import MorphogeneticModel
 from esper.kasmina.slot import SeedSlot
 from esper.leyline import EventType, SeedStage, SlotTelemetry, TaskConfig
+from esper.tolaria.config import GrowConfig
 from esper.tolaria.progress import check_progress
+from esper.tolaria.run import grow
 from esper.tolaria.rundir import claim_run_dir
 from tests.broken_modules import RaisingFactory, SeedFailure, Widen, registered
 
@@ -553,6 +556,42 @@ def _existing_run_directory(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     assert tree_of(out) == before
 
 
+@case("resume-conflicting-option", "ResumeConflictError", "ValueError", "SystemExit(2)")
+def _resume_conflicting_option(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "run"
+    assert main([*QUICK_RUN, "--epochs", "2", "--lr", "0.1", "--out", str(out)]) == 0
+    capsys.readouterr()
+    before = tree_of(out)
+    for extra, message in ((["--lr", "0.2"], "--lr 0.2 conflicts with the run's --lr 0.1"),
+                           (["--epochs", "1"], "--epochs 1 is fewer than the 2 epochs the run "
+                                               "has done")):
+        with pytest.raises(SystemExit) as info:
+            main(["grow", "--resume", str(out), *extra])
+        assert info.value.code == 2
+        err = capsys.readouterr().err
+        assert f"esper: error: --resume {out}: {message}" in err
+        assert "only --compile-backend, --data-dir, --epochs, --no-compile, --quiet, " \
+               "--stop-after may change" in err
+        assert tree_of(out) == before
+    expect(ResumeConflictError, "--lr 0.2 conflicts with the run's --lr 0.1", lambda: grow(
+        GrowConfig(epochs=2, lr=0.2, limit=16, compile=False, quiet=True, out=out), resume=out))
+    assert tree_of(out) == before
+
+
+@case("resume-other-directory", "ResumeConflictError", "ValueError", "SystemExit(2)")
+def _resume_other_directory(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out, other = tmp_path / "run", tmp_path / "other"
+    assert main([*QUICK_RUN, "--out", str(out)]) == 0
+    capsys.readouterr()
+    before = tree_of(tmp_path)
+    with pytest.raises(SystemExit) as info:
+        main(["grow", "--resume", str(out), "--out", str(other)])
+    assert info.value.code == 2
+    assert (f"--resume {out}: --out {other} conflicts with the run's directory {out}: a resumed "
+            "run continues in its own directory; leave --out out" in capsys.readouterr().err)
+    assert tree_of(tmp_path) == before
+
+
 @case("locked-run-directory", "RunDirectoryLockedError", "OSError", "SystemExit(2)")
 def _locked_run_directory(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "run"
@@ -748,6 +787,12 @@ def _malformed_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> No
     commands = Commands()
     commands.refused('{"command": {"action": "germinate"}}', "malformed")
     commands.refused("not json", "malformed")
+    named = sign(LifecycleCommand("germinate", "mid", "norm", "s1", T0, "n-1", "gated"), KEY)
+    for bad in ('"cubic"', "null"):
+        commands.refused(named.to_json().replace('"gated"', bad), "malformed")
+    prune = sign(LifecycleCommand("prune", "mid", None, "s1", T0, "n-1"), KEY).to_json()
+    commands.refused(prune.replace('"nonce"', '"blend_algorithm_id":"linear","nonce"'),
+                     "malformed")
 
 
 @case("unknown-slot-command", "Verdict", "unknown_slot")

@@ -3,10 +3,13 @@
 A controller outside the training process asks for a lifecycle change by
 sending one JSON line ``{"command": {...}, "signature": "<64 hex digits>"}``.
 The signature is HMAC-SHA256, under a shared key, of the command's canonical
-encoding: the six fields as JSON with sorted keys, separators ``","`` and
+encoding: the six fields of :data:`FIELDS` (and ``blend_algorithm_id`` when
+the command names one) as JSON with sorted keys, separators ``","`` and
 ``":"``, non-ASCII escaped (so the bytes are ASCII, hence UTF-8) and
-``issued_at`` written as a float. The key is at least :data:`MIN_KEY_BYTES`
-(16) bytes: a shorter one raises :class:`~esper.errors.WeakCommandKeyError`.
+``issued_at`` written as a float. A command without ``blend_algorithm_id``
+encodes, and so is signed, exactly as before the field existed. The key is at
+least :data:`MIN_KEY_BYTES` (16) bytes: a shorter one raises
+:class:`~esper.errors.WeakCommandKeyError`.
 
 :class:`CommandVerifier` accepts a line only if it parses, the signature
 matches (compared in constant time), the slot is known, the command is fresh
@@ -40,6 +43,7 @@ from typing import Any, Literal
 
 from ..errors import MalformedCommandError, WeakCommandKeyError
 from ..leyline import EventType, TelemetryEvent
+from ..leyline.constants import BLEND_ALGORITHMS
 from ..tamiyo.decisions import ACTIONS, Action, Decision
 from .slot import TelemetryCallbackWarning
 
@@ -51,6 +55,8 @@ REASONS: tuple[Reason, ...] = ("ok", "bad_signature", "replayed_nonce", "stale",
 RATE_LIMITED = "rate_limited"
 MIN_KEY_BYTES = 16  # a shorter HMAC key can be guessed (a 1-byte key in 256 tries)
 FIELDS: tuple[str, ...] = ("action", "slot", "blueprint_id", "seed_id", "issued_at", "nonce")
+# Fields a command may leave out (then absent from its encoding, so from what is signed).
+OPTIONAL_FIELDS: tuple[str, ...] = ("blend_algorithm_id",)
 MAX_LINE_CHARS = 8192  # a signed command is a few hundred characters
 MAX_NONCE_CHARS = 128
 DEFAULT_MAX_SKEW_S = 5.0  # how far in the future a command may claim to be issued
@@ -77,6 +83,8 @@ class LifecycleCommand:
         seed_id: the seed to create (required for germinate) or concerned.
         issued_at: when it was issued, in seconds since the epoch (stored as a float).
         nonce: a unique string (at most 128 characters); a nonce is accepted once.
+        blend_algorithm_id: the alpha ramp of the seed to germinate (``"linear"``,
+            ``"sigmoid"`` or ``"gated"``; germinate only); ``None``: the run's own.
 
     Raises:
         TypeError: a field has the wrong type.
@@ -90,6 +98,7 @@ class LifecycleCommand:
     seed_id: str | None
     issued_at: float
     nonce: str
+    blend_algorithm_id: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.action, str) or self.action not in ACTIONS:
@@ -102,6 +111,14 @@ class LifecycleCommand:
             raise ValueError(f"LifecycleCommand.nonce is longer than {MAX_NONCE_CHARS} characters")
         if self.action == "germinate" and not (self.blueprint_id and self.seed_id):
             raise ValueError("a germinate command names a blueprint_id and a seed_id")
+        _check_text("blend_algorithm_id", self.blend_algorithm_id, optional=True)
+        if self.blend_algorithm_id is not None:
+            if self.action != "germinate":
+                raise ValueError(f"only a germinate command names a blend_algorithm_id, not "
+                                 f"a {self.action}")
+            if self.blend_algorithm_id not in BLEND_ALGORITHMS:
+                raise ValueError(f"unknown blend_algorithm_id {self.blend_algorithm_id!r}; "
+                                 f"known: {BLEND_ALGORITHMS}")
         t = self.issued_at
         if not isinstance(t, int | float) or isinstance(t, bool):
             raise TypeError(f"LifecycleCommand.issued_at must be a number, got {t!r}")
@@ -114,8 +131,11 @@ class LifecycleCommand:
         object.__setattr__(self, "issued_at", t)
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready view with exactly :data:`FIELDS`."""
-        return {name: getattr(self, name) for name in FIELDS}
+        """A JSON-ready view: :data:`FIELDS`, and each of :data:`OPTIONAL_FIELDS` that is set."""
+        data = {name: getattr(self, name) for name in FIELDS}
+        data.update({name: getattr(self, name) for name in OPTIONAL_FIELDS
+                     if getattr(self, name) is not None})
+        return data
 
     def canonical_bytes(self) -> bytes:
         """The bytes that are signed: sorted-key, compact, ASCII-escaped JSON."""
@@ -125,7 +145,8 @@ class LifecycleCommand:
 
     def to_decision(self, reason: str = "command") -> Decision:
         """The controller :class:`Decision` this command carries, tagged ``reason``."""
-        return Decision(self.action, self.slot, reason, self.blueprint_id, self.seed_id)
+        return Decision(self.action, self.slot, reason, self.blueprint_id, self.seed_id,
+                        self.blend_algorithm_id)
 
     @classmethod
     def from_decision(cls, decision: Decision, issued_at: float | None = None,
@@ -133,7 +154,8 @@ class LifecycleCommand:
         """A command for ``decision``, issued now and with a random nonce unless given."""
         return cls(decision.action, decision.slot, decision.blueprint_id, decision.seed_id,
                    time.time() if issued_at is None else issued_at,
-                   secrets.token_hex(16) if nonce is None else nonce)
+                   secrets.token_hex(16) if nonce is None else nonce,
+                   decision.blend_algorithm_id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,8 +202,13 @@ class SignedCommand:
         if not isinstance(obj, dict) or set(obj) != {"command", "signature"}:
             raise MalformedCommandError('expected exactly the keys "command" and "signature"')
         fields = obj["command"]
-        if not isinstance(fields, dict) or set(fields) != set(FIELDS):
-            raise MalformedCommandError(f"command must have exactly the keys {list(FIELDS)}")
+        if not isinstance(fields, dict) or not set(FIELDS) <= set(fields) \
+                or not set(fields) <= {*FIELDS, *OPTIONAL_FIELDS}:
+            raise MalformedCommandError(f"command must have the keys {list(FIELDS)} and may "
+                                        f"have {list(OPTIONAL_FIELDS)}, no others")
+        if any(fields[name] is None for name in OPTIONAL_FIELDS if name in fields):
+            raise MalformedCommandError(f"an optional field ({list(OPTIONAL_FIELDS)}) is left "
+                                        "out, not null")
         try:
             return cls(LifecycleCommand(**fields), obj["signature"])
         except (TypeError, ValueError) as exc:

@@ -36,6 +36,21 @@ BLEND_ALGORITHMS: Final = ("linear", "sigmoid", "gated")
 # Steepness of the sigmoid alpha ramp over its normalised [0, 1] time axis.
 DEFAULT_SIGMOID_STEEPNESS: Final = 12.0
 
+# One run of ``esper grow`` (GrowConfig's defaults and the CLI's: one source). 30 epochs
+# leave room, on the contract's timing (a training dwell of 0.2 x epochs, 5 blending
+# steps, 5 embargo epochs), for a seed germinated on the first plateau to train, blend,
+# hold and be fossilized or pruned, and for a second one after it.
+DEFAULT_RUN_EPOCHS: Final = 30
+DEFAULT_RUN_MAX_SEEDS: Final = 2
+DEFAULT_RUN_LR: Final = 0.05
+DEFAULT_RUN_BATCH_SIZE: Final = 64
+DEFAULT_RUN_SEED: Final = 0
+MAX_RUN_SEED: Final = 2**32 - 1  # every generator a run seeds accepts it
+DEFAULT_RUN_TASK: Final = "digits"
+DEFAULT_RUN_SLOTS: Final = ("early", "mid", "late")
+DEFAULT_RUN_DIR: Final = "runs/grow"
+DEFAULT_COMPILE_BACKEND: Final = "inductor"
+
 # The largest learning rate accepted anywhere (SGD diverges at once far below it).
 MAX_LEARNING_RATE: Final = 10.0
 

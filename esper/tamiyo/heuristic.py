@@ -18,7 +18,7 @@ The policy, applied once per epoch after the slots have stepped:
    DORMANT slot (in the order given) that has germinated fewer than
    ``max_germinations_per_slot`` seeds, while fewer than ``max_seeds`` seeds
    are alive (germinated through fossilized). Blueprints are taken in turn
-   from ``blueprints``.
+   from ``blueprints``; each seed blends in with ``blend_algorithm``'s alpha ramp.
 
 Everything is pure: :meth:`HeuristicController.decide` takes the memory and
 returns the decisions and the new memory.
@@ -32,6 +32,7 @@ from dataclasses import dataclass, field, replace
 from ..kasmina.gates import g5_contribution
 from ..kasmina.state import SlotState
 from ..leyline import SeedStage
+from ..leyline.constants import BLEND_ALGORITHMS, DEFAULT_BLEND_ALGORITHM
 from .decisions import Decision
 
 _LIVE = (SeedStage.GERMINATED, SeedStage.TRAINING, SeedStage.BLENDING, SeedStage.HOLDING,
@@ -50,8 +51,12 @@ class ControllerConfig:
     plateau_delta: float = 0.5
     stall_epochs: int = 4
     prune_below: float = -1.0
+    blend_algorithm: str = DEFAULT_BLEND_ALGORITHM
 
     def __post_init__(self) -> None:
+        if self.blend_algorithm not in BLEND_ALGORITHMS:
+            raise ValueError(f"ControllerConfig.blend_algorithm must be one of "
+                             f"{BLEND_ALGORITHMS}, got {self.blend_algorithm!r}")
         if not self.blueprints or not all(isinstance(b, str) and b for b in self.blueprints):
             raise ValueError(f"blueprints must be a non-empty list of names, got "
                              f"{self.blueprints!r}")
@@ -135,5 +140,6 @@ class HeuristicController:
                     and memory.germinations.get(name, 0) < cfg.max_germinations_per_slot:
                 blueprint = cfg.blueprints[memory.seeds_created % len(cfg.blueprints)]
                 seed_id = f"seed-{memory.seeds_created + 1}"
-                return Decision("germinate", name, "plateau", blueprint, seed_id)
+                return Decision("germinate", name, "plateau", blueprint, seed_id,
+                                cfg.blend_algorithm)
         return None

@@ -14,7 +14,22 @@ from ..kasmina import blueprints
 from ..kasmina.host import CNNHost, TransformerHost
 from ..kasmina.safety import BreakerConfig
 from ..leyline import QualityGates, TaskConfig
-from ..leyline.constants import DEFAULT_TELEMETRY_STRIDE
+from ..leyline.constants import (
+    BLEND_ALGORITHMS,
+    DEFAULT_BLEND_ALGORITHM,
+    DEFAULT_BLENDING_STEPS,
+    DEFAULT_COMPILE_BACKEND,
+    DEFAULT_EMBARGO_EPOCHS,
+    DEFAULT_RUN_BATCH_SIZE,
+    DEFAULT_RUN_DIR,
+    DEFAULT_RUN_EPOCHS,
+    DEFAULT_RUN_LR,
+    DEFAULT_RUN_MAX_SEEDS,
+    DEFAULT_RUN_SEED,
+    DEFAULT_RUN_SLOTS,
+    DEFAULT_RUN_TASK,
+    DEFAULT_TELEMETRY_STRIDE,
+)
 from ..tamiyo import ControllerConfig
 
 DEFAULT_BLUEPRINTS = {"cnn": ("norm", "conv_light", "attention", "depthwise"),
@@ -28,21 +43,27 @@ class GrowConfig:
     ``commands`` switches the controller to an external one: signed lifecycle
     commands read from that JSON-lines file or FIFO at each epoch boundary
     (the key from ``ESPER_COMMAND_KEY``), instead of the heuristic policy.
+
+    ``blending_steps`` and ``embargo_epochs`` default to the contract's
+    (:class:`~esper.leyline.TaskConfig`); ``blend_algorithm`` is the alpha ramp
+    of every seed germinated without one named (a signed command may name its
+    own). :meth:`departures` lists what differs from the contract; the run's
+    ``summary.json`` carries it.
     """
 
-    task: str = "digits"
-    epochs: int = 16
-    slots: tuple[str, ...] = ("early", "mid", "late")
-    max_seeds: int = 2
+    task: str = DEFAULT_RUN_TASK
+    epochs: int = DEFAULT_RUN_EPOCHS
+    slots: tuple[str, ...] = DEFAULT_RUN_SLOTS
+    max_seeds: int = DEFAULT_RUN_MAX_SEEDS
     blueprints: tuple[str, ...] | None = None
-    seed: int = 0
-    out: Path = Path("runs/grow")
+    seed: int = DEFAULT_RUN_SEED
+    out: Path = Path(DEFAULT_RUN_DIR)
     baseline: bool = False
     compile: bool = True
-    compile_backend: str = "inductor"
+    compile_backend: str = DEFAULT_COMPILE_BACKEND
     data_dir: Path | None = None
-    batch_size: int = 64
-    lr: float = 0.05
+    batch_size: int = DEFAULT_RUN_BATCH_SIZE
+    lr: float = DEFAULT_RUN_LR
     limit: int | None = None
     quiet: bool = False
     telemetry_stride: int = DEFAULT_TELEMETRY_STRIDE
@@ -52,14 +73,23 @@ class GrowConfig:
     gates: QualityGates = field(default_factory=QualityGates)
     breaker: BreakerConfig = field(default_factory=BreakerConfig)
     commands: Path | None = None
+    blending_steps: int = DEFAULT_BLENDING_STEPS
+    embargo_epochs: int = DEFAULT_EMBARGO_EPOCHS
+    blend_algorithm: str = DEFAULT_BLEND_ALGORITHM
 
     def __post_init__(self) -> None:
-        for name in ("epochs", "batch_size", "telemetry_stride"):
+        for name in ("epochs", "batch_size", "telemetry_stride", "blending_steps"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be an int >= 1, got {value!r}")
         if not isinstance(self.max_seeds, int) or self.max_seeds < 0:
             raise ValueError(f"max_seeds must be an int >= 0, got {self.max_seeds!r}")
+        if not isinstance(self.embargo_epochs, int) or isinstance(self.embargo_epochs, bool) \
+                or self.embargo_epochs < 0:
+            raise ValueError(f"embargo_epochs must be an int >= 0, got {self.embargo_epochs!r}")
+        if self.blend_algorithm not in BLEND_ALGORITHMS:
+            raise ValueError(f"blend_algorithm must be one of {BLEND_ALGORITHMS}, got "
+                             f"{self.blend_algorithm!r}")
         if not self.lr > 0:
             raise ValueError(f"lr must be > 0, got {self.lr!r}")
         if not str(self.out).strip():
@@ -82,12 +112,28 @@ class GrowConfig:
         """The controller's policy: ``controller`` with this run's blueprints and seed limit."""
         base = self.controller if self.controller is not None else ControllerConfig()
         return dataclasses.replace(base, blueprints=self.blueprints_for(topology),
-                                   max_seeds=self.max_seeds)
+                                   max_seeds=self.max_seeds,
+                                   blend_algorithm=self.blend_algorithm)
 
     def task_config(self, topology: str) -> TaskConfig:
-        """Lifecycle timing scaled to the run's length."""
+        """Lifecycle timing scaled to the run's length, with its blending and embargo."""
         return TaskConfig(topology=topology, max_epochs=self.epochs,  # type: ignore[arg-type]
-                          blending_steps=3, embargo_epochs=2)
+                          blending_steps=self.blending_steps,
+                          embargo_epochs=self.embargo_epochs)
+
+    def departures(self) -> dict[str, dict[str, object]]:
+        """Each setting of the lifecycle contract this run changes: ``{name: {"value": ...,
+        "contract": ...}}`` (empty on the contract's defaults). Covers the task timing the
+        CLI sets, the blend algorithm and every quality gate."""
+        contract: dict[str, object] = {"blending_steps": DEFAULT_BLENDING_STEPS,
+                                       "embargo_epochs": DEFAULT_EMBARGO_EPOCHS,
+                                       "blend_algorithm": DEFAULT_BLEND_ALGORITHM}
+        ours: dict[str, object] = {name: getattr(self, name) for name in contract}
+        for gate in dataclasses.fields(QualityGates):
+            contract[f"gates.{gate.name}"] = gate.default
+            ours[f"gates.{gate.name}"] = getattr(self.gates, gate.name)
+        return {name: {"value": ours[name], "contract": value}
+                for name, value in contract.items() if ours[name] != value}
 
 
 def build_host(data: TaskData, width: int | None = None) -> nn.Module:

@@ -193,6 +193,10 @@ def render_summary(summary: RunSummary) -> Table:
     table.add_row("graphs compiled", f"{summary.compile_count} step + "
                   f"{summary.probe_compile_count} probe")
     table.add_row("output", summary.out_dir)
+    if summary.contract_departures:
+        table.add_row("departures from the contract", ", ".join(
+            f"{name} {d['value']} (contract {d['contract']})"
+            for name, d in summary.contract_departures.items()))
     return table
 
 

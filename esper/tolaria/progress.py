@@ -15,11 +15,14 @@ from typing import Any
 
 from ..errors import CheckpointError
 from .records import EpochRecord, SlotSnapshot
+from .runconfig import config_from_record
 
 PROGRESS_KEYS = frozenset({"epoch", "records", "tally", "events_written", "global_step",
                            "controller"})
-# Present when the run reads signed commands (checked by the command source's restore).
-OPTIONAL_KEYS = frozenset({"commands"})
+# "commands": present when the run reads signed commands (checked by the command source's
+# restore). "config": the run's configuration (esper.tolaria.runconfig), absent from
+# checkpoints written before it was kept.
+OPTIONAL_KEYS = frozenset({"commands", "config"})
 CONTROLLER_KEYS = frozenset({"accuracies", "germinations", "seeds_created"})
 RECORD_KEYS = frozenset({"epoch", "train_loss", "val_accuracy", "baseline_accuracy", "seconds",
                          "slots"})
@@ -84,7 +87,8 @@ def check_progress(state: object, where: str = "trainer state") -> dict[str, Any
         where: what to call it in messages (the document's path, say).
 
     Returns:
-        A copy whose ``"records"`` are :class:`EpochRecord` objects.
+        A copy whose ``"records"`` are :class:`EpochRecord` objects and whose
+        ``"config"``, when present, is the run's :class:`~esper.tolaria.config.GrowConfig`.
 
     Raises:
         CheckpointError: naming the first field that is missing, of the wrong
@@ -117,7 +121,10 @@ def check_progress(state: object, where: str = "trainer state") -> dict[str, Any
     for slot, count in germinations.items():
         _count(f"{where}: controller.germinations[{slot!r}]", count)
     _count(f"{where}: controller.seeds_created", controller["seeds_created"])
-    return {**state, "records": rebuilt}
+    checked = {**state, "records": rebuilt}
+    if "config" in state:
+        checked["config"] = config_from_record(state["config"], f"{where}: config")
+    return checked
 
 
 __all__ = ["CONTROLLER_KEYS", "MAX_COUNT", "OPTIONAL_KEYS", "PROGRESS_KEYS", "RECORD_KEYS",

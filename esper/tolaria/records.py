@@ -7,7 +7,7 @@ Plain frozen data with JSON-ready ``to_dict`` views; the trainer builds them,
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any
 
 
@@ -101,6 +101,9 @@ class RunSummary:
         compile_count: training-step graphs compiled over the run.
         probe_compile_count: isolation-probe graphs compiled over the run.
         out_dir: where the run directory was written.
+        contract_departures: each lifecycle setting that differs from the contract's
+            default, ``{name: {"value": ..., "contract": ...}}`` (see
+            :meth:`~esper.tolaria.config.GrowConfig.departures`); empty on the contract.
     """
 
     task: str
@@ -116,6 +119,7 @@ class RunSummary:
     compile_count: int
     probe_compile_count: int
     out_dir: str
+    contract_departures: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def parameters_added_percent(self) -> float:
@@ -128,5 +132,7 @@ class RunSummary:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> RunSummary:
-        """The inverse of :meth:`to_dict`; extra keys (``esper_version``) are ignored."""
-        return cls(**{f.name: data[f.name] for f in fields(cls)})
+        """The inverse of :meth:`to_dict`; extra keys (``esper_version``) are ignored, and
+        fields with a default may be missing (summaries written before they existed)."""
+        return cls(**{f.name: data[f.name] for f in fields(cls)
+                      if f.name in data or f.default_factory is MISSING})

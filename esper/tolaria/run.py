@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import logging
+import os
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, closing, contextmanager
@@ -12,9 +14,16 @@ from pathlib import Path
 
 from rich.console import Console
 
-from ..checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from ..checkpoint import CheckpointError, layout, load_checkpoint, save_checkpoint
+from ..checkpoint.document import read_document
+from ..checkpoint.format import JSON_FILE
 from ..data import load_task
-from ..errors import DistributedTimeoutError, RunDirectoryExistsError, RunDirectoryLockedError
+from ..errors import (
+    DistributedTimeoutError,
+    ResumeConflictError,
+    RunDirectoryExistsError,
+    RunDirectoryLockedError,
+)
 from ..leyline import EventType
 from .config import GrowConfig
 from .data_parallel import NullWriter, dump_replica, make_trainer
@@ -23,6 +32,7 @@ from .distributed import DEFAULT_TIMEOUT, Replicas, session
 from .progress import check_progress
 from .records import RunSummary
 from .report import EVENTS_FILE, GROWTH_FILE, METRICS_FILE, SUMMARY_FILE, RunWriter
+from .runconfig import changeable_flags, resume_conflicts
 from .rundir import check_run_dir, claim_run_dir
 from .runlog import LogEnds, check_logs, trim_logs
 from .trainer import Trainer
@@ -33,6 +43,55 @@ RUN_OUTPUTS = (EVENTS_FILE, METRICS_FILE, SUMMARY_FILE, GROWTH_FILE, CHECKPOINT_
 _REFUSALS: dict[str, type[Exception]] = {
     error.__name__: error for error in (RunDirectoryExistsError, RunDirectoryLockedError,
                                         ValueError)}
+_log = logging.getLogger("esper")
+
+
+def run_directory(resume: Path) -> Path:
+    """The run directory ``--resume`` names (it may name the run's checkpoint directory)."""
+    return resume.parent if resume.name == CHECKPOINT_DIR else resume
+
+
+def _progress(resume: Path) -> dict:
+    """The checked trainer section of the checkpoint in ``resume`` (the document only)."""
+    path = layout.resolve(run_directory(resume) / CHECKPOINT_DIR) / JSON_FILE
+    return check_progress(read_document(path)["trainer"], f"{path}: trainer")
+
+
+def resumed_config(resume: Path) -> GrowConfig | None:
+    """The configuration of the run in ``resume`` (``out`` set to its directory), or
+    ``None`` for a checkpoint written before checkpoints kept it. Reads the checkpoint
+    document only.
+
+    Raises:
+        CheckpointError: no checkpoint, or one a run cannot continue from.
+    """
+    config = _progress(resume).get("config")
+    return None if config is None else replace(config, out=run_directory(resume))
+
+
+def _check_resume(config: GrowConfig, resume: Path) -> None:
+    """Refuse to continue the run in ``resume`` anywhere but there, or with a setting of
+    its configuration changed (other than those that may change)."""
+    run_dir, out = run_directory(resume), Path(config.out)
+    same = os.path.samefile(run_dir, out) if run_dir.exists() and out.exists() \
+        else os.path.abspath(out) == os.path.abspath(run_dir)
+    if not same:
+        raise ResumeConflictError(
+            f"--resume {resume}: --out {out} conflicts with the run's directory {run_dir}: a "
+            f"resumed run continues in its own directory; leave --out out, or pass --out "
+            f"{run_dir}")
+    state = _progress(resume)
+    stored = state.get("config")
+    if stored is None:
+        _log.warning("--resume %s: the checkpoint predates run configurations in checkpoints; "
+                     "continuing with the settings given now", resume)
+        return
+    problems = resume_conflicts(stored, config, state["epoch"])
+    if problems:
+        raise ResumeConflictError(
+            f"--resume {resume}: {'; '.join(problems)}. A resumed run keeps the configuration "
+            f"its checkpoint holds; only {changeable_flags()} may change: drop the other "
+            "options, or start a new run with --out")
 
 
 def _baseline(config: GrowConfig, data,  # type: ignore[no-untyped-def]
@@ -54,7 +113,7 @@ def _resume(trainer: Trainer, resume: Path, slots: tuple[str, ...],
         CheckpointError: the checkpoint cannot be resumed from.
         RunLogError: a log is shorter than the checkpoint or garbled within it.
     """
-    run_dir = resume.parent if resume.name == CHECKPOINT_DIR else resume
+    run_dir = run_directory(resume)
     if run_dir.is_dir() and not (run_dir / CHECKPOINT_DIR).exists():
         raise CheckpointError(f"{run_dir}: no checkpoint: the run stopped before its first save "
                               "completed, so there is nothing to resume; start it again "
@@ -83,11 +142,17 @@ def grow(config: GrowConfig, resume: Path | None = None,
         dist_timeout: under torchrun, seconds a collective waits for the other
             ranks before the run stops (not part of the run's configuration).
 
-    ``config.out`` must be new or empty, the directory ``resume`` continues, or
-    ``overwrite`` set; the run holds an exclusive lock on it while it lives
-    (see :mod:`esper.tolaria.rundir`).
+    With ``resume``, ``config.out`` must be that run's directory and ``config``
+    its configuration as the checkpoint keeps it, except the settings that may
+    change (:data:`~esper.tolaria.runconfig.CHANGEABLE`: ``epochs`` to extend
+    it, how the step compiles, where the data lies, and the settings of one
+    invocation: ``quiet``, ``stop_after``); :func:`resumed_config` reads it.
+    Otherwise ``config.out`` must be new or empty, or ``overwrite`` set; the run
+    holds an exclusive lock on it while it lives (see :mod:`esper.tolaria.rundir`).
 
     Raises:
+        ResumeConflictError: ``resume`` with another ``config.out`` or a setting
+            that differs from the run's (each named with both values).
         RunDirectoryExistsError: ``config.out`` holds a run this one may not replace.
         RunDirectoryLockedError: another live run holds ``config.out`` (its pid is named).
         DistributedTimeoutError: under torchrun, a rank went silent for
@@ -144,6 +209,8 @@ def _grow(config: GrowConfig, resume: Path | None, console: Console | None,
     if not main:
         console = Console(file=io.StringIO())  # one display: rank 0's
     out = Path(config.out)
+    if resume is not None:  # before anything is read or written
+        _check_resume(config, resume)
     if replicas is None:  # fail before loading anything; the claim below checks again
         check_run_dir(out, resume=resume, overwrite=overwrite)
     started = time.perf_counter()
@@ -206,4 +273,5 @@ def _summary(config: GrowConfig, trainer: Trainer, baseline: list[float] | None,
         parameters_host=sum(p.numel() for p in model.get_host_parameters()),
         parameters_added=sum(p.numel() for p in model.get_seed_parameters()),
         wall_seconds=seconds, compile_count=trainer.counter.graphs,
-        probe_compile_count=trainer.probe_counter.graphs, out_dir=str(config.out))
+        probe_compile_count=trainer.probe_counter.graphs, out_dir=str(config.out),
+        contract_departures=config.departures())

@@ -40,6 +40,7 @@ from .inputs import StepInputs
 from .optim import HOST_GROUP, OptimizerState, SGDConfig
 from .progress import check_progress
 from .records import EpochRecord, SlotSnapshot
+from .runconfig import config_record
 from .step import CompileCounter, StepFn, StepResult, build_probe, build_step
 
 _BLENDED = (SeedStage.BLENDING, SeedStage.HOLDING, SeedStage.FOSSILIZED)
@@ -336,7 +337,9 @@ class Trainer:
         if decision.action == "germinate":
             assert decision.blueprint_id is not None and decision.seed_id is not None
             try:
-                slot.germinate(decision.blueprint_id, decision.seed_id)
+                slot.germinate(decision.blueprint_id, decision.seed_id,
+                               blend_algorithm_id=decision.blend_algorithm_id
+                               or self.config.blend_algorithm)
             except SeedRaisedError as error:  # untrusted code: the run goes on without it
                 self._decision_event(decision, f"failed: {error}")
                 return
@@ -457,13 +460,16 @@ class Trainer:
 
         With an external controller it holds ``"commands"``: the read offset and
         the replay memory, so a resumed run refuses commands it already accepted.
+        ``"config"`` is the run's configuration
+        (:func:`~esper.tolaria.runconfig.config_record`), which ``--resume`` continues.
         """
         state = {"epoch": self.epoch, "records": [r.to_dict() for r in self.records],
                  "tally": dict(self.tally), "events_written": self.events_written,
                  "global_step": self.global_step,
                  "controller": {"accuracies": list(self.memory.accuracies),
                                 "germinations": dict(self.memory.germinations),
-                                "seeds_created": self.memory.seeds_created}}
+                                "seeds_created": self.memory.seeds_created},
+                 "config": config_record(self.config)}
         if self.command_state is not None:
             state["commands"] = self.command_state
         return state

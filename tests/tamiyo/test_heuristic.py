@@ -48,10 +48,11 @@ def test_germinates_on_plateau_in_first_free_slot_with_blueprints_in_turn():
     states = {"early": at(SeedStage.TRAINING, "early"), "mid": dormant("mid"),
               "late": dormant("late")}
     decisions, memory = decide(states, [50.0, 60.0, 60.1, 60.0])
-    assert decisions == [Decision("germinate", "mid", "plateau", "norm", "seed-1")]
+    assert decisions == [Decision("germinate", "mid", "plateau", "norm", "seed-1", "sigmoid")]
     states["mid"] = at(SeedStage.TRAINING, "mid")
     decisions, memory = HeuristicController().decide(5, 60.0, states, memory)
-    assert decisions == [Decision("germinate", "late", "plateau", "conv_light", "seed-2")]
+    assert decisions == [Decision("germinate", "late", "plateau", "conv_light", "seed-2",
+                                  "sigmoid")]
     assert memory.germinations == {"mid": 1, "late": 1} and memory.seeds_created == 2
 
 

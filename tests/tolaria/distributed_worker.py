@@ -31,7 +31,7 @@ from esper.tolaria.distributed import session
 EPOCHS = 9
 CONFIG = GrowConfig(
     epochs=EPOCHS, limit=192, batch_size=32, compile=False, quiet=True, max_seeds=1,
-    slots=("mid",), out=Path("unused"),
+    slots=("mid",), out=Path("unused"), blending_steps=3, embargo_epochs=2,
     controller=ControllerConfig(warmup_epochs=0, plateau_patience=1, plateau_delta=100.0))
 
 

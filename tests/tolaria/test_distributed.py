@@ -102,6 +102,7 @@ def replicas(dump: Path) -> tuple[Checkpoint, Checkpoint]:
 def test_torchrun_esper_grow_keeps_the_replicas_bit_identical(tmp_path):
     out, dump = tmp_path / "run", tmp_path / "replicas"
     log = torchrun(["-m", "esper", "grow", "--epochs", "7", "--limit", "96", "--max-seeds", "1",
+                    "--lr", "0.02", "--blending-steps", "3", "--embargo-epochs", "2",
                     "--compile-backend", "aot_eager", "--quiet", "--out", str(out)],
                    **{REPLICA_DUMP_ENV: str(dump)})
     rank0, rank1 = replicas(dump)

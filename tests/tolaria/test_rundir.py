@@ -14,8 +14,14 @@ from pathlib import Path
 import pytest
 
 from esper.checkpoint import load_checkpoint
+from esper.checkpoint.layout import current
 from esper.cli import main
-from esper.errors import CheckpointError, RunDirectoryExistsError, RunDirectoryLockedError
+from esper.errors import (
+    CheckpointError,
+    ResumeConflictError,
+    RunDirectoryExistsError,
+    RunDirectoryLockedError,
+)
 from esper.tolaria.config import GrowConfig
 from esper.tolaria.run import grow
 from esper.tolaria.rundir import LOCK_FILE, claim_run_dir
@@ -123,7 +129,8 @@ def test_resume_continues_in_place_but_never_into_another_run(tmp_path, capsys):
     code, err = exit_code(["grow", "--epochs", "2", "--limit", "16", "--no-compile", "--quiet",
                            "--resume", str(run), "--out", str(other)], capsys)
     assert code == 2
-    assert f"pass --out {run} to continue it in place" in err
+    assert (f"--out {other} conflicts with the run's directory {run}: a resumed run continues "
+            f"in its own directory; leave --out out, or pass --out {run}") in err
     assert tree(other) == before
     code, err = exit_code(["grow", "--resume", str(run), "--overwrite", "--out", str(run)],
                           capsys)
@@ -163,13 +170,22 @@ def test_the_lock_holds_the_pid_while_the_run_lives_and_is_released_after(tmp_pa
 
 
 def test_the_lock_is_released_when_the_run_raises(tmp_path):
+    run = tmp_path / "run"
+    grow(tiny(run, epochs=2, stop_after=1))
+    weights = current(run / "checkpoint") / "weights.safetensors"  # type: ignore[operator]
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="SHA-256"):  # after the claim: bad weights
+        grow(tiny(run, epochs=2), resume=run)
+    assert lock_is_free(run) and (run / LOCK_FILE).read_text() == ""
     empty = tmp_path / "empty"
     empty.mkdir()
-    with pytest.raises(CheckpointError):  # after the claim: nothing to resume from
+    with pytest.raises(CheckpointError):  # before the claim: nothing to resume from
         grow(tiny(empty), resume=empty)
-    assert lock_is_free(empty) and (empty / LOCK_FILE).read_text() == ""
+    assert list(empty.iterdir()) == []
     new = tmp_path / "new"
-    with pytest.raises(CheckpointError):
+    with pytest.raises(ResumeConflictError):  # a resumed run writes only into its directory
         grow(tiny(new), resume=empty)
     assert not new.exists()
 

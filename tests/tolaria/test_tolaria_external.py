@@ -247,7 +247,8 @@ def test_bad_external_controller_arguments_exit_2(tmp_path, monkeypatch, capsys,
 
 def tiny(out: Path, commands: Path, epochs: int, **changes) -> GrowConfig:
     return GrowConfig(epochs=epochs, out=out, limit=96, compile=False, quiet=True,
-                      slots=("early", "mid"), commands=commands, **changes)
+                      slots=("early", "mid"), commands=commands, blending_steps=3,
+                      embargo_epochs=2, **changes)
 
 
 def read_events(out: Path) -> list[dict]:

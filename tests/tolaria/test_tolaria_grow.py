@@ -20,8 +20,10 @@ EAGER_CONTROLLER = ControllerConfig(warmup_epochs=0, plateau_patience=1, plateau
 
 
 def tiny(out: Path, epochs: int, **changes) -> GrowConfig:
+    # blending and embargo shorter than the contract's 5 and 5, for lifecycles in a few epochs
     options = {"limit": 96, "compile": False, "quiet": True, "max_seeds": 2,
-               "controller": EAGER_CONTROLLER, **changes}
+               "controller": EAGER_CONTROLLER, "blending_steps": 3, "embargo_epochs": 2,
+               **changes}
     return GrowConfig(epochs=epochs, out=out, **options)
 
 

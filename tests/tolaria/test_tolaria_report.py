@@ -74,7 +74,8 @@ def test_run_writer_writes_the_four_files(tmp_path: Path) -> None:
     events = [json.loads(line) for line in (out / EVENTS_FILE).read_text().splitlines()]
     assert [e["kind"] for e in events] == ["decision", "lifecycle"]
     assert events[0] == {"action": "germinate", "slot": "mid", "reason": "plateau",
-                         "blueprint_id": "norm", "seed_id": "mid-1", "kind": "decision",
+                         "blueprint_id": "norm", "seed_id": "mid-1", "blend_algorithm_id": None,
+                         "kind": "decision",
                          "epoch": 2}
     assert events[1]["type"] == "SEED_GERMINATED" and events[1]["payload"]["params"] == 120
     assert events[1]["stage"] == "TRAINING"  # enums are written by name
