@@ -43,8 +43,7 @@ from typing import Any, Literal
 
 from ..errors import MalformedCommandError, WeakCommandKeyError
 from ..leyline import EventType, TelemetryEvent
-from ..leyline.constants import BLEND_ALGORITHMS
-from ..tamiyo.decisions import ACTIONS, Action, Decision
+from ..tamiyo.decisions import ACTIONS, Action, Decision, check_germination
 from .slot import TelemetryCallbackWarning
 
 Reason = Literal["ok", "bad_signature", "replayed_nonce", "stale", "future", "malformed",
@@ -109,16 +108,9 @@ class LifecycleCommand:
         _check_text("nonce", self.nonce)
         if len(self.nonce) > MAX_NONCE_CHARS:
             raise ValueError(f"LifecycleCommand.nonce is longer than {MAX_NONCE_CHARS} characters")
-        if self.action == "germinate" and not (self.blueprint_id and self.seed_id):
-            raise ValueError("a germinate command names a blueprint_id and a seed_id")
         _check_text("blend_algorithm_id", self.blend_algorithm_id, optional=True)
-        if self.blend_algorithm_id is not None:
-            if self.action != "germinate":
-                raise ValueError(f"only a germinate command names a blend_algorithm_id, not "
-                                 f"a {self.action}")
-            if self.blend_algorithm_id not in BLEND_ALGORITHMS:
-                raise ValueError(f"unknown blend_algorithm_id {self.blend_algorithm_id!r}; "
-                                 f"known: {BLEND_ALGORITHMS}")
+        check_germination("command", self.action, self.blueprint_id, self.seed_id,
+                          self.blend_algorithm_id)
         t = self.issued_at
         if not isinstance(t, int | float) or isinstance(t, bool):
             raise TypeError(f"LifecycleCommand.issued_at must be a number, got {t!r}")

@@ -11,6 +11,25 @@ Action = Literal["germinate", "fossilize", "prune"]
 ACTIONS: tuple[Action, ...] = ("germinate", "fossilize", "prune")
 
 
+def check_germination(kind: str, action: str, blueprint_id: str | None, seed_id: str | None,
+                      blend_algorithm_id: str | None) -> None:
+    """The rule a decision and a signed command share: a germination names a blueprint
+    and a seed, and only a germination may name a (known) blend algorithm.
+
+    Raises:
+        ValueError: naming ``kind`` (``"decision"``, ``"command"``) and what is wrong.
+    """
+    if action == "germinate" and not (blueprint_id and seed_id):
+        raise ValueError(f"a germinate {kind} names a blueprint_id and a seed_id")
+    if blend_algorithm_id is None:
+        return
+    if action != "germinate":
+        raise ValueError(f"only a germinate {kind} names a blend_algorithm_id, not a {action}")
+    if blend_algorithm_id not in BLEND_ALGORITHMS:
+        raise ValueError(f"unknown blend_algorithm_id {blend_algorithm_id!r}; "
+                         f"known: {BLEND_ALGORITHMS}")
+
+
 @dataclass(frozen=True, slots=True)
 class Decision:
     """One lifecycle request of the controller for one slot.
@@ -35,15 +54,8 @@ class Decision:
     def __post_init__(self) -> None:
         if self.action not in ACTIONS:
             raise ValueError(f"unknown action {self.action!r}; actions are {ACTIONS}")
-        if self.action == "germinate" and not (self.blueprint_id and self.seed_id):
-            raise ValueError("a germinate decision names a blueprint_id and a seed_id")
-        if self.blend_algorithm_id is not None:
-            if self.action != "germinate":
-                raise ValueError(f"only a germinate decision names a blend_algorithm_id, not "
-                                 f"a {self.action}")
-            if self.blend_algorithm_id not in BLEND_ALGORITHMS:
-                raise ValueError(f"unknown blend_algorithm_id {self.blend_algorithm_id!r}; "
-                                 f"known: {BLEND_ALGORITHMS}")
+        check_germination("decision", self.action, self.blueprint_id, self.seed_id,
+                          self.blend_algorithm_id)
 
     def to_dict(self) -> dict[str, str | None]:
         """A JSON-ready view."""
