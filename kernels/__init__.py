@@ -1,7 +1,8 @@
 """Triton kernels with plain-torch fallbacks, one dispatch function per operation.
 
 ``squared_norms`` and ``group_squared_norms`` run Triton on CUDA tensors and
-torch on CPU tensors (``backend=`` overrides); under ``torch.compile`` they are
+torch on CPU tensors (``backend=`` overrides); Triton is optional: where it
+is not installed every device takes the torch path; under ``torch.compile`` they are
 the custom ops ``torch.ops.esper.squared_norms`` and
 ``torch.ops.esper.group_squared_norms``, so they trace without graph breaks.
 

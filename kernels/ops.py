@@ -14,8 +14,12 @@ from collections.abc import Sequence
 
 import torch
 
-from . import squared_norms as _triton_path
 from . import squared_norms_torch as _torch_path
+
+try:  # Triton is optional: without it (a Mac, say) the torch path serves every device
+    from . import squared_norms as _triton_path
+except ImportError:
+    _triton_path = None  # type: ignore[assignment]
 from ._utils import TensorIndex, group_index, index_tensors
 
 BACKENDS = ("auto", "triton", "torch")
@@ -56,11 +60,17 @@ def resolve_backend(backend: str, device: torch.device) -> str:
 
     Raises:
         ValueError: for an unknown backend.
-        RuntimeError: for ``"triton"`` where the kernels cannot run: a non-CUDA
-            device without the Triton interpreter, or a CUDA device with it.
+        RuntimeError: for ``"triton"`` where the kernels cannot run: Triton is
+            not installed, a non-CUDA device without the Triton interpreter, or a
+            CUDA device with it.
     """
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; expected one of {BACKENDS}")
+    if _triton_path is None:
+        if backend == "triton":
+            raise RuntimeError("backend='triton' needs Triton, which is not installed here; "
+                               "use backend='torch' (or 'auto')")
+        return "torch"
     interpreted = _triton_path.interpreter_active()
     if device.type == "cuda":
         runnable = not interpreted
@@ -89,6 +99,7 @@ def _compute(
 ) -> torch.Tensor:
     """Run the resolved backend; ``group_sizes=None`` means one group per tensor."""
     if backend == "triton":
+        assert _triton_path is not None  # resolve_backend never picks it otherwise
         sizes = [1] * len(tensors) if group_sizes is None else group_sizes
         return _triton_path.group_squared_norms_triton(tensors, sizes, index=index)
     if group_sizes is None:
