@@ -32,14 +32,20 @@ from ..errors import (
     StageError,
     TelemetryTypeError,
 )
-from ..leyline import VALID_TRANSITIONS, GateResult, SeedStage, SlotTelemetry, is_valid_transition
+from ..leyline import (
+    VALID_TRANSITIONS,
+    GateResult,
+    SeedStage,
+    SlotTelemetry,
+    is_live,
+    is_valid_transition,
+)
 from ..leyline.constants import BLEND_ALGORITHMS, DEFAULT_BLEND_ALGORITHM, DEFAULT_MAX_HISTORY
 from . import gates as G
 from .schedule import alpha_at
 from .state import SeedMetrics, SlotState, TransitionRecord, stage_coefficients
 
 _S = SeedStage
-_LIVE = frozenset({_S.GERMINATED, _S.TRAINING, _S.BLENDING, _S.HOLDING})
 
 
 # --------------------------------------------------------------------------- helpers
@@ -190,7 +196,7 @@ def _occupied_message(state: SlotState) -> str:
     if state.stage == _S.FOSSILIZED:
         return (f"{where}: it holds the fossilized seed {state.seed_id!r} for good; "
                 "germinate in another slot")
-    if state.stage in _LIVE:
+    if is_live(state.stage):
         return (f"{where}: it holds the seed {state.seed_id!r}; prune it first "
                 "(prune_seed(slot=...)) and step epochs until the slot is DORMANT again")
     return (f"{where}: it is on its way back from a pruned seed; step epochs until it is "
@@ -220,7 +226,7 @@ def prune(state: SlotState, reason: str, detail: str | None = None) -> SlotState
         raise FossilizedSeedError(
             f"seed {state.seed_id!r} in {state.slot_id!r} is FOSSILIZED and cannot be pruned: "
             "fossilization is permanent; leave it, and grow in another slot")
-    if state.stage not in _LIVE:
+    if not is_live(state.stage):
         raise NoLiveSeedError(f"slot {state.slot_id!r} is {state.stage.name}: there is no live "
                               "seed to prune; nothing needs doing")
     return _enter(state, _S.PRUNED, reason, prune_reason=reason, detail=detail)

@@ -1,4 +1,4 @@
-"""Per-slot circuit breaker for seeds that go non-finite, and its device-side helpers.
+"""Per-slot circuit breaker for seeds that misbehave, and the seed's health flags.
 
 The breaker is pure: :class:`BreakerState` is a frozen dataclass and every
 transition returns ``(new_state, events)``; nothing is mutated or emitted here.
@@ -12,10 +12,10 @@ Status machine (``step`` is the optimizer step)::
     HALF_OPEN --half_open_successes successes--> CLOSED
     HALF_OPEN --any failure--> OPEN
 
-The device-side pair, :func:`nonfinite_flag` and :func:`masked_update`, lets a
-compiled training step skip an update without a host sync, as AMP's
-``GradScaler`` skips steps: the trainer reads the flag on the host only when it
-syncs anyway, and then feeds the breaker.
+:func:`seed_health` gives the flags a compiled training step reads to skip an
+update without a host sync (as AMP's ``GradScaler`` skips steps, with
+selects); the trainer reads them on the host only when it syncs anyway, and
+then feeds the breaker.
 """
 
 from __future__ import annotations
@@ -231,30 +231,6 @@ def allows(state: BreakerState) -> Decision:
     return _DECISIONS[state.status]
 
 
-def nonfinite_flag(*tensors: torch.Tensor | None) -> torch.Tensor:
-    """A 0-d bool tensor, ``True`` when any element of any tensor is NaN or infinite.
-
-    No host sync: it stays on the device, so it can be used inside a compiled
-    step (``fullgraph=True``). ``None`` entries (parameters without a gradient)
-    are skipped. Use ``ok = ~nonfinite_flag(...)`` with :func:`masked_update`.
-
-    Example:
-        >>> bad = nonfinite_flag(torch.ones(2), torch.tensor([float("nan")]))
-        >>> bool(bad)
-        True
-
-    Raises:
-        ValueError: no tensor was given.
-    """
-    present = [t for t in tensors if t is not None]
-    if not present:
-        raise ValueError("nonfinite_flag needs at least one tensor")
-    finite = torch.isfinite(present[0]).all()
-    for t in present[1:]:
-        finite = torch.logical_and(finite, torch.isfinite(t).all())
-    return torch.logical_not(finite)
-
-
 class SeedHealth(NamedTuple):
     """How a seed behaved in one forward: two 0-d bool device tensors (no host sync).
 
@@ -293,29 +269,3 @@ def seed_health(host: torch.Tensor, seed_out: torch.Tensor, a: torch.Tensor,
     weighted = a.detach().amax().float() * seed_max
     blowup = host_ok & seed_ok & (host_max > 0) & (weighted > max_ratio * host_max)
     return SeedHealth(fault, blowup)
-
-
-def masked_update(flag_ok: torch.Tensor, new: torch.Tensor, old: torch.Tensor) -> torch.Tensor:
-    """``new`` where ``flag_ok`` is true, else ``old`` (``torch.where``), with no host sync.
-
-    This skips an optimizer update on the device: compute the candidate ``new``
-    unconditionally and select. Unlike ``ok * new + (1 - ok) * old`` a NaN in
-    ``new`` never leaks into the result, so a skipped step leaves ``old``
-    bit-identical. Apply it functionally (return the result as the new
-    parameter) or in place with ``p.copy_(masked_update(ok, new, p))``.
-
-    Arguments:
-        flag_ok: 0-d bool tensor, e.g. ``~nonfinite_flag(*grads)``.
-        new: the updated value.
-        old: the value kept when the update is skipped; same shape as ``new``.
-
-    Raises:
-        ValueError: ``flag_ok`` is not a 0-d bool tensor or the shapes differ.
-    """
-    if flag_ok.dtype != torch.bool or flag_ok.dim() != 0:
-        raise ValueError(f"flag_ok must be a 0-d bool tensor, got {flag_ok.dtype} "
-                         f"with shape {tuple(flag_ok.shape)}")
-    if new.shape != old.shape:
-        raise ValueError(f"new and old must have one shape, got {tuple(new.shape)} "
-                         f"and {tuple(old.shape)}")
-    return torch.where(flag_ok, new, old)

@@ -11,7 +11,9 @@ from .gates import GateResult as GateResult
 from .stages import VALID_TRANSITIONS as VALID_TRANSITIONS
 from .stages import SeedStage as SeedStage
 from .stages import is_active as is_active
+from .stages import is_blended as is_blended
 from .stages import is_failure as is_failure
+from .stages import is_live as is_live
 from .stages import is_terminal as is_terminal
 from .stages import is_valid_transition as is_valid_transition
 from .telemetry import EVENT_PAYLOAD_FIELDS as EVENT_PAYLOAD_FIELDS
@@ -22,6 +24,6 @@ from .telemetry import TelemetryEvent as TelemetryEvent
 __all__ = [
     "EVENT_PAYLOAD_FIELDS", "GATE_FOR_TARGET", "TOPOLOGIES", "VALID_TRANSITIONS", "EventType",
     "GateLevel", "GateResult", "QualityGates", "SeedStage", "SlotTelemetry", "TaskConfig",
-    "TelemetryEvent", "Topology", "constants", "is_active", "is_failure", "is_terminal",
-    "is_valid_transition",
+    "TelemetryEvent", "Topology", "constants", "is_active", "is_blended", "is_failure",
+    "is_live", "is_terminal", "is_valid_transition",
 ]

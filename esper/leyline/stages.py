@@ -69,7 +69,10 @@ VALID_TRANSITIONS: Final[MappingProxyType[SeedStage, frozenset[SeedStage]]] = Ma
     }
 )
 
-_ACTIVE: Final = frozenset({_S.GERMINATED, _S.TRAINING, _S.BLENDING, _S.HOLDING, _S.FOSSILIZED})
+# The one family of stage predicates: every package asks these instead of keeping a set.
+_LIVE: Final = frozenset({_S.GERMINATED, _S.TRAINING, _S.BLENDING, _S.HOLDING})
+_ACTIVE: Final = _LIVE | {_S.FOSSILIZED}
+_BLENDED: Final = frozenset({_S.BLENDING, _S.HOLDING, _S.FOSSILIZED})
 _FAILURE: Final = frozenset({_S.PRUNED, _S.EMBARGOED, _S.RESETTING})
 
 
@@ -83,9 +86,20 @@ def is_terminal(stage: SeedStage) -> bool:
     return not VALID_TRANSITIONS[stage]
 
 
+def is_live(stage: SeedStage) -> bool:
+    """Whether the slot's seed is still on trial in ``stage`` (germinated to HOLDING): it
+    may be pruned, and it may not be replaced."""
+    return stage in _LIVE
+
+
 def is_active(stage: SeedStage) -> bool:
-    """Whether the slot holds a live seed module in ``stage``."""
+    """Whether the slot holds a seed module in ``stage``: a live one or a fossil."""
     return stage in _ACTIVE
+
+
+def is_blended(stage: SeedStage) -> bool:
+    """Whether the seed's output is part of the model's in ``stage`` (alpha may be > 0)."""
+    return stage in _BLENDED
 
 
 def is_failure(stage: SeedStage) -> bool:

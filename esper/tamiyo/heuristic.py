@@ -31,12 +31,9 @@ from dataclasses import dataclass, field, replace
 
 from ..kasmina.gates import g5_contribution
 from ..kasmina.state import SlotState
-from ..leyline import SeedStage
+from ..leyline import SeedStage, is_active
 from ..leyline.constants import BLEND_ALGORITHMS, DEFAULT_BLEND_ALGORITHM
 from .decisions import Decision
-
-_LIVE = (SeedStage.GERMINATED, SeedStage.TRAINING, SeedStage.BLENDING, SeedStage.HOLDING,
-         SeedStage.FOSSILIZED)
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,7 +127,7 @@ class HeuristicController:
                    decisions: list[Decision]) -> Decision | None:
         cfg = self.config
         leaving = {d.slot for d in decisions if d.action == "prune"}
-        alive = sum(1 for n, s in states.items() if s.stage in _LIVE and n not in leaving)
+        alive = sum(1 for n, s in states.items() if is_active(s.stage) and n not in leaving)
         if epoch < cfg.warmup_epochs or alive >= cfg.max_seeds:
             return None
         if not plateaued(memory.accuracies, cfg.plateau_patience, cfg.plateau_delta):

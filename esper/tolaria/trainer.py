@@ -29,7 +29,7 @@ from ..kasmina.culprit import seed_culprit
 from ..kasmina.model import MorphogeneticModel
 from ..kasmina.safety import BreakerState, BreakerStatus
 from ..kasmina.telemetry import GradientCapture, GradientEMA, due
-from ..leyline import SeedStage, SlotTelemetry, TelemetryEvent
+from ..leyline import SeedStage, SlotTelemetry, TelemetryEvent, is_blended
 from ..leyline.constants import DEFAULT_MAX_BLEND_LOSS_RATIO
 from ..tamiyo import ControllerMemory, Decision, HeuristicController
 from . import breakers
@@ -43,7 +43,6 @@ from .records import EpochRecord, SlotSnapshot
 from .runconfig import config_record
 from .step import CompileCounter, StepFn, StepResult, build_probe, build_step
 
-_BLENDED = (SeedStage.BLENDING, SeedStage.HOLDING, SeedStage.FOSSILIZED)
 EXCEPTION = "exception"  # the prune reason of a seed that raised
 EventSink = Callable[[dict[str, Any]], None]
 _log = logging.getLogger("esper")
@@ -383,7 +382,7 @@ class Trainer:
         """Validation with every seed that raises in it or blows up pruned (see end_epoch)."""
         while True:
             states = self.model.slot_states()
-            blended = [n for n, s in states.items() if s.stage in _BLENDED]
+            blended = [n for n, s in states.items() if is_blended(s.stage)]
             probed = {n: s.gates.probe_alpha for n, s in states.items()
                       if s.stage == SeedStage.TRAINING}
             validation, _ = self._survive(lambda b=blended, p=probed: self._validate(b, p))

@@ -6,16 +6,12 @@ import copy
 import dataclasses
 
 import pytest
-import torch
-from torch._dynamo.testing import CompileCounterWithBackend
 
 from esper.kasmina.safety import (
     BreakerConfig,
     BreakerState,
     allows,
     force,
-    masked_update,
-    nonfinite_flag,
     record_failure,
     record_success,
     tick,
@@ -186,75 +182,3 @@ def test_history_is_bounded_and_keeps_the_newest():
 def test_event_serialises():
     _, events = force(BreakerState("mid"), "OPEN", 3, "op")
     assert events[0].to_dict()["type"] == "BREAKER_CHANGED"
-
-
-# --- device-side helpers ------------------------------------------------------------------
-
-@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
-def test_nonfinite_flag_detects_each_kind(bad):
-    clean = torch.ones(3)
-    flag = nonfinite_flag(clean, None, torch.tensor([1.0, bad]))
-    assert flag.dtype == torch.bool and flag.dim() == 0 and bool(flag)
-    assert not bool(nonfinite_flag(clean, torch.empty(0), torch.arange(3)))
-    with pytest.raises(ValueError):
-        nonfinite_flag(None)
-
-
-def test_masked_update_selects_without_leaking_nan():
-    old, new = torch.tensor([1.0, 2.0]), torch.tensor([float("nan"), 5.0])
-    assert torch.equal(masked_update(torch.tensor(False), new, old), old)
-    assert torch.equal(masked_update(torch.tensor(True), torch.tensor([3.0, 5.0]), old),
-                       torch.tensor([3.0, 5.0]))
-    with pytest.raises(ValueError, match="0-d bool"):
-        masked_update(torch.tensor(1.0), new, old)
-    with pytest.raises(ValueError, match="shape"):
-        masked_update(torch.tensor(True), new, old[:1])
-
-
-def _sgd_step(params, grads, lr: float):
-    ok = torch.logical_not(nonfinite_flag(*grads.values()))
-    return {k: masked_update(ok, p - lr * grads[k], p) for k, p in params.items()}, ok
-
-
-def test_functional_skip_compiles_to_one_frame_and_keeps_params_bit_identical():
-    torch._dynamo.reset()
-    counter = CompileCounterWithBackend("eager")
-    step = torch.compile(_sgd_step, backend=counter, fullgraph=True)
-    torch.manual_seed(0)
-    params = {"host.w": torch.randn(4, 3), "seed.w": torch.randn(3)}
-    clean = {k: torch.randn_like(v) for k, v in params.items()}
-    updated, ok = step(params, clean, 0.1)
-    assert bool(ok)
-    torch.testing.assert_close(updated["host.w"], params["host.w"] - 0.1 * clean["host.w"])
-    poisoned = {**clean, "seed.w": torch.tensor([1.0, float("nan"), 2.0])}
-    kept, ok = step(params, poisoned, 0.1)
-    assert not bool(ok)
-    for k, p in params.items():
-        assert torch.equal(kept[k], p) and kept[k].data_ptr() != p.data_ptr()
-    assert counter.frame_count == 1
-
-
-def test_in_place_skip_on_a_module_keeps_host_parameters_bit_identical():
-    torch._dynamo.reset()
-    counter = CompileCounterWithBackend("eager")
-    torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2))
-    params = list(model.parameters())
-
-    @torch.compile(backend=counter, fullgraph=True)
-    def apply(params: list[torch.Tensor], grads: list[torch.Tensor]) -> torch.Tensor:
-        ok = torch.logical_not(nonfinite_flag(*grads))
-        with torch.no_grad():
-            for p, g in zip(params, grads, strict=True):
-                p.copy_(masked_update(ok, p - 0.1 * g, p))
-        return ok
-
-    model(torch.randn(5, 3)).sum().backward()
-    params[-1].grad[0] = float("nan")  # a NaN reaches one gradient
-    before = [p.detach().clone() for p in params]
-    assert not bool(apply(params, [p.grad for p in params]))
-    assert all(torch.equal(p, b) for p, b in zip(params, before, strict=True))
-    params[-1].grad.zero_()
-    assert bool(apply(params, [p.grad for p in params]))
-    assert not torch.equal(params[0], before[0])
-    assert counter.frame_count == 1

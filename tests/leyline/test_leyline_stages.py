@@ -10,7 +10,9 @@ from esper.leyline import (
     VALID_TRANSITIONS,
     SeedStage,
     is_active,
+    is_blended,
     is_failure,
+    is_live,
     is_terminal,
     is_valid_transition,
 )
@@ -136,3 +138,13 @@ def test_helpers_accept_aliases():
     assert is_active(S.PROBATIONARY)
     assert is_failure(S.CULLED)
     assert is_valid_transition(S.PROBATIONARY, S.CULLED)
+
+
+def test_the_stage_predicates_are_one_family():
+    """Live (on trial) < active (a seed module: live or fossil); blended: in the output."""
+    live = {SeedStage.GERMINATED, SeedStage.TRAINING, SeedStage.BLENDING, SeedStage.HOLDING}
+    stages = set(SeedStage)
+    assert {s for s in stages if is_live(s)} == live
+    assert {s for s in stages if is_active(s)} == live | {SeedStage.FOSSILIZED}
+    assert {s for s in stages if is_blended(s)} == {SeedStage.BLENDING, SeedStage.HOLDING,
+                                                    SeedStage.FOSSILIZED}
