@@ -23,11 +23,11 @@ from torch import Tensor, nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from esper.core.lifecycle import set_alpha
 from esper.data import load_task
 from esper.kasmina import blueprints, transition
-from esper.kasmina.blueprints.registry import BlueprintSpec
-from esper.kasmina.lifecycle import set_alpha
 from esper.leyline import SeedStage
+from esper.nn.blueprints.registry import BlueprintSpec
 from esper.tamiyo import ControllerConfig
 from esper.tolaria.config import GrowConfig
 from esper.tolaria.trainer import Trainer

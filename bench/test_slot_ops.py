@@ -18,10 +18,10 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from esper.kasmina.blueprints import create
-from esper.kasmina.ops import slot_forward, slot_forward_reference
-from esper.kasmina.state import SlotState
+from esper.core.state import SlotState
 from esper.leyline import SeedStage
+from esper.nn.blueprints import create
+from esper.ops.formula import slot_forward, slot_forward_reference
 
 MID_SHAPE = (64, 64, 16, 16)
 

@@ -61,12 +61,12 @@ from torch import Tensor
 
 import kernels
 from esper.kasmina import transition
-from esper.kasmina.host import CNNHost
-from esper.kasmina.model import MorphogeneticModel
-from esper.kasmina.telemetry import GradientCapture, GradientEMA
 from esper.leyline import SeedStage
 from esper.leyline.constants import DEFAULT_TELEMETRY_STRIDE
-from esper.tolaria.optim import HOST_GROUP, OptimizerState, SGDConfig
+from esper.nn.host import CNNHost
+from esper.nn.model import MorphogeneticModel
+from esper.ops.telemetry import GradientCapture, GradientEMA
+from esper.optim.sgd import HOST_GROUP, OptimizerState, SGDConfig
 from esper.tolaria.step import CompileCounter, StepFn, StepResult, build_probe, train_step
 
 torch.set_num_threads(2)

@@ -45,10 +45,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from esper.kasmina import SlotState, set_alpha, transition
-from esper.kasmina.blueprints import create
-from esper.kasmina.host import CNNHost
-from esper.kasmina.model import MorphogeneticModel
 from esper.leyline import SeedStage
+from esper.nn.blueprints import create
+from esper.nn.host import CNNHost
+from esper.nn.model import MorphogeneticModel
 
 # Two intra-op threads; ESPER_BENCH_THREADS=1 is steadier on a machine shared with other jobs.
 torch.set_num_threads(int(os.environ.get("ESPER_BENCH_THREADS", "2")))

@@ -1,8 +1,7 @@
 """Esper: networks that grow while they train."""
 
-from importlib.metadata import PackageNotFoundError, version
-
 from . import errors
+from ._version import __version__ as __version__
 from .errors import AlphaShapeError as AlphaShapeError
 from .errors import AlphaValueError as AlphaValueError
 from .errors import CheckpointError as CheckpointError
@@ -31,10 +30,5 @@ from .errors import TopologyMismatchError as TopologyMismatchError
 from .errors import UnknownBlueprintError as UnknownBlueprintError
 from .errors import UnknownSlotError as UnknownSlotError
 from .errors import WeakCommandKeyError as WeakCommandKeyError
-
-try:
-    __version__ = version("esper")
-except PackageNotFoundError:  # running from a source tree that is not installed
-    __version__ = "0.0.0+source"
 
 __all__ = [*errors.__all__, "__version__"]

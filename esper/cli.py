@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from . import __version__
+from ._version import __version__
 from .leyline import constants as C
 from .leyline.constants import MAX_LEARNING_RATE
 from .tolaria.rundir import LOCK_FILE

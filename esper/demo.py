@@ -11,9 +11,9 @@ import torch
 import torch.nn.functional as F
 
 from .data import batches, load_task
-from .kasmina.host import CNNHost
-from .kasmina.model import MorphogeneticModel
 from .leyline import QualityGates, SeedStage, SlotTelemetry, TaskConfig
+from .nn.host import CNNHost
+from .nn.model import MorphogeneticModel
 from .tolaria.evaluate import probe_loss_reduction, score, scores_with
 
 

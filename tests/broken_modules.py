@@ -9,9 +9,9 @@ import torch
 from torch import Tensor, nn
 
 from esper.kasmina import blueprints
-from esper.kasmina.blueprints.registry import BlueprintSpec
-from esper.kasmina.ops import slot_forward_checked
-from esper.kasmina.slot import SeedSlot
+from esper.nn.blueprints.registry import BlueprintSpec
+from esper.nn.slot import SeedSlot
+from esper.ops.formula import slot_forward_checked
 
 
 class LeakySlot(SeedSlot):

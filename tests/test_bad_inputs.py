@@ -49,11 +49,11 @@ from esper.errors import (
     WeakCommandKeyError,
 )
 from esper.kasmina import blueprints, set_alpha, transition
-from esper.kasmina.commands import CommandVerifier, LifecycleCommand, Verdict, sign
-from esper.kasmina.host import CNNHost, TransformerHost
-from esper.kasmina.model import MorphogeneticModel
-from esper.kasmina.slot import SeedSlot
 from esper.leyline import EventType, SeedStage, SlotTelemetry, TaskConfig
+from esper.nn.host import CNNHost, TransformerHost
+from esper.nn.model import MorphogeneticModel
+from esper.nn.slot import SeedSlot
+from esper.tolaria.commands import CommandVerifier, LifecycleCommand, Verdict, sign
 from esper.tolaria.config import GrowConfig
 from esper.tolaria.progress import check_progress
 from esper.tolaria.run import grow

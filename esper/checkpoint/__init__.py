@@ -1,5 +1,7 @@
 """Checkpoints: safetensors weights plus a versioned JSON document; loading never unpickles.
 
+May import: ``esper.nn``, ``esper.optim`` and what they may.
+
 Example:
     >>> path = save_checkpoint("runs/ckpt", model=model, optimizer=opt, trainer_state={"epoch": 3})
     >>> restored = load_checkpoint(path)

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from .. import __version__
+from .._version import __version__
 from .errors import CheckpointError
 from .format import (
     CHECKSUM_KEY,

@@ -17,7 +17,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from ..tolaria.optim import OptimizerState
+from ..optim.sgd import OptimizerState
 from .errors import CheckpointError
 
 FORMAT = "esper-checkpoint"

@@ -12,11 +12,11 @@ import safetensors.torch
 import torch
 from torch import Tensor
 
-from ..kasmina.host import build_host
-from ..kasmina.model import MorphogeneticModel
-from ..kasmina.serialize import dataclass_kwargs
+from ..core.serialize import dataclass_kwargs
 from ..leyline import QualityGates, TaskConfig
-from ..tolaria.optim import OptimizerState, SGDConfig
+from ..nn.host import build_host
+from ..nn.model import MorphogeneticModel
+from ..optim.sgd import OptimizerState, SGDConfig
 from . import layout
 from .document import exact, read_document, reading
 from .errors import CheckpointError

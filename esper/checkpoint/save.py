@@ -14,11 +14,11 @@ import safetensors
 import safetensors.torch
 from torch import Tensor
 
-from .. import __version__
-from ..kasmina.model import MorphogeneticModel
-from ..kasmina.serialize import state_to_dict
+from .._version import __version__
+from ..core.serialize import state_to_dict
 from ..leyline import QualityGates, TaskConfig
-from ..tolaria.optim import OptimizerState
+from ..nn.model import MorphogeneticModel
+from ..optim.sgd import OptimizerState
 from . import layout
 from .errors import CheckpointError
 from .format import (
@@ -119,7 +119,7 @@ def _encode(model: MorphogeneticModel, optimizer: OptimizerState | None,
     config = getattr(model.host, "config", None)
     if not callable(config):
         raise CheckpointError(f"{where}: host {type(model.host).__name__} has no config(); only "
-                              "hosts that esper.kasmina.host.build_host rebuilds can be saved")
+                              "hosts that esper.nn.host.build_host rebuilds can be saved")
     slots = model.slot_states()
     first = next(iter(slots.values()), None)
     task = first.task if first else TaskConfig(topology=model.host.topology)

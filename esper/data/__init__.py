@@ -2,6 +2,8 @@
 
 ``load_task(name)`` returns a :class:`TaskData`: tensors for the train and validation
 splits plus what a host needs to be built. Every failure raises :class:`DatasetError`.
+
+May import: ``esper.errors``, ``esper.validation``, ``esper.leyline`` and torch.
 """
 
 from .base import TaskData as TaskData

@@ -1,48 +1,46 @@
-"""Kasmina: the slot state, the pure lifecycle and the compiled slot.
+"""Kasmina, the seed slot's public namespace: re-exports the core, the ops and the nn shell.
 
-The pure core (state, lifecycle, gates, events, ops, telemetry, isolation)
-works on immutable values; the shell (:class:`SeedSlot`,
-:class:`MorphogeneticModel`) holds modules and swaps states.
+May import: ``esper.core``, ``esper.ops``, ``esper.nn``; nothing inside Esper imports it.
 """
 
-from . import blueprints as blueprints
-from .blending import GatedBlend as GatedBlend
-from .blending import create_blend as create_blend
-from .events import events as events
-from .host import CNNHost as CNNHost
-from .host import TransformerHost as TransformerHost
-from .isolation import IsolationReport as IsolationReport
-from .isolation import isolation_probe as isolation_probe
-from .isolation import measure_leak as measure_leak
-from .lifecycle import advance as advance
-from .lifecycle import cull as cull
-from .lifecycle import fossilize as fossilize
-from .lifecycle import germinate as germinate
-from .lifecycle import prune as prune
-from .lifecycle import set_alpha as set_alpha
-from .lifecycle import step as step
-from .lifecycle import transition as transition
-from .model import MorphogeneticModel as MorphogeneticModel
-from .ops import blend as blend
-from .ops import isolate as isolate
-from .ops import slot_forward as slot_forward
-from .ops import ste as ste
-from .protocol import HostProtocol as HostProtocol
-from .schedule import alpha_at as alpha_at
-from .serialize import state_from_dict as state_from_dict
-from .serialize import state_to_dict as state_to_dict
-from .slot import GradientReport as GradientReport
-from .slot import SeedSlot as SeedSlot
-from .slot import TelemetryCallbackWarning as TelemetryCallbackWarning
-from .state import SeedMetrics as SeedMetrics
-from .state import SlotState as SlotState
-from .state import TransitionRecord as TransitionRecord
-from .telemetry import GradientCapture as GradientCapture
-from .telemetry import GradientEMA as GradientEMA
-from .telemetry import GradientStats as GradientStats
-from .telemetry import capture as capture
-from .telemetry import materialize as materialize
-from .telemetry import record as record
+from ..core.events import events as events
+from ..core.lifecycle import advance as advance
+from ..core.lifecycle import cull as cull
+from ..core.lifecycle import fossilize as fossilize
+from ..core.lifecycle import germinate as germinate
+from ..core.lifecycle import prune as prune
+from ..core.lifecycle import set_alpha as set_alpha
+from ..core.lifecycle import step as step
+from ..core.lifecycle import transition as transition
+from ..core.schedule import alpha_at as alpha_at
+from ..core.serialize import state_from_dict as state_from_dict
+from ..core.serialize import state_to_dict as state_to_dict
+from ..core.state import SeedMetrics as SeedMetrics
+from ..core.state import SlotState as SlotState
+from ..core.state import TransitionRecord as TransitionRecord
+from ..nn import blueprints as blueprints
+from ..nn.blending import GatedBlend as GatedBlend
+from ..nn.blending import create_blend as create_blend
+from ..nn.host import CNNHost as CNNHost
+from ..nn.host import TransformerHost as TransformerHost
+from ..nn.model import MorphogeneticModel as MorphogeneticModel
+from ..nn.protocol import HostProtocol as HostProtocol
+from ..nn.slot import GradientReport as GradientReport
+from ..nn.slot import SeedSlot as SeedSlot
+from ..nn.slot import TelemetryCallbackWarning as TelemetryCallbackWarning
+from ..ops.formula import blend as blend
+from ..ops.formula import isolate as isolate
+from ..ops.formula import slot_forward as slot_forward
+from ..ops.formula import ste as ste
+from ..ops.isolation import IsolationReport as IsolationReport
+from ..ops.isolation import isolation_probe as isolation_probe
+from ..ops.isolation import measure_leak as measure_leak
+from ..ops.telemetry import GradientCapture as GradientCapture
+from ..ops.telemetry import GradientEMA as GradientEMA
+from ..ops.telemetry import GradientStats as GradientStats
+from ..ops.telemetry import capture as capture
+from ..ops.telemetry import materialize as materialize
+from ..ops.telemetry import record as record
 
 __all__ = [
     "CNNHost",

@@ -1,4 +1,7 @@
-"""Leyline: the contracts every part of Esper speaks (plain data, no graph code)."""
+"""Leyline: the contracts every part of Esper speaks: stages, gates, configs, events, defaults.
+
+May import: ``esper.errors`` and ``esper.validation`` only (plain data, no torch).
+"""
 
 from . import constants as constants
 from .config import TOPOLOGIES as TOPOLOGIES

@@ -60,7 +60,7 @@ DEFAULT_TELEMETRY_EMA_DECAY: Final = 0.9
 DEFAULT_MAX_GRADIENT_RATIO: Final = 10.0
 DEFAULT_ISOLATION_TOLERANCE: Final = 1e-3
 
-# Seed safety (the step's health flags; see esper.kasmina.safety.seed_health).
+# Seed safety (the step's health flags; see esper.ops.health.seed_health).
 # A seed whose alpha-weighted output exceeds this many times the host's largest
 # activation at its slot has blown up: its step is skipped and it is denied.
 DEFAULT_MAX_BLEND_ACTIVATION_RATIO: Final = 100.0

@@ -1,7 +1,7 @@
 """Seed lifecycle stages and the transition table.
 
 The table is the single source of truth for which stage may follow which; the
-lifecycle functions in :mod:`esper.kasmina.lifecycle` consult it and never
+lifecycle functions in :mod:`esper.core.lifecycle` consult it and never
 hard-code a stage matrix of their own.
 """
 

@@ -1,4 +1,7 @@
-"""Tamiyo: decides when to germinate, fossilize and prune."""
+"""Tamiyo, the controller: decides when to germinate, fossilize and prune, from slot states.
+
+May import: ``esper.core`` and what it may.
+"""
 
 from .decisions import ACTIONS as ACTIONS
 from .decisions import Action as Action

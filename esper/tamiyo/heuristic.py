@@ -29,8 +29,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
-from ..kasmina.gates import g5_contribution
-from ..kasmina.state import SlotState
+from ..core.gates import g5_contribution
+from ..core.state import SlotState
 from ..leyline import SeedStage, is_active
 from ..leyline.constants import BLEND_ALGORITHMS, DEFAULT_BLEND_ALGORITHM
 from .decisions import Decision

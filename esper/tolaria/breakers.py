@@ -8,7 +8,7 @@ device; the trainer mutes the seed (alpha 0) from the next step on, also on
 the device. The trainer adds the flags up on the device and
 reads them only where it syncs anyway (at the telemetry stride and at the end
 of the epoch); :func:`observe` then moves each breaker (pure functions of
-:mod:`esper.kasmina.safety`). A seed whose breaker is not CLOSED at the epoch
+:mod:`esper.core.breaker`). A seed whose breaker is not CLOSED at the epoch
 boundary is pruned with the reason of its last failure, after which its slot starts
 with a fresh breaker, so breakers are always CLOSED between epochs (and need
 no checkpoint of their own).
@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from ..kasmina.safety import BreakerConfig, BreakerState, record_failure, record_success, tick
+from ..core.breaker import BreakerConfig, BreakerState, record_failure, record_success, tick
 from ..leyline import TelemetryEvent
 
 NON_FINITE = "non_finite"

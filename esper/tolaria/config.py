@@ -8,11 +8,9 @@ from pathlib import Path
 
 from torch import nn
 
+from ..core.breaker import BreakerConfig
 from ..data import TaskData
 from ..errors import UnknownBlueprintError
-from ..kasmina import blueprints
-from ..kasmina.host import CNNHost, TransformerHost
-from ..kasmina.safety import BreakerConfig
 from ..leyline import QualityGates, TaskConfig
 from ..leyline.constants import (
     BLEND_ALGORITHMS,
@@ -30,6 +28,8 @@ from ..leyline.constants import (
     DEFAULT_RUN_TASK,
     DEFAULT_TELEMETRY_STRIDE,
 )
+from ..nn import blueprints
+from ..nn.host import CNNHost, TransformerHost
 from ..tamiyo import ControllerConfig
 
 DEFAULT_BLUEPRINTS = {"cnn": ("norm", "conv_light", "attention", "depthwise"),

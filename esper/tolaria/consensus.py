@@ -35,8 +35,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from ..kasmina.serialize import state_to_dict
-from ..kasmina.state import SlotState
+from ..core.serialize import state_to_dict
+from ..core.state import SlotState
 from ..leyline import SeedStage
 from ..tamiyo import Decision
 from ..tamiyo.decisions import ACTIONS

@@ -45,18 +45,18 @@ from typing import Any
 import torch
 
 from ..checkpoint import save_checkpoint
+from ..core import lifecycle
+from ..core.serialize import state_to_dict
 from ..data import TaskData
-from ..kasmina import lifecycle
-from ..kasmina.model import MorphogeneticModel
-from ..kasmina.serialize import state_to_dict
-from ..kasmina.telemetry import GradientEMA, record
 from ..leyline import SlotTelemetry
+from ..nn.model import MorphogeneticModel
+from ..ops.telemetry import GradientEMA, record
+from ..optim.sgd import OptimizerState
 from ..tamiyo import ControllerMemory, Decision
 from .config import GrowConfig
 from .consensus import Agreement, Proposal, agree
 from .distributed import Replicas, fingerprint, tensor_fingerprint
 from .evaluate import Score, Validation
-from .optim import OptimizerState
 from .records import EpochRecord, RunSummary
 from .trainer import EventSink, Trainer, epoch_seed
 

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..data import batches
-from ..kasmina.model import MorphogeneticModel
+from ..nn.model import MorphogeneticModel
 
 
 @dataclass(frozen=True, slots=True)

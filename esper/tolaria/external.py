@@ -2,7 +2,7 @@
 
 ``esper grow --controller external --commands PATH`` replaces the heuristic
 policy with whatever another process writes to ``PATH``, one signed command
-per line (see :mod:`esper.kasmina.commands`). At each epoch boundary the
+per line (see :mod:`esper.tolaria.commands`). At each epoch boundary the
 trainer calls :meth:`CommandSource.poll`: it reads the lines that have arrived
 since the last poll, from where the last one stopped and without blocking (a
 FIFO with no writer, or a file that has not grown, yields nothing), verifies
@@ -31,11 +31,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from ..core.state import SlotState
 from ..errors import CommandSourceError
-from ..kasmina.commands import MAX_LINE_CHARS, RATE_LIMITED, CommandVerifier
-from ..kasmina.state import SlotState
 from ..leyline import TelemetryEvent
 from ..tamiyo import Decision
+from .commands import MAX_LINE_CHARS, RATE_LIMITED, CommandVerifier
 
 _CHUNK = 1 << 16
 MAX_LINE_BYTES = MAX_LINE_CHARS  # a signed command is ASCII: as many bytes as characters

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-from ..kasmina.state import SlotState
+from ..core.state import SlotState
 from .step import StepResult
 
 

@@ -33,8 +33,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
-import esper
-
+from .._version import __version__
 from .records import EpochRecord, RunSummary, SlotSnapshot
 
 EVENTS_FILE = "events.jsonl"
@@ -187,7 +186,7 @@ class RunWriter:
     def finish(self, summary: RunSummary, records: Sequence[EpochRecord],
                baseline: Sequence[float] | None = None) -> None:
         """Write ``summary.json`` and ``growth.png``, then close the logs."""
-        data = {**summary.to_dict(), "esper_version": esper.__version__}
+        data = {**summary.to_dict(), "esper_version": __version__}
         with _replacing(self.out_dir / SUMMARY_FILE) as temp:
             temp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
         with _replacing(self.out_dir / GROWTH_FILE) as temp:

@@ -21,8 +21,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from ..core.breaker import BreakerConfig
 from ..errors import CheckpointError
-from ..kasmina.safety import BreakerConfig
 from ..leyline import QualityGates
 from ..leyline.constants import MAX_LEARNING_RATE, MAX_RUN_SEED
 from ..tamiyo import ControllerConfig

@@ -23,11 +23,11 @@ from torch import Tensor
 
 import kernels
 
-from ..kasmina.isolation import ProbeSquares, probe_squares
-from ..kasmina.model import MorphogeneticModel
-from ..kasmina.safety import SeedHealth
-from ..kasmina.state import SlotState
-from .optim import HOST_GROUP, group_of, sgd_update
+from ..core.state import SlotState
+from ..nn.model import MorphogeneticModel
+from ..ops.health import SeedHealth
+from ..ops.isolation import ProbeSquares, probe_squares
+from ..optim.sgd import HOST_GROUP, group_of, sgd_update
 
 
 class StepResult(NamedTuple):
@@ -45,7 +45,7 @@ class StepResult(NamedTuple):
             or non-finite gradients under a finite loss.
         blowups: bool per seed group: a watched seed's alpha-weighted output
             swamped the host's activations at its slot (see
-            :func:`~esper.kasmina.safety.seed_health`); every group's update of
+            :func:`~esper.ops.health.seed_health`); every group's update of
             that step was skipped.
     """
 
@@ -134,7 +134,7 @@ def train_step(
         states: slot name -> slot state.
         x, y: a batch.
         groups: parameter names per optimizer group: the host's first, then one
-            per seeded slot (as :class:`~esper.tolaria.optim.OptimizerState` groups them).
+            per seeded slot (as :class:`~esper.optim.sgd.OptimizerState` groups them).
         momentum, weight_decay: SGD hyper-parameters.
         measure: compute the group norms; ``False`` returns an empty tensor in
             their place (and checks finiteness more cheaply).

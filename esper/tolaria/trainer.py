@@ -21,23 +21,23 @@ from typing import Any
 
 import torch
 
+from ..core.breaker import BreakerState, BreakerStatus
+from ..core.breaker import force as force_breaker
 from ..data import TaskData, batches
 from ..errors import CheckpointError, SeedRaisedError, describe
-from ..kasmina import safety
-from ..kasmina.commands import load_key_from_env, rejection_event
-from ..kasmina.culprit import seed_culprit
-from ..kasmina.model import MorphogeneticModel
-from ..kasmina.safety import BreakerState, BreakerStatus
-from ..kasmina.telemetry import GradientCapture, GradientEMA, due
 from ..leyline import SeedStage, SlotTelemetry, TelemetryEvent, is_blended
 from ..leyline.constants import DEFAULT_MAX_BLEND_LOSS_RATIO
+from ..nn.model import MorphogeneticModel
+from ..ops.telemetry import GradientCapture, GradientEMA, due
+from ..optim.sgd import HOST_GROUP, OptimizerState, SGDConfig
 from ..tamiyo import ControllerMemory, Decision, HeuristicController
 from . import breakers
+from .commands import load_key_from_env, rejection_event
 from .config import GrowConfig, build_host
+from .culprit import seed_culprit
 from .evaluate import Validation, validate
 from .external import CommandSource, open_source, seed_mismatch
 from .inputs import StepInputs
-from .optim import HOST_GROUP, OptimizerState, SGDConfig
 from .progress import check_progress
 from .records import EpochRecord, SlotSnapshot
 from .runconfig import config_record
@@ -300,7 +300,7 @@ class Trainer:
         """
         if slot not in self.breakers:
             raise ValueError(f"unknown slot {slot!r}; slots are {list(self.breakers)}")
-        self.breakers[slot], events = safety.force(self.breakers[slot], status,
+        self.breakers[slot], events = force_breaker(self.breakers[slot], status,
                                                    self.global_step, reason, epoch=self.epoch)
         for event in events:
             self._lifecycle_event(event)

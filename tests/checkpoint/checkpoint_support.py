@@ -13,10 +13,10 @@ import torch
 
 from esper.checkpoint.format import document_checksum
 from esper.kasmina import set_alpha, transition
-from esper.kasmina.host import CNNHost, TransformerHost
-from esper.kasmina.model import MorphogeneticModel
 from esper.leyline import QualityGates, SeedStage, TaskConfig
-from esper.tolaria.optim import OptimizerState, SGDConfig
+from esper.nn.host import CNNHost, TransformerHost
+from esper.nn.model import MorphogeneticModel
+from esper.optim.sgd import OptimizerState, SGDConfig
 
 PATH = (SeedStage.TRAINING, SeedStage.BLENDING, SeedStage.HOLDING, SeedStage.FOSSILIZED)
 

@@ -22,8 +22,8 @@ import torch
 torch.set_num_threads(1)  # forked children must not touch an OpenMP pool
 
 from esper.checkpoint import save_checkpoint  # noqa: E402
-from esper.kasmina.host import CNNHost  # noqa: E402
-from esper.kasmina.model import MorphogeneticModel  # noqa: E402
+from esper.nn.host import CNNHost  # noqa: E402
+from esper.nn.model import MorphogeneticModel  # noqa: E402
 from tests.fault_injection import kill_at, trace  # noqa: E402
 
 

@@ -14,8 +14,8 @@ import torch
 from checkpoint_support import grown_cnn, tamper
 
 from esper.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from esper.kasmina.host import CNNHost
-from esper.kasmina.model import MorphogeneticModel
+from esper.nn.host import CNNHost
+from esper.nn.model import MorphogeneticModel
 
 BIAS = "model/host.head.bias"  # 10 float32 values
 MOMENTUM = "optim/host.head.bias"

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from esper.kasmina.host import CNNHost, TransformerHost, build_host
+from esper.nn.host import CNNHost, TransformerHost, build_host
 
 HOSTS = {
     "cnn default": lambda: CNNHost(),

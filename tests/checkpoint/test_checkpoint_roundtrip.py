@@ -16,7 +16,7 @@ import esper
 from esper.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from esper.checkpoint.layout import current
 from esper.leyline import SeedStage
-from esper.tolaria.optim import OptimizerState, SGDConfig
+from esper.optim.sgd import OptimizerState, SGDConfig
 
 BUILDERS = {"cnn": grown_cnn, "transformer": grown_transformer}
 

@@ -14,10 +14,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from esper.kasmina import SlotState, fossilize, step
-from esper.kasmina.host import CNNHost, TransformerHost
-from esper.kasmina.model import MorphogeneticModel
-from esper.kasmina.slot import SeedSlot
 from esper.leyline import SeedStage, SlotTelemetry, TaskConfig
+from esper.nn.host import CNNHost, TransformerHost
+from esper.nn.model import MorphogeneticModel
+from esper.nn.slot import SeedSlot
 
 SLOTS = ("early", "mid", "late")
 SEED_SLOT = "mid"

@@ -30,13 +30,13 @@ from torch import Tensor, nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import kernels  # noqa: F401  (registers the esper:: ops)
-from esper.kasmina.blending import GatedBlend
-from esper.kasmina.blueprints import create
-from esper.kasmina.blueprints.norm import group_norm
-from esper.kasmina.lifecycle import germinate, set_alpha, transition
-from esper.kasmina.ops import slot_forward, slot_forward_reference
-from esper.kasmina.state import SlotState
+from esper.core.lifecycle import germinate, set_alpha, transition
+from esper.core.state import SlotState
 from esper.leyline import SeedStage
+from esper.nn.blending import GatedBlend
+from esper.nn.blueprints import create
+from esper.nn.blueprints.norm import group_norm
+from esper.ops.formula import slot_forward, slot_forward_reference
 
 GROUPS, EPS = 4, 1e-5
 UPSTREAM = ["dense", "expanded", "broadcast", "channels_last", "sliced", "transposed"]

@@ -7,11 +7,11 @@ import torch
 from torch import nn
 from torch._dynamo.testing import CompileCounterWithBackend
 
-from esper.kasmina.blending import BLEND_FACTORIES, GatedBlend, create_blend
-from esper.kasmina.ops import blend_weight, slot_forward, slot_forward_reference
-from esper.kasmina.state import SlotState
+from esper.core.state import SlotState
 from esper.leyline import SeedStage
 from esper.leyline.constants import BLEND_ALGORITHMS
+from esper.nn.blending import BLEND_FACTORIES, GatedBlend, create_blend
+from esper.ops.formula import blend_weight, slot_forward, slot_forward_reference
 
 C = 8
 SHAPES = {"cnn": (4, C, 5, 5), "transformer": (4, 6, C)}

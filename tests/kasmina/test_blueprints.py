@@ -12,9 +12,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from esper.kasmina import blueprints
-from esper.kasmina.blueprints import BlueprintSpec, create, get, names, register, validate_seed
-from esper.kasmina.blueprints.norm import group_norm
-from esper.kasmina.blueprints.probe import _probe
+from esper.nn.blueprints import BlueprintSpec, create, get, names, register, validate_seed
+from esper.nn.blueprints.norm import group_norm
+from esper.nn.blueprints.probe import _probe
 
 CL = torch.channels_last
 CNN_NAMES = ("noop", "norm", "attention", "depthwise", "conv_light", "conv_heavy")
@@ -142,7 +142,7 @@ RAW_CRASH = """
 NORM_SEED_SCENARIOS = """
     import torch
     import torch.nn.functional as F
-    from esper.kasmina.blueprints import create
+    from esper.nn.blueprints import create
     torch.manual_seed(0)
     seed = create("cnn", "norm", 16)
     with torch.no_grad():  # off the identity start: every gradient non-trivial
@@ -176,7 +176,7 @@ NORM_SEED_SCENARIOS = """
     loss = lambda p: torch.func.functional_call(seed, p, (x,)).square().sum()
     grads = torch.compile(torch.func.grad(loss), backend="aot_eager", fullgraph=True)(params)
     check(x, [grads["weight"], grads["bias"]], lambda out: out.square().sum())
-    from esper.kasmina.blueprints.norm import group_norm
+    from esper.nn.blueprints.norm import group_norm
     affine = lambda w, b: group_norm(x, seed.groups, w, b, seed.eps).square().sum()  # primals
     got = torch.compile(torch.func.grad(affine, argnums=(0, 1)), backend="aot_eager",
                         fullgraph=True)(seed.weight.detach(), seed.bias.detach())

@@ -10,7 +10,10 @@ import math
 import pytest
 
 from esper.errors import WeakCommandKeyError
-from esper.kasmina.commands import (
+from esper.leyline import EVENT_PAYLOAD_FIELDS, EventType, TelemetryEvent
+from esper.nn.slot import TelemetryCallbackWarning
+from esper.tamiyo import Decision
+from esper.tolaria.commands import (
     FIELDS,
     MAX_LINE_CHARS,
     MIN_KEY_BYTES,
@@ -22,9 +25,6 @@ from esper.kasmina.commands import (
     load_key_from_env,
     sign,
 )
-from esper.kasmina.slot import TelemetryCallbackWarning
-from esper.leyline import EVENT_PAYLOAD_FIELDS, EventType, TelemetryEvent
-from esper.tamiyo import Decision
 
 KEY = b"k" * 32
 T0 = 1_000_000.0

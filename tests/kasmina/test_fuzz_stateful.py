@@ -47,9 +47,6 @@ from esper.errors import (
     UnknownSlotError,
 )
 from esper.kasmina import blueprints, set_alpha
-from esper.kasmina.commands import CommandVerifier, LifecycleCommand, sign
-from esper.kasmina.host import CNNHost
-from esper.kasmina.model import MorphogeneticModel
 from esper.leyline import (
     EventType,
     QualityGates,
@@ -59,6 +56,9 @@ from esper.leyline import (
     is_valid_transition,
 )
 from esper.leyline.constants import BLEND_ALGORITHMS
+from esper.nn.host import CNNHost
+from esper.nn.model import MorphogeneticModel
+from esper.tolaria.commands import CommandVerifier, LifecycleCommand, sign
 
 SLOTS = ("mid", "late")  # two of the host's three points: seeds meet often enough to grow up
 SLOT_NAMES = (*SLOTS, "early", "nowhere")  # a point without a slot, and no point at all

@@ -7,14 +7,14 @@ import math
 import pytest
 import torch
 
-from esper.kasmina import SlotState, germinate, transition
-from esper.kasmina.gates import (
+from esper.core.gates import (
     g0_identity,
     g1_germinated,
     g2_ready_to_blend,
     g3_blend_complete,
     g5_contribution,
 )
+from esper.kasmina import SlotState, germinate, transition
 from esper.leyline import GateLevel, QualityGates, SeedStage, SlotTelemetry, TaskConfig
 
 S = SeedStage

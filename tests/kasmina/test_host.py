@@ -12,12 +12,12 @@ import torch
 from torch import nn
 from torch._dynamo.testing import CompileCounterWithBackend
 
-from esper.kasmina.host import CNNHost, TransformerHost
-from esper.kasmina.model import MorphogeneticModel as Model
-from esper.kasmina.ops import slot_forward
-from esper.kasmina.protocol import HostProtocol
-from esper.kasmina.state import SlotState
+from esper.core.state import SlotState
 from esper.leyline import SeedStage
+from esper.nn.host import CNNHost, TransformerHost
+from esper.nn.model import MorphogeneticModel as Model
+from esper.nn.protocol import HostProtocol
+from esper.ops.formula import slot_forward
 
 CL = torch.channels_last
 
@@ -153,14 +153,14 @@ def test_slotted_walk_compiles_to_one_graph() -> None:
 
 
 def test_the_bug_reports_import_line_works_in_a_fresh_interpreter() -> None:
-    """``from esper.kasmina.host import CNNHost, MorphogeneticModel`` (the first line of the
+    """``from esper.nn.host import CNNHost, MorphogeneticModel`` (the first line of the
     reports in spec/) imports the model itself, first of anything, without a cycle."""
-    from esper.kasmina.host import MorphogeneticModel
+    from esper.nn.host import MorphogeneticModel
 
     assert MorphogeneticModel is Model
     root = Path(__file__).resolve().parents[2]
-    script = ("from esper.kasmina.host import CNNHost, MorphogeneticModel\n"
-              "import esper.kasmina.model as m\n"
+    script = ("from esper.nn.host import CNNHost, MorphogeneticModel\n"
+              "import esper.nn.model as m\n"
               "assert MorphogeneticModel is m.MorphogeneticModel\n"
               "print(type(MorphogeneticModel(CNNHost(base_channels=4), slots=['mid'])).__name__)")
     run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,

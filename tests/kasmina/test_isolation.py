@@ -7,13 +7,13 @@ import torch
 from torch import Tensor
 from torch._dynamo.testing import CompileCounterWithBackend
 
+from esper.core.gates import g2_ready_to_blend
 from esper.kasmina import set_alpha, transition
-from esper.kasmina.gates import g2_ready_to_blend
-from esper.kasmina.host import TransformerHost
-from esper.kasmina.isolation import isolation_probe, measure_leak, probe_squares
-from esper.kasmina.ops import blend_weight
-from esper.kasmina.slot import SeedSlot
 from esper.leyline import SeedStage
+from esper.nn.host import TransformerHost
+from esper.nn.slot import SeedSlot
+from esper.ops.formula import blend_weight
+from esper.ops.isolation import isolation_probe, measure_leak, probe_squares
 from tests.broken_modules import LeakySlot
 
 STAGES = (SeedStage.TRAINING, SeedStage.BLENDING, SeedStage.HOLDING, SeedStage.FOSSILIZED)

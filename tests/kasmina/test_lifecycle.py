@@ -8,6 +8,7 @@ from functools import partial
 import pytest
 import torch
 
+from esper.core.state import stage_coefficients
 from esper.kasmina import (
     SeedMetrics,
     SlotState,
@@ -20,7 +21,6 @@ from esper.kasmina import (
     step,
     transition,
 )
-from esper.kasmina.state import stage_coefficients
 from esper.leyline import (
     VALID_TRANSITIONS,
     EventType,

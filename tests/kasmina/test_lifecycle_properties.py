@@ -28,6 +28,7 @@ import torch
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
+from esper.core.state import stage_coefficients
 from esper.errors import (
     AlphaShapeError,
     AlphaValueError,
@@ -48,7 +49,6 @@ from esper.kasmina import (
     step,
     transition,
 )
-from esper.kasmina.state import stage_coefficients
 from esper.leyline import (
     EVENT_PAYLOAD_FIELDS,
     VALID_TRANSITIONS,

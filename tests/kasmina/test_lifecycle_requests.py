@@ -8,9 +8,9 @@ import math
 import pytest
 import torch
 
+from esper.core.state import stage_coefficients
 from esper.errors import InvalidTransitionError
 from esper.kasmina import SlotState, advance, fossilize, prune, set_alpha, step, transition
-from esper.kasmina.state import stage_coefficients
 from esper.leyline import (
     GATE_FOR_TARGET,
     VALID_TRANSITIONS,

@@ -9,9 +9,9 @@ import torch
 import torch.nn.functional as F
 
 from esper.kasmina import SlotState, set_alpha, transition
-from esper.kasmina.host import CNNHost, TransformerHost
-from esper.kasmina.model import MorphogeneticModel
 from esper.leyline import SeedStage, SlotTelemetry
+from esper.nn.host import CNNHost, TransformerHost
+from esper.nn.model import MorphogeneticModel
 
 STAGES = (SeedStage.TRAINING, SeedStage.BLENDING, SeedStage.HOLDING, SeedStage.FOSSILIZED)
 

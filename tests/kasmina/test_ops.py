@@ -9,7 +9,9 @@ import torch
 from torch import Tensor, nn
 from torch._dynamo.testing import CompileCounterWithBackend
 
-from esper.kasmina.ops import (
+from esper.core.state import SlotState
+from esper.leyline import SeedStage
+from esper.ops.formula import (
     blend,
     blend_weight,
     broadcast_alpha,
@@ -19,8 +21,6 @@ from esper.kasmina.ops import (
     slot_forward_reference,
     ste,
 )
-from esper.kasmina.state import SlotState
-from esper.leyline import SeedStage
 
 C = 4
 CL = torch.channels_last

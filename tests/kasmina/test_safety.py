@@ -7,7 +7,7 @@ import dataclasses
 
 import pytest
 
-from esper.kasmina.safety import (
+from esper.core.breaker import (
     BreakerConfig,
     BreakerState,
     allows,

@@ -8,8 +8,8 @@ from torch import nn
 
 from esper.kasmina import SlotState, germinate, transition
 from esper.kasmina import blueprints as bp
-from esper.kasmina.slot import SeedSlot, TelemetryCallbackWarning
 from esper.leyline import EventType, SeedStage, SlotTelemetry, TaskConfig
+from esper.nn.slot import SeedSlot, TelemetryCallbackWarning
 
 
 def make_slot(**kwargs) -> SeedSlot:

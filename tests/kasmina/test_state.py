@@ -10,9 +10,9 @@ import pytest
 import torch
 import torch.utils._pytree as pytree
 
+from esper.core.serialize import state_from_dict, state_to_dict
+from esper.core.state import stage_coefficients
 from esper.kasmina import SeedMetrics, SlotState, TransitionRecord, germinate, transition
-from esper.kasmina.serialize import state_from_dict, state_to_dict
-from esper.kasmina.state import stage_coefficients
 from esper.leyline import GateLevel, GateResult, QualityGates, SeedStage, TaskConfig
 
 S = SeedStage

@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from esper.kasmina import SlotState, germinate
-from esper.kasmina.host import CNNHost
-from esper.kasmina.model import MorphogeneticModel
-from esper.kasmina.slot import SeedSlot
-from esper.kasmina.telemetry import (
+from esper.nn.host import CNNHost
+from esper.nn.model import MorphogeneticModel
+from esper.nn.slot import SeedSlot
+from esper.ops.telemetry import (
     GradientEMA,
     capture,
     due,

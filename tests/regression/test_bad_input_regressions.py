@@ -19,8 +19,8 @@ from esper.errors import (
     StateDictMismatchError,
 )
 from esper.kasmina import blueprints
-from esper.kasmina.host import CNNHost
-from esper.kasmina.model import MorphogeneticModel
+from esper.nn.host import CNNHost
+from esper.nn.model import MorphogeneticModel
 from tests.broken_modules import Widen
 
 

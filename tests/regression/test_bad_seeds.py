@@ -14,16 +14,16 @@ import pytest
 import torch
 from torch._dynamo.testing import CompileCounterWithBackend
 
+from esper.core.lifecycle import set_alpha
 from esper.data import load_task
 from esper.kasmina import transition
-from esper.kasmina.host import CNNHost
-from esper.kasmina.lifecycle import set_alpha
-from esper.kasmina.model import MorphogeneticModel
-from esper.kasmina.ops import slot_forward, slot_forward_reference
 from esper.leyline import EventType, SeedStage
+from esper.nn.host import CNNHost
+from esper.nn.model import MorphogeneticModel
+from esper.ops.formula import slot_forward, slot_forward_reference
+from esper.optim.sgd import OptimizerState, SGDConfig
 from esper.tamiyo import ControllerConfig
 from esper.tolaria.config import GrowConfig
-from esper.tolaria.optim import OptimizerState, SGDConfig
 from esper.tolaria.step import train_step
 from esper.tolaria.trainer import Trainer
 from tests.broken_modules import (

@@ -18,15 +18,15 @@ import pytest
 import torch
 
 from esper.kasmina import transition
-from esper.kasmina.host import CNNHost
-from esper.kasmina.model import MorphogeneticModel
 from esper.leyline import SeedStage
+from esper.nn.host import CNNHost
+from esper.nn.model import MorphogeneticModel
 
 SEGFAULT_SCRIPT = """
 import torch
 from esper.kasmina import transition
-from esper.kasmina.host import CNNHost
-from esper.kasmina.model import MorphogeneticModel
+from esper.nn.host import CNNHost
+from esper.nn.model import MorphogeneticModel
 from esper.leyline import SeedStage
 
 torch.manual_seed(0)

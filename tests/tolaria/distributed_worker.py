@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from esper.checkpoint import save_checkpoint
+from esper.core import lifecycle
 from esper.data import load_task
-from esper.kasmina import lifecycle
 from esper.leyline import SeedStage, SlotTelemetry
 from esper.tamiyo import ControllerConfig, ControllerMemory
 from esper.tolaria.config import GrowConfig

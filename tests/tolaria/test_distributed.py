@@ -26,9 +26,9 @@ from esper.checkpoint.load import Checkpoint
 from esper.data import load_task
 from esper.errors import DistributedTimeoutError
 from esper.kasmina import SlotState, germinate, prune, step
-from esper.kasmina.commands import LifecycleCommand, sign
 from esper.leyline import SeedStage, SlotTelemetry, TaskConfig
 from esper.tamiyo import Decision
+from esper.tolaria.commands import LifecycleCommand, sign
 from esper.tolaria.config import GrowConfig
 from esper.tolaria.consensus import Proposal, agree, describe
 from esper.tolaria.data_parallel import REPLICA_DUMP_ENV, make_trainer

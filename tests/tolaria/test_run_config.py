@@ -15,12 +15,12 @@ import pytest
 from esper.checkpoint import load_checkpoint
 from esper.checkpoint.layout import current
 from esper.cli import build_parser, main
+from esper.core.state import SlotState
 from esper.errors import CheckpointError, ResumeConflictError
-from esper.kasmina.commands import CommandVerifier, LifecycleCommand, sign
-from esper.kasmina.state import SlotState
 from esper.leyline import SeedStage
 from esper.leyline import constants as C
 from esper.tamiyo import ControllerConfig, ControllerMemory, HeuristicController
+from esper.tolaria.commands import CommandVerifier, LifecycleCommand, sign
 from esper.tolaria.config import GrowConfig
 from esper.tolaria.progress import check_progress
 from esper.tolaria.run import grow

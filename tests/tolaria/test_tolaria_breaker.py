@@ -9,15 +9,15 @@ import pytest
 import torch
 from torch._dynamo.testing import CompileCounterWithBackend
 
+from esper.core.breaker import BreakerConfig, BreakerState
 from esper.data import load_task
 from esper.kasmina import transition
-from esper.kasmina.host import CNNHost
-from esper.kasmina.model import MorphogeneticModel
-from esper.kasmina.safety import BreakerConfig, BreakerState
 from esper.leyline import EventType, SeedStage
+from esper.nn.host import CNNHost
+from esper.nn.model import MorphogeneticModel
+from esper.optim.sgd import OptimizerState, SGDConfig
 from esper.tamiyo import ControllerConfig
 from esper.tolaria.config import GrowConfig
-from esper.tolaria.optim import OptimizerState, SGDConfig
 from esper.tolaria.step import group_finite, train_step
 from esper.tolaria.trainer import Trainer
 

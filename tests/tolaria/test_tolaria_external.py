@@ -14,8 +14,8 @@ from esper.checkpoint import CheckpointError, load_checkpoint
 from esper.checkpoint.format import document_checksum
 from esper.checkpoint.layout import current
 from esper.cli import main
-from esper.kasmina.commands import CommandVerifier, LifecycleCommand, sign
 from esper.tolaria import external
+from esper.tolaria.commands import CommandVerifier, LifecycleCommand, sign
 from esper.tolaria.config import GrowConfig
 from esper.tolaria.external import MAX_LINE_BYTES, CommandSource, CommandSourceError
 from esper.tolaria.run import grow

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from esper.kasmina import CNNHost, MorphogeneticModel
-from esper.tolaria.optim import HOST_GROUP, OptimizerState, SGDConfig, group_of, sgd_update
+from esper.optim.sgd import HOST_GROUP, OptimizerState, SGDConfig, group_of, sgd_update
 
 
 def model() -> MorphogeneticModel:

@@ -28,9 +28,9 @@ def test_group_squares_eager_and_compiled_match_float64():
 
 def _seeded_model(slot_class=None):
     from esper.kasmina import transition
-    from esper.kasmina.host import CNNHost
-    from esper.kasmina.model import MorphogeneticModel
     from esper.leyline import SeedStage
+    from esper.nn.host import CNNHost
+    from esper.nn.model import MorphogeneticModel
 
     torch.manual_seed(0)
     model = MorphogeneticModel(CNNHost(base_channels=4), slots=("early", "mid", "late"))
@@ -46,7 +46,7 @@ def _seeded_model(slot_class=None):
 
 
 def _run_step(model, step, feature_samples=8):
-    from esper.tolaria.optim import HOST_GROUP, OptimizerState, SGDConfig
+    from esper.optim.sgd import HOST_GROUP, OptimizerState, SGDConfig
 
     optimizer = OptimizerState(SGDConfig()).synced(model)
     params = {k: v.detach() for k, v in model.named_parameters()}

@@ -3,7 +3,7 @@
 A blueprint is a :class:`BlueprintSpec`; its factory builds a fresh seed module
 for a channel count. Lookups never fall back: an unknown name or a wrong
 topology raises ``ValueError`` listing what exists, and :func:`create` checks
-the seed it built with :func:`~esper.kasmina.blueprints.probe.validate_seed`.
+the seed it built with :func:`~esper.nn.blueprints.probe.validate_seed`.
 
 Example:
     >>> seed = create("cnn", "norm", 64)

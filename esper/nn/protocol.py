@@ -23,7 +23,7 @@ from torch import Tensor
 
 @runtime_checkable
 class HostProtocol(Protocol):
-    """What :class:`~esper.kasmina.host.CNNHost` and ``TransformerHost`` both provide."""
+    """What :class:`~esper.nn.host.CNNHost` and ``TransformerHost`` both provide."""
 
     topology: str  # "cnn" or "transformer"
 

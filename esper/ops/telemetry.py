@@ -18,12 +18,12 @@ from torch import Tensor
 
 import kernels
 
+from ..core.state import SlotState
 from ..leyline.constants import (
     DEFAULT_MAX_GRADIENT_RATIO,
     DEFAULT_TELEMETRY_EMA_DECAY,
     DEFAULT_TELEMETRY_STRIDE,
 )
-from .state import SlotState
 
 _EPS = 1e-12
 

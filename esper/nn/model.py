@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..core.state import AlphaMode, SlotState, _check_override_shape
 from ..errors import (
     AlphaValueError,
     InputDtypeError,
@@ -17,12 +18,18 @@ from ..errors import (
 )
 from ..leyline import QualityGates, SlotTelemetry, TaskConfig
 from ..leyline.constants import DEFAULT_BLEND_ALGORITHM
-from .isolation import IsolationReport, ProbeSquares, probe_squares
+from ..ops.health import SeedHealth
+from ..ops.isolation import IsolationReport, ProbeSquares, probe_squares
+from ..ops.telemetry import (
+    GradientCapture,
+    GradientEMA,
+    GradientStats,
+    capture,
+    materialize,
+    record,
+)
 from .protocol import HostProtocol
-from .safety import SeedHealth
 from .slot import SeedSlot, TelemetryCallback
-from .state import AlphaMode, SlotState, _check_override_shape
-from .telemetry import GradientCapture, GradientEMA, GradientStats, capture, materialize, record
 
 _COMPILED_PREFIX = "_orig_mod."
 # (module, "_parameters" or "_buffers", name, the tensor object, a copy of its values)
@@ -33,7 +40,7 @@ class MorphogeneticModel(nn.Module):
     """A host plus one :class:`SeedSlot` per chosen injection point.
 
     Arguments:
-        host: a network satisfying :class:`~esper.kasmina.protocol.HostProtocol`.
+        host: a network satisfying :class:`~esper.nn.protocol.HostProtocol`.
         device: where the host, seeds and slot states live.
         slots: injection point names to attach slots to (see ``host.injection_specs()``).
         task_config: lifecycle timing; defaults to the host's topology with defaults.
@@ -101,7 +108,7 @@ class MorphogeneticModel(nn.Module):
             states: slot name -> state to run with instead of the slots' own.
             features: if given, filled with the host features arriving at each
                 slot that holds a seed (slot name -> tensor, part of the graph).
-            faults: if given, filled with the :class:`~esper.kasmina.safety.SeedHealth`
+            faults: if given, filled with the :class:`~esper.ops.health.SeedHealth`
                 of each seeded slot: 0-d bool flags for a non-finite seed output
                 and for a blown-up blend (device tensors; no host sync).
 
@@ -149,7 +156,7 @@ class MorphogeneticModel(nn.Module):
                 slot (the training step returns a few samples of them for
                 :meth:`probe_isolation`).
             faults: if given, filled with each seeded slot's
-                :class:`~esper.kasmina.safety.SeedHealth` (see :meth:`forward`).
+                :class:`~esper.ops.health.SeedHealth` (see :meth:`forward`).
 
         Nothing else is mutated. Compiles with ``fullgraph=True``; states
         differing only in their tensor values (every stage, every alpha) reuse
@@ -277,7 +284,7 @@ class MorphogeneticModel(nn.Module):
             features: slot name -> host features at that slot, for every seeded slot.
             samples: how many leading samples to probe on.
             generator: for the random cotangents.
-            squares: :func:`~esper.kasmina.isolation.probe_squares` or a
+            squares: :func:`~esper.ops.isolation.probe_squares` or a
                 compiled version of it (the trainer compiles it like its step).
         """
         if (x is None) == (features is None):

@@ -2,7 +2,7 @@
 
 Every seed with parameters is residual and starts as the identity (the last
 projection of its branch is zero-initialised; the residual is added in place
-into the branch output, as in :mod:`~esper.kasmina.blueprints.cnn`). Seeds are
+into the branch output, as in :mod:`~esper.nn.blueprints.cnn`). Seeds are
 causal: output position t depends only on input positions <= t, so they keep a
 decoder host causal.
 """

@@ -6,7 +6,7 @@ the host's features unchanged. No seed modifies its input in place, and none
 copies it to another layout. Residuals are added in place into the branch
 output (``branch(x).add_(x)``: one allocation less per step; no branch saves
 its output for backward, and autograd's version check would catch one that did).
-Group normalization goes through :func:`~esper.kasmina.blueprints.norm.group_norm`
+Group normalization goes through :func:`~esper.nn.blueprints.norm.group_norm`
 (never the crashing native path).
 """
 

@@ -43,8 +43,8 @@ from typing import Any, Literal
 
 from ..errors import MalformedCommandError, WeakCommandKeyError
 from ..leyline import EventType, TelemetryEvent
+from ..nn.slot import TelemetryCallbackWarning
 from ..tamiyo.decisions import ACTIONS, Action, Decision, check_germination
-from .slot import TelemetryCallbackWarning
 
 Reason = Literal["ok", "bad_signature", "replayed_nonce", "stale", "future", "malformed",
                  "unknown_slot", "seed_mismatch"]

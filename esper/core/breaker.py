@@ -1,33 +1,26 @@
-"""Per-slot circuit breaker for seeds that misbehave, and the seed's health flags.
+"""The per-slot circuit breaker for seeds that misbehave: a pure state machine.
 
-The breaker is pure: :class:`BreakerState` is a frozen dataclass and every
-transition returns ``(new_state, events)``; nothing is mutated or emitted here.
-Every status change, every probe success while HALF_OPEN and every manual
-override yields a ``BREAKER_CHANGED`` event, so recovery and overrides are
-observable. :func:`allows` answers with an explicit decision, not a bool.
+:class:`BreakerState` is a frozen dataclass and every transition returns
+``(new_state, events)``; nothing is mutated or emitted here. Every status
+change, every probe success while HALF_OPEN and every manual override yields a
+``BREAKER_CHANGED`` event, so recovery and overrides are observable.
+:func:`allows` answers with an explicit decision, not a bool.
 
 Status machine (``step`` is the optimizer step)::
 
     CLOSED --failures >= failure_threshold--> OPEN --cooldown_steps (tick)--> HALF_OPEN
     HALF_OPEN --half_open_successes successes--> CLOSED
     HALF_OPEN --any failure--> OPEN
-
-:func:`seed_health` gives the flags a compiled training step reads to skip an
-update without a host sync (as AMP's ``GradScaler`` skips steps, with
-selects); the trainer reads them on the host only when it syncs anyway, and
-then feeds the breaker.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Literal, NamedTuple
-
-import torch
+from typing import Literal
 
 from ..leyline import EventType, TelemetryEvent
-from ..leyline.constants import DEFAULT_MAX_BLEND_ACTIVATION_RATIO, DEFAULT_MAX_HISTORY
+from ..leyline.constants import DEFAULT_MAX_HISTORY
 
 BreakerStatus = Literal["CLOSED", "OPEN", "HALF_OPEN"]
 Decision = Literal["allow", "deny_open", "probe"]
@@ -229,43 +222,3 @@ def allows(state: BreakerState) -> Decision:
     """What the slot may do now: ``"allow"`` (CLOSED), ``"deny_open"`` (OPEN: skip the
     seed) or ``"probe"`` (HALF_OPEN: run it and report the outcome)."""
     return _DECISIONS[state.status]
-
-
-class SeedHealth(NamedTuple):
-    """How a seed behaved in one forward: two 0-d bool device tensors (no host sync).
-
-    Attributes:
-        fault: the slot's input was finite and the seed's output was not; a NaN
-            or infinity arriving from the host is the host's, not the seed's.
-        blowup: the seed's output was finite but, weighted by its alpha, larger
-            than ``max_ratio`` times the largest host activation at the slot: the
-            blend would swamp the host (the host-alone counterfactual of the
-            slot's activations is ``host`` itself). Never set while ``a = 0``.
-    """
-
-    fault: torch.Tensor
-    blowup: torch.Tensor
-
-
-def seed_health(host: torch.Tensor, seed_out: torch.Tensor, a: torch.Tensor,
-                max_ratio: float = DEFAULT_MAX_BLEND_ACTIVATION_RATIO) -> SeedHealth:
-    """The :class:`SeedHealth` of one slot forward, from two max-abs reductions.
-
-    Max-abs is used rather than a norm because it cannot overflow for finite
-    inputs, and ``amax`` propagates NaN, so a non-finite tensor gives a
-    non-finite maximum.
-
-    Arguments:
-        host: the features arriving at the slot.
-        seed_out: the seed's output, same shape.
-        a: the effective blend weight (broadcastable to ``host``).
-        max_ratio: how many times the host's largest activation the weighted
-            seed may reach before it counts as a blow-up.
-    """
-    host_max = host.detach().abs().amax().float()
-    seed_max = seed_out.detach().abs().amax().float()
-    host_ok, seed_ok = torch.isfinite(host_max), torch.isfinite(seed_max)
-    fault = host_ok & ~seed_ok
-    weighted = a.detach().amax().float() * seed_max
-    blowup = host_ok & seed_ok & (host_max > 0) & (weighted > max_ratio * host_max)
-    return SeedHealth(fault, blowup)

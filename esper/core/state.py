@@ -332,12 +332,12 @@ def _unflatten(leaves: Any, context: tuple[Any, ...]) -> SlotState:
 
 pytree.register_pytree_node(
     SlotState, _flatten, _unflatten,
-    serialized_type_name="esper.kasmina.state.SlotState",
+    serialized_type_name="esper.core.state.SlotState",
     flatten_with_keys_fn=_flatten_with_keys,
 )
 pytree.register_pytree_node(
     SeedMetrics, lambda m: ([], m), lambda _leaves, m: m,
-    serialized_type_name="esper.kasmina.state.SeedMetrics",
+    serialized_type_name="esper.core.state.SeedMetrics",
     flatten_with_keys_fn=lambda m: ([], m),
 )
 

@@ -22,7 +22,7 @@ from types import FrameType
 from torch import nn
 
 from ..errors import SeedShapeError
-from .slot import SeedSlot
+from ..nn.slot import SeedSlot
 
 
 def seed_modules(slots: Mapping[str, SeedSlot]) -> dict[int, str]:

@@ -23,9 +23,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ..core.state import SlotState
 from ..leyline.constants import DEFAULT_ISOLATION_TOLERANCE
-from .ops import blend_weight
-from .state import SlotState
+from .formula import blend_weight
 
 SlotFn = Callable[[Tensor, SlotState, Tensor], Tensor]
 """The slot output as ``slot_fn(host, state, a)``, the blend weight ``a`` given explicitly."""

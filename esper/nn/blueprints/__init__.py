@@ -1,6 +1,7 @@
 """Blueprints: the catalog of seed modules a slot can germinate.
 
 Importing this package registers the built-in CNN and transformer blueprints.
+May import: ``esper.errors``, ``esper.leyline`` and torch.
 """
 
 from . import cnn as cnn

@@ -1,6 +1,6 @@
 """Host networks with named injection points: a CNN and a GPT-style decoder.
 
-Both are chains of segments (see :mod:`esper.kasmina.protocol`); injection
+Both are chains of segments (see :mod:`esper.nn.protocol`); injection
 point ``name`` sits at the end of segment ``name``.
 
 Injection-point naming: a CNN has one point after *every* block (block i has
@@ -356,8 +356,8 @@ def build_host(config: dict[str, Any]) -> nn.Module:
 
 
 def __getattr__(name: str) -> Any:
-    """``MorphogeneticModel``, re-exported here on first use (``from esper.kasmina.host import
-    CNNHost, MorphogeneticModel``); lazily, because :mod:`esper.kasmina.model` builds on hosts."""
+    """``MorphogeneticModel``, re-exported here on first use (``from esper.nn.host import
+    CNNHost, MorphogeneticModel``); lazily, because :mod:`esper.nn.model` builds on hosts."""
     if name == "MorphogeneticModel":
         from .model import MorphogeneticModel
 

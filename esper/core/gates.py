@@ -83,7 +83,7 @@ def g3_blend_complete(state: SlotState) -> GateResult:
 def g5_contribution(state: SlotState, telemetry: SlotTelemetry | None = None) -> GateResult:
     """G5: the seed was validated in HOLDING and contributes enough.
 
-    Judged on what :func:`~esper.kasmina.lifecycle.step` recorded in HOLDING,
+    Judged on what :func:`~esper.core.lifecycle.step` recorded in HOLDING,
     not on a number handed to the request: at least ``min_holding_epochs``
     epochs in HOLDING, alpha at 1.0 everywhere, and a counterfactual
     contribution measured there at full alpha

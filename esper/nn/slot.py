@@ -17,6 +17,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..core import lifecycle as L
+from ..core.events import events
+from ..core.serialize import state_from_dict, state_to_dict
+from ..core.state import AlphaMode, SlotState
 from ..errors import (
     AlphaValueError,
     EsperError,
@@ -26,16 +30,12 @@ from ..errors import (
 )
 from ..leyline import GateResult, QualityGates, SeedStage, SlotTelemetry, TaskConfig, Topology
 from ..leyline.constants import DEFAULT_BLEND_ALGORITHM
+from ..ops.formula import blend_weight, isolate, slot_forward, slot_forward_checked
+from ..ops.health import SeedHealth
+from ..ops.isolation import IsolationReport, ProbeSquares, isolation_probe, probe_squares
+from ..ops.telemetry import GradientStats, capture, materialize, record
 from . import blueprints
-from . import lifecycle as L
 from .blending import create_blend
-from .events import events
-from .isolation import IsolationReport, ProbeSquares, isolation_probe, probe_squares
-from .ops import blend_weight, isolate, slot_forward, slot_forward_checked
-from .safety import SeedHealth
-from .serialize import state_from_dict, state_to_dict
-from .state import AlphaMode, SlotState
-from .telemetry import GradientStats, capture, materialize, record
 
 TelemetryCallback = Callable[[Any], None]
 _log = logging.getLogger("esper")

@@ -33,9 +33,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..core.state import SlotState
 from ..errors import AlphaShapeError, SeedShapeError
-from .safety import SeedHealth, seed_health
-from .state import SlotState
+from .health import SeedHealth, seed_health
 
 SeedFn = Callable[[Tensor], Tensor]
 AlphaGate = Callable[[Tensor, Tensor], Tensor]
@@ -242,7 +242,7 @@ def slot_forward(
         host: host features, ``[B, C, H, W]`` (any memory format) or ``[B, T, C]``.
         alpha: replaces ``state.alpha`` (a counterfactual or a per-sample alpha).
         gate: optional ``gate(seed_in, a) -> a_eff`` (e.g. a
-            :class:`~esper.kasmina.blending.GatedBlend`), given the broadcast ``a``.
+            :class:`~esper.nn.blending.GatedBlend`), given the broadcast ``a``.
 
     Returns:
         ``lerp(host, s, a)``, and exactly ``host`` where ``a == 0`` (a select, so
@@ -266,7 +266,7 @@ def slot_forward_checked(
     alpha: Tensor | None = None,
     gate: AlphaGate | None = None,
 ) -> tuple[Tensor, SeedHealth]:
-    """:func:`slot_forward` and the seed's :class:`~esper.kasmina.safety.SeedHealth`.
+    """:func:`slot_forward` and the seed's :class:`~esper.ops.health.SeedHealth`.
 
     The health flags (a non-finite seed output, a blown-up blend) are 0-d
     device tensors: reading them is the caller's sync, never this function's.

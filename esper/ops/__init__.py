@@ -1,0 +1,4 @@
+"""The compiled tensor path: slot formula, isolation probe, seed health, gradient telemetry.
+
+May import: ``esper.core`` and what it may, and ``kernels``; never ``torch.nn``.
+"""

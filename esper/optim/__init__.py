@@ -1,0 +1,12 @@
+"""The functional optimizer whose state follows the model's topology (one group per slot).
+
+May import: ``esper.errors``, ``esper.validation``, ``esper.leyline`` and torch (``torch.nn`` too).
+"""
+
+from .sgd import HOST_GROUP as HOST_GROUP
+from .sgd import OptimizerState as OptimizerState
+from .sgd import SGDConfig as SGDConfig
+from .sgd import group_of as group_of
+from .sgd import sgd_update as sgd_update
+
+__all__ = ["HOST_GROUP", "OptimizerState", "SGDConfig", "group_of", "sgd_update"]
