@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from .._version import __version__
+from ..validation import check_int
 from .errors import CheckpointError
 from .format import (
     CHECKSUM_KEY,
@@ -108,9 +109,8 @@ def read_document(path: Path) -> dict[str, Any]:
     if document.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not an Esper checkpoint (format "
                               f"{document.get('format')!r}, expected {FORMAT!r})")
-    version = document.get("schema_version")
-    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
-        raise CheckpointError(f"{path}: schema_version must be an int >= 1, got {version!r}")
+    version = check_int(f"{path}: schema_version", document.get("schema_version"), minimum=1,
+                        error=CheckpointError)
     if version > SCHEMA_VERSION:
         raise CheckpointError(
             f"{path}: schema version {version} was written by a newer Esper "

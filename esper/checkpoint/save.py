@@ -19,6 +19,7 @@ from ..core.serialize import state_to_dict
 from ..leyline import QualityGates, TaskConfig
 from ..nn.model import MorphogeneticModel
 from ..optim.sgd import OptimizerState
+from ..validation import check_int
 from . import layout
 from .errors import CheckpointError
 from .format import (
@@ -70,8 +71,7 @@ def save_checkpoint(directory: str | os.PathLike[str], *, model: MorphogeneticMo
     """
     if not isinstance(model, MorphogeneticModel):
         raise TypeError(f"model must be a MorphogeneticModel, got {type(model).__name__}")
-    if not isinstance(keep, int) or isinstance(keep, bool) or keep < 1:
-        raise ValueError(f"keep must be an int >= 1, got {keep!r}")
+    check_int("keep", keep, minimum=1)
     root = Path(directory)
     trainer = {} if trainer_state is None else trainer_state
     document, tensors = _encode(model, optimizer, trainer, root)

@@ -21,18 +21,12 @@ from typing import Literal
 
 from ..leyline import EventType, TelemetryEvent
 from ..leyline.constants import DEFAULT_MAX_HISTORY
+from ..validation import check_int
 
 BreakerStatus = Literal["CLOSED", "OPEN", "HALF_OPEN"]
 Decision = Literal["allow", "deny_open", "probe"]
 STATUSES: tuple[BreakerStatus, ...] = ("CLOSED", "OPEN", "HALF_OPEN")
 _DECISIONS: dict[str, Decision] = {"CLOSED": "allow", "OPEN": "deny_open", "HALF_OPEN": "probe"}
-
-
-def _check_count(owner: str, name: str, value: object, minimum: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise TypeError(f"{owner}.{name} must be an int, got {value!r}")
-    if value < minimum:
-        raise ValueError(f"{owner}.{name} must be >= {minimum}, got {value}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,9 +44,10 @@ class BreakerConfig:
     half_open_successes: int = 3
 
     def __post_init__(self) -> None:
-        _check_count("BreakerConfig", "failure_threshold", self.failure_threshold, 1)
-        _check_count("BreakerConfig", "cooldown_steps", self.cooldown_steps, 0)
-        _check_count("BreakerConfig", "half_open_successes", self.half_open_successes, 1)
+        for name, minimum in (("failure_threshold", 1), ("cooldown_steps", 0),
+                              ("half_open_successes", 1)):
+            check_int(f"BreakerConfig.{name}", getattr(self, name), minimum=minimum,
+                      type_error=TypeError)
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,10 +87,11 @@ class BreakerState:
     def __post_init__(self) -> None:
         if self.status not in STATUSES:
             raise ValueError(f"BreakerState.status must be one of {STATUSES}, got {self.status!r}")
-        _check_count("BreakerState", "failures", self.failures, 0)
-        _check_count("BreakerState", "probe_successes", self.probe_successes, 0)
+        for name in ("failures", "probe_successes"):
+            check_int(f"BreakerState.{name}", getattr(self, name), minimum=0, type_error=TypeError)
         if self.opened_at_step is not None:
-            _check_count("BreakerState", "opened_at_step", self.opened_at_step, 0)
+            check_int("BreakerState.opened_at_step", self.opened_at_step, minimum=0,
+                      type_error=TypeError)
         elif self.status == "OPEN":
             raise ValueError("an OPEN BreakerState needs opened_at_step")
         if len(self.history) > DEFAULT_MAX_HISTORY:
@@ -126,7 +122,7 @@ def _move(state: BreakerState, step: int, epoch: int | None, to: BreakerStatus, 
 
 
 def _check_step(step: object) -> None:
-    _check_count("breaker", "step", step, 0)
+    check_int("breaker.step", step, minimum=0, type_error=TypeError)
 
 
 def record_failure(state: BreakerState, step: int, cfg: BreakerConfig, reason: str, *,

@@ -41,6 +41,7 @@ from ..leyline import (
     is_valid_transition,
 )
 from ..leyline.constants import BLEND_ALGORITHMS, DEFAULT_BLEND_ALGORITHM, DEFAULT_MAX_HISTORY
+from ..validation import check_int
 from . import gates as G
 from .schedule import alpha_at
 from .state import SeedMetrics, SlotState, TransitionRecord, stage_coefficients
@@ -182,8 +183,7 @@ def germinate(
     if blend_algorithm_id not in BLEND_ALGORITHMS:
         raise ValueError(f"unknown blend algorithm {blend_algorithm_id!r}; "
                          f"known: {', '.join(BLEND_ALGORITHMS)}")
-    if not isinstance(seed_params, int) or isinstance(seed_params, bool) or seed_params < 0:
-        raise ValueError(f"seed_params must be an int >= 0, got {seed_params!r}")
+    check_int("seed_params", seed_params, minimum=0)
     state = _with_gate(state, result)
     return _enter(state, _S.GERMINATED, "germinate", blueprint_id=blueprint_id, seed_id=seed_id,
                   blend_algorithm_id=blend_algorithm_id, seed_params=seed_params,

@@ -19,6 +19,7 @@ import torch.utils._pytree as pytree
 from ..errors import AlphaShapeError, AlphaValueError
 from ..leyline import GateResult, QualityGates, SeedStage, TaskConfig, is_active
 from ..leyline.constants import BLEND_ALGORITHMS, DEFAULT_BLEND_ALGORITHM, DEFAULT_MAX_HISTORY
+from ..validation import check_int
 
 AlphaMode = Literal["scalar", "channel"]
 ALPHA_MODES: tuple[AlphaMode, ...] = ("scalar", "channel")
@@ -108,10 +109,6 @@ def _check_override_shape(alpha: torch.Tensor, channels: int) -> None:
                               f"per-sample [B, 1, ...] tensor, got shape {shape}")
 
 
-def _is_count(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 def _scalar(value: float, device: torch.device | str = "cpu") -> torch.Tensor:
     return torch.tensor(float(value), dtype=torch.float32, device=device)
 
@@ -167,8 +164,7 @@ class SlotState:
         """An empty slot ready for germination."""
         if alpha_mode not in ALPHA_MODES:
             raise ValueError(f"alpha_mode must be one of {ALPHA_MODES}, got {alpha_mode!r}")
-        if not _is_count(channels) or channels < 1:
-            raise ValueError(f"channels must be an int >= 1, got {channels!r}")
+        check_int("channels", channels, minimum=1)
         shape = () if alpha_mode == "scalar" else (channels,)
         task = task if task is not None else TaskConfig()
         return cls(
@@ -182,12 +178,9 @@ class SlotState:
     def __post_init__(self) -> None:
         if not isinstance(self.slot_id, str):
             raise TypeError(f"slot_id must be a string, got {self.slot_id!r}")
-        if not _is_count(self.channels):
-            raise TypeError(f"channels must be an int, got {self.channels!r}")
+        check_int("channels", self.channels, minimum=1, type_error=TypeError)
         if not self.slot_id:
             raise ValueError(f"slot_id must be a non-empty string, got {self.slot_id!r}")
-        if not _is_count(self.channels) or self.channels < 1:
-            raise ValueError(f"channels must be an int >= 1, got {self.channels!r}")
         if not isinstance(self.stage, SeedStage):
             raise TypeError(f"stage must be a SeedStage, got {self.stage!r}")
         if self.alpha_mode not in ALPHA_MODES:

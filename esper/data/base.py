@@ -7,8 +7,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from esper.leyline import TOPOLOGIES, Topology
-
+from ..leyline import TOPOLOGIES, Topology
+from ..validation import is_int
 from .errors import DatasetError
 
 
@@ -84,7 +84,7 @@ def check_limit(limit: int | None) -> None:
     Arguments:
         limit: the cap on examples per split.
     """
-    if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
+    if limit is not None and not (is_int(limit) and limit >= 1):
         raise DatasetError(f"limit must be None or an int >= 1, got {limit!r}")
 
 

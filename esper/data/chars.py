@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..validation import check_int
 from .base import TaskData, check_limit
 from .errors import DatasetError
 
@@ -149,8 +150,7 @@ def load_chars(*, block_size: int = DEFAULT_BLOCK_SIZE, limit: int | None = None
     """
     check_limit(limit)
     for name, value in (("block_size", block_size), ("max_chars", max_chars)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise DatasetError(f"chars: {name} must be an int >= 1, got {value!r}")
+        check_int(f"chars: {name}", value, minimum=1, error=DatasetError)
     if not 0.0 < val_fraction < 1.0:
         raise DatasetError(f"chars: val_fraction must lie in (0, 1), got {val_fraction!r}")
     root = Path(source_dir) if source_dir is not None else Path(sysconfig.get_paths()["stdlib"])

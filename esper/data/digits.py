@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..validation import check_int
 from .base import TaskData, check_limit, normalize_images
 from .errors import DatasetError
 
@@ -65,8 +66,7 @@ def load_digits(*, seed: int = 0, limit: int | None = None,
     from sklearn.datasets import load_digits as sklearn_digits
 
     check_limit(limit)
-    if not isinstance(image_size, int) or isinstance(image_size, bool) or image_size < 1:
-        raise DatasetError(f"digits: image_size must be an int >= 1, got {image_size!r}")
+    check_int("digits: image_size", image_size, minimum=1, error=DatasetError)
     if not 0.0 < val_fraction < 1.0:
         raise DatasetError(f"digits: val_fraction must lie in (0, 1), got {val_fraction!r}")
     pixels, labels = sklearn_digits(return_X_y=True)

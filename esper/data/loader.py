@@ -7,6 +7,7 @@ from collections.abc import Iterator
 import torch
 from torch import Tensor
 
+from ..validation import check_int
 from .errors import DatasetError
 
 
@@ -15,11 +16,6 @@ def _check_pair(x: Tensor, y: Tensor) -> int:
         raise DatasetError(f"x and y must hold the same number of examples, "
                            f"got {x.shape[0]} and {y.shape[0]}")
     return x.shape[0]
-
-
-def _check_positive(name: str, value: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise DatasetError(f"{name} must be an int >= 1, got {value!r}")
 
 
 def batches(x: Tensor, y: Tensor, batch_size: int, *, shuffle: bool,
@@ -43,7 +39,7 @@ def batches(x: Tensor, y: Tensor, batch_size: int, *, shuffle: bool,
         >>> for xb, yb in batches(*task.train, 64, shuffle=True, generator=g): ...
     """
     count = _check_pair(x, y)
-    _check_positive("batch_size", batch_size)
+    check_int("batch_size", batch_size, minimum=1, error=DatasetError)
     if shuffle and generator is None:
         raise DatasetError("batches: shuffle=True needs a torch.Generator for a "
                            "reproducible order")
@@ -80,9 +76,8 @@ def shard(x: Tensor, y: Tensor, rank: int, world_size: int) -> tuple[Tensor, Ten
         ``(x_shard, y_shard)`` with ``len(x) // world_size`` examples each.
     """
     count = _check_pair(x, y)
-    _check_positive("world_size", world_size)
-    if not isinstance(rank, int) or isinstance(rank, bool) or not 0 <= rank < world_size:
-        raise DatasetError(f"rank must be an int in [0, {world_size}), got {rank!r}")
+    check_int("world_size", world_size, minimum=1, error=DatasetError)
+    check_int("rank", rank, minimum=0, maximum=world_size - 1, error=DatasetError)
     per_rank = count // world_size
     if per_rank == 0:
         raise DatasetError(f"cannot shard {count} examples over {world_size} ranks")

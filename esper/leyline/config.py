@@ -6,6 +6,7 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
+from ..validation import check_int, is_finite_real, is_int, is_real
 from . import constants as C
 
 Topology = Literal["cnn", "transformer"]
@@ -20,10 +21,6 @@ def _ceil(value: float) -> int:
 def _require(ok: bool, message: str) -> None:
     if not ok:
         raise ValueError(message)
-
-
-def _is_real(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,7 +53,7 @@ class QualityGates:
         for name in ("probe_alpha", "min_probe_loss_reduction", "min_seed_gradient_ratio",
                      "min_fossilize_contribution", "alpha_complete_threshold"):
             value = getattr(self, name)
-            _require(_is_real(value) and math.isfinite(value),
+            _require(is_finite_real(value),
                      f"QualityGates.{name} must be a finite number, got {value!r}")
         _require(0.0 < self.probe_alpha <= 1.0,
                  f"QualityGates.probe_alpha must lie in (0, 1], got {self.probe_alpha!r}")
@@ -64,11 +61,9 @@ class QualityGates:
                  "QualityGates.alpha_complete_threshold must lie in (0, 1], "
                  f"got {self.alpha_complete_threshold!r}")
         for name in ("min_blending_epochs", "max_isolation_violations"):
-            value = getattr(self, name)
-            _require(isinstance(value, int) and not isinstance(value, bool) and value >= 0,
-                     f"QualityGates.{name} must be a non-negative int, got {value!r}")
+            check_int(f"QualityGates.{name}", getattr(self, name), minimum=0)
         holding = self.min_holding_epochs
-        _require(isinstance(holding, int) and not isinstance(holding, bool) and holding >= 1,
+        _require(is_int(holding) and holding >= 1,
                  f"QualityGates.min_holding_epochs must be an int >= 1, got {holding!r}: "
                  "a seed is validated for at least one epoch in HOLDING")
 
@@ -96,14 +91,10 @@ class TaskConfig:
         _require(self.topology in TOPOLOGIES,
                  f"TaskConfig.topology must be one of {TOPOLOGIES}, got {self.topology!r}")
         for name in ("max_epochs", "blending_steps"):
-            value = getattr(self, name)
-            _require(isinstance(value, int) and not isinstance(value, bool) and value >= 1,
-                     f"TaskConfig.{name} must be an int >= 1, got {value!r}")
-        _require(isinstance(self.embargo_epochs, int) and not isinstance(self.embargo_epochs, bool)
-                 and self.embargo_epochs >= 0,
-                 f"TaskConfig.embargo_epochs must be an int >= 0, got {self.embargo_epochs!r}")
+            check_int(f"TaskConfig.{name}", getattr(self, name), minimum=1)
+        check_int("TaskConfig.embargo_epochs", self.embargo_epochs, minimum=0)
         fraction = self.train_to_blend_fraction
-        _require(_is_real(fraction) and 0.0 <= fraction <= 1.0,
+        _require(is_real(fraction) and 0.0 <= fraction <= 1.0,
                  f"TaskConfig.train_to_blend_fraction must lie in [0, 1], got {fraction!r}")
 
     @property

@@ -11,6 +11,8 @@ from enum import IntEnum
 from types import MappingProxyType
 from typing import Final
 
+from ..validation import is_int
+
 
 class SeedStage(IntEnum):
     """Where a slot's seed is in its life.
@@ -41,7 +43,7 @@ class SeedStage(IntEnum):
         """
         if isinstance(name, SeedStage):
             return name
-        if isinstance(name, int) and not isinstance(name, bool):
+        if is_int(name):
             try:
                 return cls(name)
             except ValueError:

@@ -10,6 +10,7 @@ from types import MappingProxyType
 from typing import Any
 
 from ..errors import TelemetryTypeError, TelemetryValueError
+from ..validation import is_int, is_real
 
 
 class EventType(StrEnum):
@@ -82,7 +83,7 @@ class TelemetryEvent:
 def _check_number(name: str, value: object, optional: bool) -> None:
     if value is None and optional:
         return
-    if not isinstance(value, int | float) or isinstance(value, bool):
+    if not is_real(value):
         kind = "a number or None" if optional else "a number"
         raise TelemetryTypeError(f"SlotTelemetry.{name} must be {kind}, got {value!r}: "
                                  "pass a float (float('nan') marks a failed measurement)")
@@ -128,7 +129,7 @@ class SlotTelemetry:
         _check_number("seed_gradient_norm_ratio", self.seed_gradient_norm_ratio, True)
         _check_number("probe_loss_reduction", self.probe_loss_reduction, True)
         violations = self.isolation_violations
-        if not isinstance(violations, int) or isinstance(violations, bool):
+        if not is_int(violations):
             raise TelemetryTypeError(
                 f"SlotTelemetry.isolation_violations must be an int, got {violations!r}: "
                 "pass the count of leaking isolation probes")

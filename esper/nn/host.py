@@ -25,6 +25,7 @@ from torch import Tensor, nn
 
 from ..errors import InputDtypeError, InputShapeError
 from ..leyline import Topology
+from ..validation import check_int, is_int, is_real
 
 if TYPE_CHECKING:  # at run time the re-export is lazy: see __getattr__ at the end
     from .model import MorphogeneticModel
@@ -137,10 +138,9 @@ class CNNHost(_SegmentedHost):
         super().__init__()
         for label, value in (("num_classes", num_classes), ("n_blocks", n_blocks),
                              ("base_channels", base_channels), ("in_channels", in_channels)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"CNNHost {label} must be an int >= 1, got {value!r}")
+            check_int(f"CNNHost {label}", value, minimum=1)
         pool_layers = n_blocks if pool_layers is None else pool_layers
-        if not isinstance(pool_layers, int) or not 0 <= pool_layers <= n_blocks:
+        if not is_int(pool_layers) or not 0 <= pool_layers <= n_blocks:
             raise ValueError(f"CNNHost pool_layers must lie in [0, {n_blocks}], "
                              f"got {pool_layers!r}")
         if memory_format not in (torch.channels_last, torch.contiguous_format):
@@ -309,6 +309,13 @@ _HOST_ARGS: dict[str, dict[str, type]] = {
 }
 
 
+def _has_type(value: object, kind: type) -> bool:
+    """Whether ``value`` is a ``kind`` (an int counts as a float; a bool as neither)."""
+    if kind is float:
+        return is_real(value)
+    return is_int(value) if kind is int else isinstance(value, kind)
+
+
 def build_host(config: dict[str, Any]) -> nn.Module:
     """Rebuild a host from what its :meth:`config` returned (fresh weights).
 
@@ -332,8 +339,7 @@ def build_host(config: dict[str, Any]) -> nn.Module:
         if name not in types:
             raise ValueError(f"unknown {config['kind']} host argument {name!r}; "
                              f"known: {list(types)}")
-        wanted = (int, float) if types[name] is float else types[name]
-        if isinstance(value, bool) or not isinstance(value, wanted):
+        if not _has_type(value, types[name]):
             if not (name == "pool_layers" and value is None):
                 raise ValueError(f"{config['kind']} host argument {name!r} must be "
                                  f"{types[name].__name__}, got {value!r}")

@@ -24,6 +24,7 @@ from ..leyline.constants import (
     DEFAULT_TELEMETRY_EMA_DECAY,
     DEFAULT_TELEMETRY_STRIDE,
 )
+from ..validation import check_int
 
 _EPS = 1e-12
 
@@ -164,9 +165,7 @@ def record(state: SlotState, *, seed_gradient_norm_ratio: float | None = None,
     Raises:
         ValueError: a negative count or a non-finite ratio.
     """
-    if isinstance(isolation_violations, bool) or not isinstance(isolation_violations, int) \
-            or isolation_violations < 0:
-        raise ValueError(f"isolation_violations must be an int >= 0, got {isolation_violations!r}")
+    check_int("isolation_violations", isolation_violations, minimum=0)
     ratio = seed_gradient_norm_ratio
     if ratio is not None and not math.isfinite(ratio):
         raise ValueError(f"seed_gradient_norm_ratio must be finite, got {ratio!r}")

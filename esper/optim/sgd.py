@@ -9,7 +9,6 @@ The update itself runs inside the compiled training step (see ``step.py``).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -17,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from ..leyline.constants import MAX_LEARNING_RATE
+from ..validation import check_finite
 
 HOST_GROUP = "host"
 SLOT_PREFIX = "seed_slots."
@@ -43,9 +43,7 @@ class SGDConfig:
             value = getattr(self, name)
             if name == "seed_lr" and value is None:
                 continue
-            if not (isinstance(value, int | float) and not isinstance(value, bool)
-                    and math.isfinite(value) and value >= 0):
-                raise ValueError(f"SGDConfig.{name} must be a finite number >= 0, got {value!r}")
+            check_finite(f"SGDConfig.{name}", value, minimum=0.0)
         for name in ("lr", "seed_lr"):
             value = getattr(self, name)
             if value is not None and not 0 < value <= MAX_LEARNING_RATE:

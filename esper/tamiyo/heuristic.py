@@ -33,6 +33,7 @@ from ..core.gates import g5_contribution
 from ..core.state import SlotState
 from ..leyline import SeedStage, is_active
 from ..leyline.constants import BLEND_ALGORITHMS, DEFAULT_BLEND_ALGORITHM
+from ..validation import check_int
 from .decisions import Decision
 
 
@@ -59,9 +60,7 @@ class ControllerConfig:
                              f"{self.blueprints!r}")
         for name in ("max_seeds", "max_germinations_per_slot", "warmup_epochs",
                      "plateau_patience", "stall_epochs"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise ValueError(f"ControllerConfig.{name} must be an int >= 0, got {value!r}")
+            check_int(f"ControllerConfig.{name}", getattr(self, name), minimum=0)
         if self.plateau_patience < 1:
             raise ValueError("ControllerConfig.plateau_patience must be >= 1")
 

@@ -45,6 +45,7 @@ from ..errors import MalformedCommandError, WeakCommandKeyError
 from ..leyline import EventType, TelemetryEvent
 from ..nn.slot import TelemetryCallbackWarning
 from ..tamiyo.decisions import ACTIONS, Action, Decision, check_germination
+from ..validation import check_finite, check_int, is_finite_real, is_real
 
 Reason = Literal["ok", "bad_signature", "replayed_nonce", "stale", "future", "malformed",
                  "unknown_slot", "seed_mismatch"]
@@ -112,7 +113,7 @@ class LifecycleCommand:
         check_germination("command", self.action, self.blueprint_id, self.seed_id,
                           self.blend_algorithm_id)
         t = self.issued_at
-        if not isinstance(t, int | float) or isinstance(t, bool):
+        if not is_real(t):
             raise TypeError(f"LifecycleCommand.issued_at must be a number, got {t!r}")
         try:
             t = float(t)
@@ -329,10 +330,8 @@ class CommandVerifier:
                  max_nonces: int = 100_000, *, max_skew_s: float = DEFAULT_MAX_SKEW_S) -> None:
         self._key = _check_key(key, MIN_KEY_BYTES)
         self.freshness_s = freshness_s
-        if not isinstance(max_nonces, int) or isinstance(max_nonces, bool) or max_nonces < 1:
-            raise ValueError(f"max_nonces must be a positive int, got {max_nonces!r}")
-        if not (isinstance(max_skew_s, int | float) and 0 <= max_skew_s < math.inf):
-            raise ValueError(f"max_skew_s must be a finite number >= 0, got {max_skew_s!r}")
+        check_int("max_nonces", max_nonces, minimum=1)
+        check_finite("max_skew_s", max_skew_s, minimum=0.0)
         self._clock = clock
         self._known_slots = None if known_slots is None else frozenset(known_slots)
         self._on_event = on_event
@@ -350,10 +349,7 @@ class CommandVerifier:
 
     @freshness_s.setter
     def freshness_s(self, value: float) -> None:
-        if not (isinstance(value, int | float) and not isinstance(value, bool)
-                and 0 < value < math.inf):
-            raise ValueError(f"freshness_s must be a finite number > 0, got {value!r}")
-        self._freshness_s = float(value)
+        self._freshness_s = check_finite("freshness_s", value, minimum=0.0, strict=True)
 
     @property
     def nonce_count(self) -> int:
@@ -400,13 +396,13 @@ class CommandVerifier:
             raise ValueError('the verifier state must be an object with keys "horizon" and '
                              '"nonces"')
         horizon, pairs = state["horizon"], state["nonces"]
-        if horizon is not None and not _finite_number(horizon):
+        if horizon is not None and not is_finite_real(horizon):
             raise ValueError(f"the verifier horizon must be a finite number or null, "
                              f"got {horizon!r}")
         if not isinstance(pairs, list):
             raise ValueError("the verifier nonces must be a list of [issued_at, nonce] pairs")
         for pair in pairs:
-            if not (isinstance(pair, list) and len(pair) == 2 and _finite_number(pair[0])
+            if not (isinstance(pair, list) and len(pair) == 2 and is_finite_real(pair[0])
                     and isinstance(pair[1], str) and 0 < len(pair[1]) <= MAX_NONCE_CHARS):
                 raise ValueError(f"the verifier nonces must be [issued_at, nonce] pairs (a "
                                  f"finite number, a nonce of 1 to {MAX_NONCE_CHARS} "
@@ -477,12 +473,3 @@ class CommandVerifier:
         except Exception as exc:
             warnings.warn(f"command telemetry callback raised {exc!r}; the rejection stands",
                           TelemetryCallbackWarning, stacklevel=3)
-
-
-def _finite_number(value: object) -> bool:
-    if not isinstance(value, int | float) or isinstance(value, bool):
-        return False
-    try:
-        return math.isfinite(float(value))
-    except OverflowError:
-        return False

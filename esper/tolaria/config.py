@@ -31,6 +31,7 @@ from ..leyline.constants import (
 from ..nn import blueprints
 from ..nn.host import CNNHost, TransformerHost
 from ..tamiyo import ControllerConfig
+from ..validation import check_int
 
 DEFAULT_BLUEPRINTS = {"cnn": ("norm", "conv_light", "attention", "depthwise"),
                       "transformer": ("lora", "mlp", "norm", "attention")}
@@ -79,14 +80,9 @@ class GrowConfig:
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "telemetry_stride", "blending_steps"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
-        if not isinstance(self.max_seeds, int) or self.max_seeds < 0:
-            raise ValueError(f"max_seeds must be an int >= 0, got {self.max_seeds!r}")
-        if not isinstance(self.embargo_epochs, int) or isinstance(self.embargo_epochs, bool) \
-                or self.embargo_epochs < 0:
-            raise ValueError(f"embargo_epochs must be an int >= 0, got {self.embargo_epochs!r}")
+            check_int(name, getattr(self, name), minimum=1)
+        check_int("max_seeds", self.max_seeds, minimum=0)
+        check_int("embargo_epochs", self.embargo_epochs, minimum=0)
         if self.blend_algorithm not in BLEND_ALGORITHMS:
             raise ValueError(f"blend_algorithm must be one of {BLEND_ALGORITHMS}, got "
                              f"{self.blend_algorithm!r}")

@@ -35,6 +35,7 @@ from ..core.state import SlotState
 from ..errors import CommandSourceError
 from ..leyline import TelemetryEvent
 from ..tamiyo import Decision
+from ..validation import check_int
 from .commands import MAX_LINE_CHARS, RATE_LIMITED, CommandVerifier
 
 _CHUNK = 1 << 16
@@ -169,9 +170,7 @@ class CommandSource:
         if not isinstance(state, dict) or set(state) != {"offset", "verifier"}:
             raise ValueError('the command source state must be an object with keys "offset" '
                              'and "verifier"')
-        offset = state["offset"]
-        if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0:
-            raise ValueError(f"the command offset must be an int >= 0, got {offset!r}")
+        offset = check_int("the command offset", state["offset"], minimum=0)
         self.verifier.restore(state["verifier"])
         if not self._regular:
             return  # a FIFO has no offset to go back to

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..errors import CheckpointError
+from ..validation import check_int, is_real
 from .records import EpochRecord, SlotSnapshot
 from .runconfig import config_from_record
 
@@ -31,16 +32,14 @@ MAX_COUNT = 2**53
 
 
 def _count(where: str, value: object, *, low: int = 0, high: int = MAX_COUNT) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
-        raise CheckpointError(f"{where} must be an int in [{low}, {high}], got {value!r}")
-    return value
+    return check_int(where, value, minimum=low, maximum=high, error=CheckpointError)
 
 
 def _number(where: str, value: object, *, low: float = -math.inf, high: float = math.inf,
             finite: bool = True, optional: bool = False) -> float | None:
     if value is None and optional:
         return None
-    if not isinstance(value, int | float) or isinstance(value, bool):
+    if not is_real(value):
         raise CheckpointError(f"{where} must be a number, got {value!r}")
     if finite and not math.isfinite(value):
         raise CheckpointError(f"{where} must be finite, got {value!r}")

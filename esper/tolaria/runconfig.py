@@ -26,6 +26,7 @@ from ..errors import CheckpointError
 from ..leyline import QualityGates
 from ..leyline.constants import MAX_LEARNING_RATE, MAX_RUN_SEED
 from ..tamiyo import ControllerConfig
+from ..validation import is_finite_real, is_int
 from .config import GrowConfig
 
 MAX_SEED = MAX_RUN_SEED  # the largest --seed
@@ -73,7 +74,7 @@ def _fail(where: str, name: str, rule: str, value: object) -> CheckpointError:
 
 
 def _int(where: str, name: str, value: object, low: int, high: int = 2**53) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+    if not (is_int(value) and low <= value <= high):
         raise _fail(where, name, f"an int in [{low}, {high}]", value)
     return value
 
@@ -134,8 +135,7 @@ def config_from_record(record: object, where: str = "trainer state: config") -> 
             raise _fail(where, name, "a path or null", value)
         values[name] = None if value is None else Path(value)
     lr = record["lr"]
-    if not isinstance(lr, int | float) or isinstance(lr, bool) or not (
-            math.isfinite(lr) and 0 < lr <= MAX_LEARNING_RATE):
+    if not (is_finite_real(lr) and 0 < lr <= MAX_LEARNING_RATE):
         raise _fail(where, "lr", f"a number in (0, {MAX_LEARNING_RATE:g}]", lr)
     values["lr"] = float(lr)
     values["slots"] = _names(where, "slots", record["slots"])

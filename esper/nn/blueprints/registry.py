@@ -20,6 +20,7 @@ from torch import nn
 
 from ...errors import TopologyMismatchError, UnknownBlueprintError
 from ...leyline import TOPOLOGIES, Topology
+from ...validation import check_int
 from .probe import validate_seed
 
 SeedFactory = Callable[[int], nn.Module]
@@ -122,8 +123,7 @@ def create(topology: str, name: str, channels: int) -> nn.Module:
         TypeError: if the factory returns something other than an ``nn.Module``.
     """
     spec = get(topology, name)
-    if not isinstance(channels, int) or isinstance(channels, bool) or channels < 1:
-        raise ValueError(f"channels must be an int >= 1, got {channels!r}")
+    check_int("channels", channels, minimum=1)
     seed = spec.factory(channels)
     if not isinstance(seed, nn.Module):
         raise TypeError(f"blueprint {name!r} factory returned {type(seed).__name__}, "
