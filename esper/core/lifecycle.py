@@ -23,8 +23,6 @@ import math
 import torch
 
 from ..errors import (
-    AlphaShapeError,
-    AlphaValueError,
     FossilizedSeedError,
     InvalidTransitionError,
     NoLiveSeedError,
@@ -43,6 +41,7 @@ from ..leyline import (
 from ..leyline.constants import BLEND_ALGORITHMS, DEFAULT_BLEND_ALGORITHM, DEFAULT_MAX_HISTORY
 from ..validation import check_int
 from . import gates as G
+from .alpha import check_alpha
 from .schedule import alpha_at
 from .state import SeedMetrics, SlotState, TransitionRecord, stage_coefficients
 
@@ -473,7 +472,8 @@ def set_alpha(state: SlotState, value: float | torch.Tensor) -> SlotState:
 
     ``value`` is a number (scalar mode) or a tensor: 0-d in scalar mode,
     exactly ``channels`` entries in channel mode. It must be finite and in
-    [0, 1]; nothing is clamped silently.
+    [0, 1] (:func:`~esper.core.alpha.check_alpha`); a value outside is refused,
+    never clamped.
 
     Raises:
         StageError: another stage (a ``ValueError``).
@@ -485,23 +485,6 @@ def set_alpha(state: SlotState, value: float | torch.Tensor) -> SlotState:
     if state.stage not in (_S.BLENDING, _S.HOLDING):
         raise StageError(f"alpha is fixed by the stage in {state.stage.name}; set_alpha needs "
                          "a BLENDING or HOLDING seed")
-    if isinstance(value, torch.Tensor):
-        expected = () if state.alpha_mode == "scalar" else (state.channels,)
-        if tuple(value.shape) != expected or not value.is_floating_point():
-            raise AlphaShapeError(f"{state.alpha_mode} alpha must be a float tensor of shape "
-                                  f"{expected}, got {value.dtype} {tuple(value.shape)}")
-        tensor = _alpha_tensor(state, value)
-    elif isinstance(value, int | float) and not isinstance(value, bool):
-        if state.alpha_mode == "channel":
-            raise AlphaShapeError(f"slot {state.slot_id!r} blends per channel: alpha must be a "
-                                  f"vector of {state.channels} values, not a number")
-        if not 0.0 <= value <= 1.0:  # also refuses NaN, before any tensor is built
-            raise AlphaValueError(f"alpha must be finite and in [0, 1], got {value!r}: "
-                                  "0 is the host alone, 1 the seed alone")
-        tensor = _alpha_tensor(state, value)
-    else:
-        raise TypeError(f"alpha must be a number or a tensor, got {type(value).__name__}")
-    if not bool((torch.isfinite(tensor) & (tensor >= 0) & (tensor <= 1)).all()):
-        raise AlphaValueError(f"alpha must be finite and in [0, 1], got {tensor.tolist()}: "
-                              "0 is the host alone, 1 the seed alone")
-    return state.replace(alpha=tensor)
+    alpha = check_alpha(value, where=f"slot {state.slot_id!r}", channels=state.channels,
+                        mode=state.alpha_mode)
+    return state.replace(alpha=_alpha_tensor(state, alpha))

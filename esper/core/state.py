@@ -11,18 +11,15 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import torch
 import torch.utils._pytree as pytree
 
-from ..errors import AlphaShapeError, AlphaValueError
 from ..leyline import GateResult, QualityGates, SeedStage, TaskConfig, is_active
 from ..leyline.constants import BLEND_ALGORITHMS, DEFAULT_BLEND_ALGORITHM, DEFAULT_MAX_HISTORY
 from ..validation import check_int
-
-AlphaMode = Literal["scalar", "channel"]
-ALPHA_MODES: tuple[AlphaMode, ...] = ("scalar", "channel")
+from .alpha import ALPHA_MODES, AlphaMode, check_alpha
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,14 +96,6 @@ def stage_coefficients(stage: SeedStage, isolate: bool) -> tuple[float | None, f
     if stage == SeedStage.FOSSILIZED:
         return 1.0, 0.0, 0.0
     return 0.0, 0.0, 1.0
-
-
-def _check_override_shape(alpha: torch.Tensor, channels: int) -> None:
-    shape = tuple(alpha.shape)
-    per_sample = len(shape) >= 2 and all(d == 1 for d in shape[1:])
-    if shape not in ((), (channels,)) and not per_sample:
-        raise AlphaShapeError(f"alpha override must be a scalar, {channels} channel values or a "
-                              f"per-sample [B, 1, ...] tensor, got shape {shape}")
 
 
 def _scalar(value: float, device: torch.device | str = "cpu") -> torch.Tensor:
@@ -199,21 +188,14 @@ class SlotState:
         self._check_tensors()
 
     def _check_tensors(self) -> None:
-        expected_shape = () if self.alpha_mode == "scalar" else (self.channels,)
         for name in ("alpha", "b", "g"):
             value = getattr(self, name)
             if not isinstance(value, torch.Tensor) or value.dtype != torch.float32:
                 raise TypeError(f"SlotState.{name} must be a float32 tensor, got {value!r}")
-            shape = expected_shape if name == "alpha" else ()
-            if self.alpha_overridden and name == "alpha":
-                _check_override_shape(value, self.channels)
-            elif tuple(value.shape) != shape:
-                error = AlphaShapeError if name == "alpha" else ValueError
-                raise error(f"SlotState.{name} must have shape {shape} in "
-                            f"{self.alpha_mode} mode, got {tuple(value.shape)}")
-        if not bool((torch.isfinite(self.alpha) & (self.alpha >= 0) & (self.alpha <= 1)).all()):
-            raise AlphaValueError(f"alpha must be finite and lie in [0, 1], got "
-                                  f"{self.alpha.tolist()}: 0 is the host alone, 1 the seed alone")
+            if name != "alpha" and value.dim() != 0:
+                raise ValueError(f"SlotState.{name} must have shape (), got {tuple(value.shape)}")
+        check_alpha(self.alpha, where=f"slot {self.slot_id!r}", channels=self.channels,
+                    mode=None if self.alpha_overridden else self.alpha_mode)
         a, b, g = stage_coefficients(self.stage, self.isolate)
         a = None if self.alpha_overridden else a
         actual_b, actual_g = float(self.b), float(self.g)
@@ -221,11 +203,6 @@ class SlotState:
             raise ValueError(
                 f"coefficients of a {self.stage.name} slot must be (a={a}, b={b}, g={g}), "
                 f"got (a={self.alpha.tolist()}, b={actual_b}, g={actual_g})")
-
-    @property
-    def a(self) -> torch.Tensor:
-        """The blend coefficient of DESIGN.md (the same tensor as :attr:`alpha`)."""
-        return self.alpha
 
     @property
     def alpha_value(self) -> float:
@@ -238,7 +215,7 @@ class SlotState:
         return is_active(self.stage)
 
     def with_alpha(self, value: float | torch.Tensor) -> SlotState:
-        """An evaluation copy whose blend coefficient ``a`` is ``value``.
+        """An evaluation copy whose alpha is ``value`` (see :func:`~esper.core.alpha.check_alpha`).
 
         For counterfactuals (``value=0`` removes the seed's contribution) and
         what-if evaluation: the same compiled graph runs it, nothing mutates.
@@ -251,15 +228,12 @@ class SlotState:
             AlphaShapeError: a tensor of the wrong shape (a ``ValueError``).
             TypeError: neither a number nor a float tensor.
         """
-        if isinstance(value, torch.Tensor):
-            if not value.is_floating_point():
-                raise TypeError(f"alpha override must be a float tensor, got {value.dtype}")
-            alpha = value.detach().to(dtype=torch.float32, device=self.alpha.device)
-        elif isinstance(value, int | float) and not isinstance(value, bool):
-            alpha = torch.full(self.alpha.shape, float(value), dtype=torch.float32,
-                               device=self.alpha.device)
+        checked = check_alpha(value, where=f"slot {self.slot_id!r}", channels=self.channels)
+        if isinstance(checked, torch.Tensor):
+            alpha = checked.detach().to(dtype=torch.float32, device=self.alpha.device)
         else:
-            raise TypeError(f"alpha override must be a number or a tensor, got {value!r}")
+            alpha = torch.full(self.alpha.shape, checked, dtype=torch.float32,
+                               device=self.alpha.device)
         return dataclasses.replace(self, alpha=alpha, alpha_overridden=True)
 
     def muted(self, flag: torch.Tensor) -> SlotState:

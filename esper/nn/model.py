@@ -8,9 +8,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..core.state import AlphaMode, SlotState, _check_override_shape
+from ..core.alpha import check_alpha
+from ..core.state import AlphaMode, SlotState
 from ..errors import (
-    AlphaValueError,
     InputDtypeError,
     StateDictMismatchError,
     TelemetryTypeError,
@@ -185,27 +185,8 @@ class MorphogeneticModel(nn.Module):
             if name not in self.seed_slots:
                 raise UnknownSlotError(f"alpha override for unknown slot {name!r}; slots are "
                                        f"{list(self.seed_slots)}")
-            if isinstance(value, bool) or not isinstance(value, int | float | Tensor):
-                raise TypeError(f"alpha override for {name!r} must be a number or a tensor, "
-                                f"got {type(value).__name__}")
-            if isinstance(value, Tensor):
-                self._check_override_tensor(name, value)
-            elif not 0 <= value <= 1:  # also refuses NaN (and traces under torch.compile)
-                raise AlphaValueError(f"alpha override for {name!r} must be in [0, 1], got "
-                                      f"{value}: 0 is the host alone, 1 the seed alone")
+            check_alpha(value, where=f"slot {name!r}", channels=self.seed_slots[name].channels)
         return dict(overrides)
-
-    def _check_override_tensor(self, name: str, value: Tensor) -> None:
-        if not value.is_floating_point():
-            raise TypeError(f"alpha override for {name!r} must be a float tensor, got "
-                            f"{value.dtype}: convert it with .float()")
-        _check_override_shape(value, self.seed_slots[name].channels)
-        if torch.compiler.is_compiling():
-            return
-        if not bool(((value >= 0) & (value <= 1)).all()):  # NaN fails both comparisons
-            raise AlphaValueError(f"alpha override for {name!r} must be finite and in [0, 1], "
-                                  f"got {value.detach().cpu().flatten()[:8].tolist()}: 0 is "
-                                  "the host alone, 1 the seed alone")
 
     # ------------------------------------------------------------------ lifecycle
 

@@ -18,11 +18,11 @@ import torch
 from torch import Tensor, nn
 
 from ..core import lifecycle as L
+from ..core.alpha import check_alpha
 from ..core.events import events
 from ..core.serialize import state_from_dict, state_to_dict
 from ..core.state import AlphaMode, SlotState
 from ..errors import (
-    AlphaValueError,
     EsperError,
     SeedRaisedError,
     TopologyMismatchError,
@@ -388,9 +388,7 @@ class SeedSlot(nn.Module):
         state = self._state if state is None else state
         if alpha is None or isinstance(alpha, Tensor):
             return state, alpha
-        if not 0.0 <= alpha <= 1.0:  # also refuses NaN
-            raise AlphaValueError(f"slot {self.slot_id!r}: alpha must be in [0, 1], got "
-                                  f"{alpha!r}: 0 is the host alone, 1 the seed alone")
+        alpha = check_alpha(alpha, where=f"slot {self.slot_id!r}", channels=self.channels)
         return state, torch.tensor(float(alpha), dtype=torch.float32, device=host.device)
 
     # ------------------------------------------------------------------ persistence

@@ -130,7 +130,16 @@ def broadcast_alpha(alpha: Tensor, host: Tensor) -> Tensor:
 
 
 def blend_weight(alpha: Tensor, host: Tensor) -> Tensor:
-    """``alpha`` clamped to [0, 1] (a copy), cast to ``host``'s dtype, broadcast to ``host``."""
+    """``alpha`` clamped to [0, 1] (a copy), cast to ``host``'s dtype, broadcast to ``host``.
+
+    Every alpha that enters through the lifecycle, a :class:`SlotState` or the
+    model was checked by :func:`~esper.core.alpha.check_alpha`, which refuses a
+    value outside [0, 1]; for those the clamp changes nothing. It is there for
+    the alphas no check reads: a tensor handed straight to these functions
+    (:func:`blend`, :func:`slot_forward`, ``SeedSlot.forward(alpha=tensor)``)
+    and an override tensor while ``torch.compile`` traces the model (reading
+    its values would be a host sync). Those are clamped; NaN passes through.
+    """
     return broadcast_alpha(alpha, host).clamp(0.0, 1.0).to(host.dtype)
 
 

@@ -38,7 +38,7 @@ def test_dormant_defaults():
     assert s.blueprint_id is None and s.seed_id is None and s.seed_params == 0
     assert s.alpha.shape == () and s.alpha.dtype == torch.float32 and float(s.alpha) == 0.0
     assert (float(s.b), float(s.g)) == (0.0, 1.0)
-    assert s.a is s.alpha
+    assert not hasattr(s, "a")  # one name for the blend weight: alpha
     assert s.alpha_value == 0.0
     assert not s.has_seed
     assert s.history == () and s.transitions == 0 and s.epoch == 0

@@ -59,7 +59,7 @@ def test_an_integer_tensor_alpha_override_is_refused():
 
 def test_a_number_alpha_given_to_a_slot_directly_is_range_checked():
     slot = model_with_seed().seed_slots["mid"]
-    with pytest.raises(AlphaValueError, match="alpha must be in"):
+    with pytest.raises(AlphaValueError, match=r"alpha override must be finite and in \[0, 1\]"):
         slot(torch.randn(2, 8, 4, 4), alpha=float("nan"))
 
 
