@@ -9,7 +9,7 @@ import math
 
 import pytest
 
-from esper.errors import WeakCommandKeyError
+from esper.errors import MalformedCommandError, WeakCommandKeyError
 from esper.leyline import EVENT_PAYLOAD_FIELDS, EventType, TelemetryEvent
 from esper.nn.slot import TelemetryCallbackWarning
 from esper.tamiyo import Decision
@@ -19,7 +19,6 @@ from esper.tolaria.commands import (
     MIN_KEY_BYTES,
     CommandVerifier,
     LifecycleCommand,
-    MalformedCommandError,
     SignedCommand,
     Verdict,
     load_key_from_env,
