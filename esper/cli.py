@@ -34,7 +34,7 @@ MAX_SEED = C.MAX_RUN_SEED
 MAX_WIDTH = 1024  # CNN base channels (the last block has 4x) or transformer embedding
 MAX_LR = MAX_LEARNING_RATE
 DEFAULT_COMPILE_BACKEND = C.DEFAULT_COMPILE_BACKEND
-TRANSFORMER_HEADS = 4  # the chars host's attention heads: they must divide --width
+TRANSFORMER_HEADS = C.RUN_TRANSFORMER_HEADS  # the chars host's heads: they must divide --width
 MAX_DIST_TIMEOUT = 86_400  # --dist-timeout, seconds: a day
 
 
@@ -186,7 +186,7 @@ def _add_grow(commands: argparse._SubParsersAction) -> None:
     grow.register("action", None, _given(argparse._StoreAction))
     grow.register("action", "store", _given(argparse._StoreAction))
     grow.register("action", "store_true", _given(argparse._StoreTrueAction))
-    grow.add_argument("--task", choices=("digits", "cifar10", "chars"), default=C.DEFAULT_RUN_TASK,
+    grow.add_argument("--task", choices=C.RUN_TASKS, default=C.DEFAULT_RUN_TASK,
                       help="digits: scikit-learn's bundled 8x8 digits on a CNN; cifar10: the "
                            "python-pickle batches in --data-dir on a CNN; chars: a character "
                            "language model over the Python standard library's source")
@@ -255,7 +255,8 @@ def _add_grow(commands: argparse._SubParsersAction) -> None:
                       help="JSON-lines file or FIFO of signed lifecycle commands, applied at "
                            "epoch boundaries (with --controller external; the HMAC key comes "
                            "from the environment variable ESPER_COMMAND_KEY)")
-    grow.add_argument("--dist-timeout", type=_dist_timeout, default=120.0, metavar="SECONDS",
+    grow.add_argument("--dist-timeout", type=_dist_timeout, default=C.DEFAULT_DIST_TIMEOUT_S,
+                      metavar="SECONDS",
                       help="under torchrun: how long a rank waits for the others in a "
                            "collective; a silent rank then stops the run with an error naming "
                            "it (the last epoch's checkpoint stays intact)")
@@ -272,8 +273,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_grow(commands)
     demo = commands.add_parser(
         "demo", help="a hand-driven lifecycle on a small CNN (no controller)")
-    demo.add_argument("--epochs", type=_positive, default=12, help="epochs to train")
-    demo.add_argument("--seed", type=_seed, default=0, help=f"random seed in [0, {MAX_SEED}]")
+    demo.add_argument("--epochs", type=_positive, default=C.DEFAULT_DEMO_EPOCHS,
+                      help="epochs to train")
+    demo.add_argument("--seed", type=_seed, default=C.DEFAULT_RUN_SEED,
+                      help=f"random seed in [0, {MAX_SEED}]")
     demo.set_defaults(run=_demo)
     return parser
 

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..leyline.constants import DEFAULT_RUN_TASK, RUN_TASKS
 from .base import TaskData
 from .chars import DEFAULT_BLOCK_SIZE, load_chars
 from .cifar10 import load_cifar10
 from .digits import load_digits
 from .errors import DatasetError
 
-TASKS = ("digits", "cifar10", "chars")
-DEFAULT_TASK = "digits"
+TASKS = RUN_TASKS
+DEFAULT_TASK = DEFAULT_RUN_TASK
 
 
 def load_task(name: str = DEFAULT_TASK, *, data_dir: str | Path | None = None, seed: int = 0,

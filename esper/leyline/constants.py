@@ -1,10 +1,14 @@
-"""Every default of the lifecycle in one place.
+"""Every default in one place: the lifecycle's, the controller's, the optimizer's and a run's.
 
-Each constant is used exactly where it belongs: the gate defaults by
+Each constant is read where it belongs: the gate defaults by
 :class:`~esper.leyline.config.QualityGates`, the task defaults by
-:class:`~esper.leyline.config.TaskConfig`, the rest by the state and telemetry.
+:class:`~esper.leyline.config.TaskConfig`, the policy defaults by
+``esper.tamiyo.ControllerConfig``, the optimizer's by ``esper.optim.SGDConfig``,
+a run's by both ``esper.tolaria.config.GrowConfig`` and the ``esper`` command
+line, and the rest by the state and telemetry.
 """
 
+from types import MappingProxyType
 from typing import Final
 
 # Quality gates (accuracy is in percentage points).
@@ -47,9 +51,35 @@ DEFAULT_RUN_BATCH_SIZE: Final = 64
 DEFAULT_RUN_SEED: Final = 0
 MAX_RUN_SEED: Final = 2**32 - 1  # every generator a run seeds accepts it
 DEFAULT_RUN_TASK: Final = "digits"
+RUN_TASKS: Final = ("digits", "cifar10", "chars")
 DEFAULT_RUN_SLOTS: Final = ("early", "mid", "late")
+# The blueprints the controller plants, in turn, when a run names none (per topology).
+DEFAULT_RUN_BLUEPRINTS: Final = MappingProxyType({
+    "cnn": ("norm", "conv_light", "attention", "depthwise"),
+    "transformer": ("lora", "mlp", "norm", "attention"),
+})
 DEFAULT_RUN_DIR: Final = "runs/grow"
 DEFAULT_COMPILE_BACKEND: Final = "inductor"
+# Under torchrun: how long a rank waits for the others in a collective.
+DEFAULT_DIST_TIMEOUT_S: Final = 120.0
+# The chars task's transformer host: its attention heads (they divide its width).
+RUN_TRANSFORMER_HEADS: Final = 4
+# ``esper demo``: the hand-driven lifecycle's length.
+DEFAULT_DEMO_EPOCHS: Final = 12
+
+# The heuristic controller's policy (esper.tamiyo.ControllerConfig; a run sets its own
+# blueprints and max_seeds from the run's).
+DEFAULT_CONTROLLER_MAX_SEEDS: Final = 3
+DEFAULT_MAX_GERMINATIONS_PER_SLOT: Final = 2
+DEFAULT_WARMUP_EPOCHS: Final = 1
+DEFAULT_PLATEAU_PATIENCE: Final = 2
+DEFAULT_PLATEAU_DELTA: Final = 0.5
+DEFAULT_STALL_EPOCHS: Final = 4
+DEFAULT_PRUNE_BELOW: Final = -1.0
+
+# SGD (esper.optim.SGDConfig; its learning rate defaults to DEFAULT_RUN_LR).
+DEFAULT_MOMENTUM: Final = 0.9
+DEFAULT_WEIGHT_DECAY: Final = 5e-4
 
 # The largest learning rate accepted anywhere (SGD diverges at once far below it).
 MAX_LEARNING_RATE: Final = 10.0

@@ -15,7 +15,12 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from ..leyline.constants import MAX_LEARNING_RATE
+from ..leyline.constants import (
+    DEFAULT_MOMENTUM,
+    DEFAULT_RUN_LR,
+    DEFAULT_WEIGHT_DECAY,
+    MAX_LEARNING_RATE,
+)
 from ..validation import check_finite
 
 HOST_GROUP = "host"
@@ -33,9 +38,9 @@ def group_of(parameter_name: str) -> str:
 class SGDConfig:
     """Hyper-parameters: ``seed_lr`` defaults to ``lr``."""
 
-    lr: float = 0.05
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
+    lr: float = DEFAULT_RUN_LR
+    momentum: float = DEFAULT_MOMENTUM
+    weight_decay: float = DEFAULT_WEIGHT_DECAY
     seed_lr: float | None = None
 
     def __post_init__(self) -> None:

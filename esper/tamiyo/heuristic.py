@@ -32,6 +32,7 @@ from dataclasses import dataclass, field, replace
 from ..core.gates import g5_contribution
 from ..core.state import SlotState
 from ..leyline import SeedStage, is_active
+from ..leyline import constants as C
 from ..leyline.constants import BLEND_ALGORITHMS, DEFAULT_BLEND_ALGORITHM
 from ..validation import check_int
 from .decisions import Decision
@@ -41,14 +42,14 @@ from .decisions import Decision
 class ControllerConfig:
     """Knobs of the heuristic policy (see the module docstring)."""
 
-    blueprints: tuple[str, ...] = ("norm", "conv_light", "attention", "depthwise")
-    max_seeds: int = 3
-    max_germinations_per_slot: int = 2
-    warmup_epochs: int = 1
-    plateau_patience: int = 2
-    plateau_delta: float = 0.5
-    stall_epochs: int = 4
-    prune_below: float = -1.0
+    blueprints: tuple[str, ...] = C.DEFAULT_RUN_BLUEPRINTS["cnn"]
+    max_seeds: int = C.DEFAULT_CONTROLLER_MAX_SEEDS
+    max_germinations_per_slot: int = C.DEFAULT_MAX_GERMINATIONS_PER_SLOT
+    warmup_epochs: int = C.DEFAULT_WARMUP_EPOCHS
+    plateau_patience: int = C.DEFAULT_PLATEAU_PATIENCE
+    plateau_delta: float = C.DEFAULT_PLATEAU_DELTA
+    stall_epochs: int = C.DEFAULT_STALL_EPOCHS
+    prune_below: float = C.DEFAULT_PRUNE_BELOW
     blend_algorithm: str = DEFAULT_BLEND_ALGORITHM
 
     def __post_init__(self) -> None:

@@ -19,6 +19,7 @@ from ..leyline.constants import (
     DEFAULT_COMPILE_BACKEND,
     DEFAULT_EMBARGO_EPOCHS,
     DEFAULT_RUN_BATCH_SIZE,
+    DEFAULT_RUN_BLUEPRINTS,
     DEFAULT_RUN_DIR,
     DEFAULT_RUN_EPOCHS,
     DEFAULT_RUN_LR,
@@ -27,14 +28,12 @@ from ..leyline.constants import (
     DEFAULT_RUN_SLOTS,
     DEFAULT_RUN_TASK,
     DEFAULT_TELEMETRY_STRIDE,
+    RUN_TRANSFORMER_HEADS,
 )
 from ..nn import blueprints
 from ..nn.host import CNNHost, TransformerHost
 from ..tamiyo import ControllerConfig
 from ..validation import check_int
-
-DEFAULT_BLUEPRINTS = {"cnn": ("norm", "conv_light", "attention", "depthwise"),
-                      "transformer": ("lora", "mlp", "norm", "attention")}
 
 
 @dataclass(frozen=True)
@@ -96,7 +95,7 @@ class GrowConfig:
 
     def blueprints_for(self, topology: str) -> tuple[str, ...]:
         """The blueprints the controller may plant, checked against the registry."""
-        chosen = self.blueprints or DEFAULT_BLUEPRINTS[topology]
+        chosen = self.blueprints or DEFAULT_RUN_BLUEPRINTS[topology]
         known = blueprints.names(topology)
         unknown = [b for b in chosen if b not in known]
         if unknown:
@@ -139,7 +138,8 @@ def build_host(data: TaskData, width: int | None = None) -> nn.Module:
     """
     if data.topology == "transformer":
         assert data.block_size is not None
-        return TransformerHost(vocab_size=data.num_classes, n_embd=width or 64, n_head=4,
+        return TransformerHost(vocab_size=data.num_classes, n_embd=width or 64,
+                               n_head=RUN_TRANSFORMER_HEADS,
                                n_layer=3, block_size=data.block_size)
     size = data.input_shape[-1]
     return CNNHost(num_classes=data.num_classes, in_channels=data.in_channels or 3,

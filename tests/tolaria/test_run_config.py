@@ -3,6 +3,7 @@ from one source, its departures from the contract listed, its blend algorithm ch
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import re
@@ -14,7 +15,7 @@ import pytest
 
 from esper.checkpoint import load_checkpoint
 from esper.checkpoint.layout import current
-from esper.cli import build_parser, main
+from esper.cli import _FIELDS, build_parser, main
 from esper.core.state import SlotState
 from esper.errors import CheckpointError, ResumeConflictError
 from esper.leyline import SeedStage
@@ -239,6 +240,39 @@ def test_one_source_for_each_default() -> None:
     assert (task.blending_steps, task.embargo_epochs) == (
         C.DEFAULT_BLENDING_STEPS, C.DEFAULT_EMBARGO_EPOCHS) == (5, 5)
     assert config.departures() == {}
+    assert config.blueprints_for("cnn") == ControllerConfig().blueprints \
+        == C.DEFAULT_RUN_BLUEPRINTS["cnn"]
+    assert args.dist_timeout == C.DEFAULT_DIST_TIMEOUT_S
+
+
+def _grow_help_by_option() -> tuple[dict[str, str], list[argparse.Action]]:
+    """``esper grow --help``'s text of each option (by its first flag) and the parser's actions."""
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    grow_parser = commands.choices["grow"]
+    text = grow_parser.format_help().split("\noptions:\n", 1)[1]
+    entries = re.split(r"\n  (?=-)", "\n" + text)
+    by_flag = {entry.split()[0].rstrip(","): " ".join(entry.split()) for entry in entries if entry}
+    return by_flag, grow_parser._actions
+
+
+def test_help_shows_growconfigs_default_for_every_option_that_has_one() -> None:
+    by_flag, actions = _grow_help_by_option()
+    config = GrowConfig()
+    checked = set()
+    for action in actions:
+        if action.dest not in _FIELDS:
+            continue
+        name, convert = _FIELDS[action.dest]
+        value = getattr(config, name)
+        assert (convert(action.default) if convert else action.default) == value, action.dest
+        shown = by_flag[action.option_strings[0]]
+        assert shown.endswith(f"(default: {action.default})"), shown
+        if isinstance(value, int | float | str) and not isinstance(value, bool):
+            assert shown.endswith(f"(default: {value})"), shown
+        checked.add(name)
+    assert checked == {name for name, _ in _FIELDS.values()}
+    assert f"(default: {config.out};" in by_flag["--out"]
 
 
 def test_help_shows_the_contract_and_its_departures(capsys: pytest.CaptureFixture[str]) -> None:
