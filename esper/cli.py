@@ -180,12 +180,27 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _add_grow(commands: argparse._SubParsersAction) -> None:
+    """The ``grow`` sub-command; each option records in ``given`` that it was given."""
     grow = commands.add_parser("grow", help="grow a network on a task (the main job)",
                                description=GROW_HELP,
                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     grow.register("action", None, _given(argparse._StoreAction))
     grow.register("action", "store", _given(argparse._StoreAction))
     grow.register("action", "store_true", _given(argparse._StoreTrueAction))
+    _add_run_options(grow)
+    _add_training_options(grow)
+    _add_lifecycle_options(grow)
+    grow.add_argument("--dist-timeout", type=_dist_timeout, default=C.DEFAULT_DIST_TIMEOUT_S,
+                      metavar="SECONDS",
+                      help="under torchrun: how long a rank waits for the others in a "
+                           "collective; a silent rank then stops the run with an error naming "
+                           "it (the last epoch's checkpoint stays intact)")
+    grow.add_argument("--quiet", action="store_true", help="plain log lines, no live display")
+    grow.set_defaults(run=_grow)
+
+
+def _add_run_options(grow: argparse.ArgumentParser) -> None:
+    """What a run grows, and where: task, length, slots, seeds, random seed, directory."""
     grow.add_argument("--task", choices=C.RUN_TASKS, default=C.DEFAULT_RUN_TASK,
                       help="digits: scikit-learn's bundled 8x8 digits on a CNN; cifar10: the "
                            "python-pickle batches in --data-dir on a CNN; chars: a character "
@@ -216,6 +231,10 @@ def _add_grow(commands: argparse._SubParsersAction) -> None:
                                "stay)")
     grow.add_argument("--baseline", action="store_true",
                       help="also train the host alone and plot it beside the grown model")
+
+
+def _add_training_options(grow: argparse.ArgumentParser) -> None:
+    """How the host trains: compilation, data, batch size, learning rate, width, length."""
     grow.add_argument("--no-compile", action="store_true",
                       help="run the training step eagerly instead of torch.compile")
     grow.add_argument("--compile-backend", type=_compile_backend,
@@ -236,6 +255,10 @@ def _add_grow(commands: argparse._SubParsersAction) -> None:
     grow.add_argument("--stop-after", type=_positive, default=None,
                       help="stop after this epoch (the run's schedule still spans --epochs); "
                            "continue later with --resume")
+
+
+def _add_lifecycle_options(grow: argparse.ArgumentParser) -> None:
+    """How seeds live: their alpha ramp, the contract's timing, and who decides."""
     grow.add_argument("--blend", choices=C.BLEND_ALGORITHMS, default=C.DEFAULT_BLEND_ALGORITHM,
                       help="alpha ramp of the seeds the controller germinates (a signed "
                            "command may name its own); another than the contract's "
@@ -255,13 +278,6 @@ def _add_grow(commands: argparse._SubParsersAction) -> None:
                       help="JSON-lines file or FIFO of signed lifecycle commands, applied at "
                            "epoch boundaries (with --controller external; the HMAC key comes "
                            "from the environment variable ESPER_COMMAND_KEY)")
-    grow.add_argument("--dist-timeout", type=_dist_timeout, default=C.DEFAULT_DIST_TIMEOUT_S,
-                      metavar="SECONDS",
-                      help="under torchrun: how long a rank waits for the others in a "
-                           "collective; a silent rank then stops the run with an error naming "
-                           "it (the last epoch's checkpoint stays intact)")
-    grow.add_argument("--quiet", action="store_true", help="plain log lines, no live display")
-    grow.set_defaults(run=_grow)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -192,8 +192,8 @@ def plan_launches(
     as ``base + element_offset`` with the lowest address as base so every offset
     is non-negative. Partial-sum slots are numbered in tensor order, so the
     slots of each group are consecutive whatever launch wrote them. The
-    arithmetic runs on int64 CPU tensors: a Python loop per block would cost
-    milliseconds for 1000 tensors.
+    arithmetic runs on int64 CPU tensors, not in a Python loop per block (a
+    large model has thousands of blocks).
 
     Arguments:
         tensors: dense tensors (see :func:`is_dense`), groups concatenated in order.
@@ -205,6 +205,29 @@ def plan_launches(
     """
     index = index_tensors(tensors) if index is None else index
     ptr = torch.tensor([t.data_ptr() for t in tensors], dtype=torch.int64)
+    members, nblk = _group_launches(ptr, index)
+    ends = torch.cumsum(nblk, 0)
+    starts = ends - nblk
+    launches, rows, first = [], [], 0
+    for member in members:
+        launch, row = _lay_out(tensors, ptr, nblk, starts, member, first)
+        launches.append(launch)
+        rows.append(row)
+        first += launch.count
+    table = torch.cat(rows, dim=1) if rows else torch.zeros(3, 0, dtype=torch.int64)
+    edges = torch.tensor([0, *accumulate(group_sizes)], dtype=torch.int64)
+    bounds = torch.cat((torch.zeros(1, dtype=torch.int64), ends))[edges]
+    widest = int((bounds[1:] - bounds[:-1]).max()) if len(group_sizes) else 0
+    return Plan(launches, table, bounds, first, widest)
+
+
+# The tensors of one launch: positions, element counts, element size, block and chunk.
+_Member = tuple[torch.Tensor, torch.Tensor, int, int, int]
+
+
+def _group_launches(ptr: torch.Tensor, index: TensorIndex) -> tuple[list[_Member], torch.Tensor]:
+    """The launches (non-empty tensors by dtype and address residue) and each tensor's
+    block count (0 for an empty one)."""
     by_dtype: dict[torch.dtype, tuple[list[int], list[int]]] = {}
     for (dtype, _, shape), positions in index.items():
         numel = math.prod(shape)
@@ -212,9 +235,8 @@ def plan_launches(
             pos, num = by_dtype.setdefault(dtype, ([], []))
             pos.extend(positions)
             num.extend([numel] * len(positions))
-
-    members = []
-    nblk = torch.zeros(len(tensors), dtype=torch.int64)
+    members: list[_Member] = []
+    nblk = torch.zeros(len(ptr), dtype=torch.int64)
     for dtype, (pos, num) in by_dtype.items():
         where, numel = torch.tensor(pos), torch.tensor(num)
         residue = ptr[where] % dtype.itemsize
@@ -224,29 +246,22 @@ def plan_launches(
             block, chunk = choose_block(int(part_numel.max()))
             nblk[part] = (part_numel + chunk - 1) // chunk
             members.append((part, part_numel, dtype.itemsize, block, chunk))
-    ends = torch.cumsum(nblk, 0)
-    starts = ends - nblk
+    return members, nblk
 
-    launches, rows, first = [], [], 0
-    for part, numel, size, block, chunk in members:
-        addr = ptr[part]
-        lowest = int(torch.argmin(addr))
-        delta = addr - addr[lowest]
-        assert bool((delta % size == 0).all()), "tensors of one launch must share alignment"
-        off = delta // size
-        count = nblk[part]
-        owner = torch.repeat_interleave(torch.arange(part.numel()), count)
-        local = torch.arange(owner.numel()) - (torch.cumsum(count, 0) - count)[owner]
-        rows.append(
-            torch.stack(
-                (off[owner] + local * chunk, (off + numel)[owner], starts[part][owner] + local)
-            )
-        )
-        launches.append(Launch(tensors[int(part[lowest])], block, chunk, first, owner.numel()))
-        first += owner.numel()
 
-    table = torch.cat(rows, dim=1) if rows else torch.zeros(3, 0, dtype=torch.int64)
-    edges = torch.tensor([0, *accumulate(group_sizes)], dtype=torch.int64)
-    bounds = torch.cat((torch.zeros(1, dtype=torch.int64), ends))[edges]
-    widest = int((bounds[1:] - bounds[:-1]).max()) if len(group_sizes) else 0
-    return Plan(launches, table, bounds, first, widest)
+def _lay_out(tensors: Sequence[torch.Tensor], ptr: torch.Tensor, nblk: torch.Tensor,
+             starts: torch.Tensor, member: _Member, first: int) -> tuple[Launch, torch.Tensor]:
+    """One launch, its programs numbered from ``first``, and its rows of the block table."""
+    part, numel, size, block, chunk = member
+    addr = ptr[part]
+    lowest = int(torch.argmin(addr))
+    delta = addr - addr[lowest]
+    assert bool((delta % size == 0).all()), "tensors of one launch must share alignment"
+    off = delta // size
+    count = nblk[part]
+    owner = torch.repeat_interleave(torch.arange(part.numel()), count)
+    local = torch.arange(owner.numel()) - (torch.cumsum(count, 0) - count)[owner]
+    rows = torch.stack(
+        (off[owner] + local * chunk, (off + numel)[owner], starts[part][owner] + local)
+    )
+    return Launch(tensors[int(part[lowest])], block, chunk, first, owner.numel()), rows

@@ -23,7 +23,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._utils import TensorIndex, is_dense, num_warps_for, plan_launches
+from ._utils import Plan, TensorIndex, is_dense, num_warps_for, plan_launches
 
 _ACCUMULATOR = {torch.float64: tl.float64}
 
@@ -121,6 +121,14 @@ def group_squared_norms_triton(
     if num_groups == 0:
         return out
 
+    _run_kernels(plan, workspace, out, device)
+    return out
+
+
+def _run_kernels(plan: Plan, workspace: torch.Tensor, out: torch.Tensor,
+                 device: torch.device) -> None:
+    """Launch the partial sums of ``plan`` into ``workspace``, then the group sums into ``out``."""
+    num_groups = out.shape[0]
     # One host-to-device copy for every table of every launch.
     meta = torch.cat((plan.table.reshape(-1), plan.bounds)).to(device, non_blocking=True)
     blocks = plan.table.shape[1]
@@ -144,4 +152,3 @@ def group_squared_norms_triton(
             )
         block = min(1024, max(16, triton.next_power_of_2(plan.widest_group)))
         _group_sums_kernel[(num_groups,)](workspace, bounds, out, BLOCK=block)
-    return out

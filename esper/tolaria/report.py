@@ -256,14 +256,6 @@ def plot_growth(records: Sequence[EpochRecord], slots: Sequence[str], path: Path
     alpha (0 at the bottom of the lane, 1 at the top) as a black line.
     """
     path = Path(path)
-    epochs = [r.epoch for r in records]
-    accuracy = [_finite(r.val_accuracy) for r in records]
-    if baseline is None and any(r.baseline_accuracy is not None for r in records):
-        base_x, base_y = epochs, [_finite(r.baseline_accuracy) for r in records]
-    else:
-        base_x = list(range(1, len(baseline) + 1)) if baseline else []
-        base_y = [_finite(v) for v in baseline or ()]
-
     bottom = 0.55 + (0.45 if slots else 0.0)  # inches: the x label, then the stage legend
     height = 3.4 + 0.55 * len(slots) + bottom
     fig = Figure(figsize=(8.0, height))
@@ -271,6 +263,36 @@ def plot_growth(records: Sequence[EpochRecord], slots: Sequence[str], path: Path
                             hspace=0.12, left=0.12, right=0.97, top=1 - 0.35 / height,
                             bottom=bottom / height)
     ax = fig.add_subplot(grid[0])
+    _draw_accuracy(ax, records, baseline, title)
+    lane = ax
+    for i, slot in enumerate(slots):
+        lane = fig.add_subplot(grid[i + 1], sharex=ax)
+        _draw_lane(lane, records, slot)
+        ax.tick_params(labelbottom=False)
+        if i < len(slots) - 1:
+            lane.tick_params(labelbottom=False)
+    lane.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, steps=[1, 2, 5, 10], min_n_ticks=1))
+    if slots:
+        handles: list[Any] = [Patch(facecolor=STAGE_COLORS[s], label=s) for s in _LEGEND]
+        handles.append(Line2D([], [], color="black", lw=1.2, label="alpha (0..1)"))
+        fig.legend(handles=handles, loc="lower center", ncol=5, fontsize=7, frameon=False,
+                   bbox_to_anchor=(0.5, 0.02 / height))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    return path
+
+
+def _draw_accuracy(ax: Any, records: Sequence[EpochRecord], baseline: Sequence[float] | None,
+                   title: str | None) -> None:
+    """The accuracy axes: the grown model, the host alone if known, the title and the x range."""
+    epochs = [r.epoch for r in records]
+    accuracy = [_finite(r.val_accuracy) for r in records]
+    if baseline is None and any(r.baseline_accuracy is not None for r in records):
+        base_x, base_y = epochs, [_finite(r.baseline_accuracy) for r in records]
+    else:
+        base_x = list(range(1, len(baseline) + 1)) if baseline else []
+        base_y = [_finite(v) for v in baseline or ()]
     ax.plot(epochs, accuracy, color="#08519c", lw=2, marker="o" if len(epochs) <= 30 else None,
             ms=3, label="grown model")
     if base_x:
@@ -285,27 +307,14 @@ def plot_growth(records: Sequence[EpochRecord], slots: Sequence[str], path: Path
     ax.set_title(title)
     ax.set_xlim(min([*epochs, *base_x, 1]) - 0.5, max([*epochs, *base_x, 1]) + 0.5)
 
-    lane = ax
-    for i, slot in enumerate(slots):
-        lane = fig.add_subplot(grid[i + 1], sharex=ax)
-        for start, width, stage in _stage_runs(records, slot):
-            lane.broken_barh([(start, width)], (-_LANE_PAD, 1 + 2 * _LANE_PAD),
-                             facecolors=STAGE_COLORS.get(stage, "#e6e6e6"), edgecolors="none")
-        lane.plot(epochs, [_alpha(r.slot(slot)) for r in records], color="black", lw=1.2,
-                  drawstyle="steps-mid")
-        lane.set_ylim(-_LANE_PAD, 1 + _LANE_PAD)
-        lane.set_yticks([])
-        lane.set_ylabel(slot, rotation=0, ha="right", va="center", fontsize=9)
-        ax.tick_params(labelbottom=False)
-        if i < len(slots) - 1:
-            lane.tick_params(labelbottom=False)
-    lane.set_xlabel("epoch")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True, steps=[1, 2, 5, 10], min_n_ticks=1))
-    if slots:
-        handles: list[Any] = [Patch(facecolor=STAGE_COLORS[s], label=s) for s in _LEGEND]
-        handles.append(Line2D([], [], color="black", lw=1.2, label="alpha (0..1)"))
-        fig.legend(handles=handles, loc="lower center", ncol=5, fontsize=7, frameon=False,
-                   bbox_to_anchor=(0.5, 0.02 / height))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    return path
+
+def _draw_lane(lane: Any, records: Sequence[EpochRecord], slot: str) -> None:
+    """One slot's lane: each epoch coloured by its stage, the seed's alpha as a black line."""
+    for start, width, stage in _stage_runs(records, slot):
+        lane.broken_barh([(start, width)], (-_LANE_PAD, 1 + 2 * _LANE_PAD),
+                         facecolors=STAGE_COLORS.get(stage, "#e6e6e6"), edgecolors="none")
+    lane.plot([r.epoch for r in records], [_alpha(r.slot(slot)) for r in records],
+              color="black", lw=1.2, drawstyle="steps-mid")
+    lane.set_ylim(-_LANE_PAD, 1 + _LANE_PAD)
+    lane.set_yticks([])
+    lane.set_ylabel(slot, rotation=0, ha="right", va="center", fontsize=9)

@@ -117,6 +117,42 @@ def _check_contents(out: Path, resume: Path | None, overwrite: bool) -> None:
         "it with --resume, replace it with --overwrite, or choose another --out")
 
 
+def _acquire(out: Path, lock: Path) -> int:
+    """Create ``out`` and take the lock on ``lock``, the file on disk; its descriptor.
+
+    Raises:
+        RunDirectoryLockedError: another process holds the lock.
+    """
+    while True:
+        out.mkdir(parents=True, exist_ok=True)
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            error = _locked(out, fd)
+            os.close(fd)
+            raise error from None
+        except BaseException:
+            os.close(fd)
+            raise
+        try:  # the holder before us may have removed the file: lock the one on disk
+            if os.stat(lock).st_ino == os.fstat(fd).st_ino:
+                return fd
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+
+
+def _remove(out: Path, names: Iterable[str]) -> None:
+    """Delete each of ``names`` under ``out`` that exists (a directory with its contents)."""
+    for name in names:
+        path = out / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        elif path.exists() or path.is_symlink():
+            path.unlink()
+
+
 @contextmanager
 def claim_run_dir(out: Path, *, resume: Path | None = None, overwrite: bool = False,
                   outputs: Iterable[str] = ()) -> Iterator[Path]:
@@ -138,35 +174,13 @@ def claim_run_dir(out: Path, *, resume: Path | None = None, overwrite: bool = Fa
     check_run_dir(out, resume=resume, overwrite=overwrite)
     created = not out.exists()
     lock = out / LOCK_FILE
-    while True:
-        out.mkdir(parents=True, exist_ok=True)
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            error = _locked(out, fd)
-            os.close(fd)
-            raise error from None
-        except BaseException:
-            os.close(fd)
-            raise
-        try:  # the holder before us may have removed the file: lock the one on disk
-            if os.stat(lock).st_ino == os.fstat(fd).st_ino:
-                break
-        except FileNotFoundError:
-            pass
-        os.close(fd)
+    fd = _acquire(out, lock)
     try:
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
         _check_contents(out, resume, overwrite)  # again: another run may have ended just now
         if overwrite:
-            for name in outputs:
-                path = out / name
-                if path.is_dir() and not path.is_symlink():
-                    shutil.rmtree(path)
-                elif path.exists() or path.is_symlink():
-                    path.unlink()
+            _remove(out, outputs)
         yield out
     finally:
         try:
