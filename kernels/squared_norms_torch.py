@@ -4,14 +4,15 @@ Tensors are bucketed by dtype and shape. Equal-shape small tensors are stacked
 a few at a time and reduced as the rows of one matrix; the other small tensors
 of a dtype go through one ``torch._foreach_norm`` call. A large tensor's flat
 memory is viewed as rows of ``ROW`` elements (plus a ragged tail), one norm per
-row in one call, and the rows' squares are added in float64. On 4 x 4M float32
-values that is about 35% faster than ``torch._foreach_norm`` on this CPU and
-far more accurate: one ``vector_norm`` over 4M values loses about 2e-4
-relative, 4096-element rows about 1e-8. Float16, bfloat16 and float32 values
-are accumulated in float32, float64 values in float64.
+row in one call, and the rows' squares are added in float64: one reduction over
+millions of float32 values accumulates rounding error that short rows summed in
+float64 do not (the tests bound the error). Float16, bfloat16 and float32
+values are accumulated in float32, float64 values in float64.
 
-Stacked matrices stay below torch's parallel grain: on a busy two-core machine
-multi-threaded row reductions ran up to 3x slower than ``_foreach_norm``.
+Stacked matrices stay below torch's parallel grain (``STACK_ELEMENTS``), so
+each is reduced by one thread: splitting small reductions across threads costs
+more than it saves, most on a machine whose cores are busy.
+``bench/test_norms.py`` measures this path against ``torch._foreach_norm``.
 """
 
 from __future__ import annotations

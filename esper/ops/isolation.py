@@ -10,9 +10,10 @@ network of a gated blend is probed separately and reported as ``gate_leak``,
 never as a violation.
 
 The arithmetic is :func:`probe_squares`, a pure tensor function that compiles
-with ``fullgraph=True`` (the trainer compiles it beside its step: eagerly a
-probe is a millisecond of per-op overhead, compiled a tenth of that);
-:func:`isolation_probe` draws the cotangents, calls it and syncs once.
+with ``fullgraph=True`` (the trainer compiles it beside its step: eagerly, a
+probe of small features costs mostly per-operation overhead, which compiling
+removes; ``bench/test_telemetry.py`` measures it); :func:`isolation_probe` draws
+the cotangents, calls it and syncs once.
 """
 
 from __future__ import annotations
