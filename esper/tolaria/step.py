@@ -152,16 +152,14 @@ def train_step(
     seeds = [group_of(group[0]) for group in groups[1:]]
 
     def loss_of(p: dict[str, Tensor], b: dict[str, Tensor]) -> tuple[Tensor, Any]:
-        taps: dict[str, Tensor] = {}
-        health: dict[str, SeedHealth] = {}
-        logits = model.functional_forward(p, states, x, b, features=taps, faults=health)
+        out = model.functional_forward(p, states, x, b, aux=True)
         # A copy, not a view: a view would keep the whole batch's features alive
         # until the next step, and the allocator would have to map fresh pages.
-        kept = ({name: h[:feature_samples].clone() for name, h in taps.items()}
+        kept = ({name: h[:feature_samples].clone() for name, h in out.features.items()}
                 if feature_samples else {})
-        flags = {f"{kind}:{name}": getattr(health[name], kind)
+        flags = {f"{kind}:{name}": getattr(out.health[name], kind)
                  for name in seeds for kind in SeedHealth._fields}
-        return task_loss(logits, y), (kept, flags)
+        return task_loss(out.logits, y), (kept, flags)
 
     work = {name: b.clone() for name, b in buffers.items()}
     grads, (loss, (features, flags)) = torch.func.grad_and_value(
