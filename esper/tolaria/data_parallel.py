@@ -58,7 +58,8 @@ from .consensus import Agreement, Proposal, agree
 from .distributed import Replicas, fingerprint, tensor_fingerprint
 from .evaluate import Score, Validation
 from .records import EpochRecord, RunSummary
-from .trainer import EventSink, Trainer, epoch_seed
+from .seeding import germination_seed
+from .trainer import EventSink, Trainer
 
 REPLICA_DUMP_ENV = "ESPER_REPLICA_DUMP"
 _log = logging.getLogger("esper")
@@ -187,7 +188,7 @@ class DataParallelTrainer(Trainer):
         # Decisions apply all together or not at all: a refused germination is not counted.
         self.memory = memory if agreement.unanimous else replace(
             self.memory, accuracies=memory.accuracies)
-        torch.manual_seed(epoch_seed(self.config.seed, self.epoch) + 11)  # seed initialisation
+        torch.manual_seed(germination_seed(self.config.seed, self.epoch))
         apply = self._apply if self.config.commands is None else self._apply_external
         for decision in agreement.decisions:
             apply(decision, telemetry)

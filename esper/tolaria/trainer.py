@@ -41,16 +41,12 @@ from .inputs import StepInputs
 from .progress import check_progress
 from .records import EpochRecord, SlotSnapshot
 from .runconfig import config_record
+from .seeding import epoch_seed, germination_seed, probe_seed
 from .step import CompileCounter, StepFn, StepResult, build_probe, build_step
 
 EXCEPTION = "exception"  # the prune reason of a seed that raised
 EventSink = Callable[[dict[str, Any]], None]
 _log = logging.getLogger("esper")
-
-
-def epoch_seed(seed: int, epoch: int) -> int:
-    """The seed of every random draw in ``epoch`` (data order, seed init, probes)."""
-    return seed * 1_000_003 + epoch
 
 
 @dataclass
@@ -217,9 +213,8 @@ class Trainer:
         model, cfg = self.model, self.config
         model.train()
         run = self._inputs()
-        seed = epoch_seed(cfg.seed, self.epoch)
-        generator = torch.Generator().manual_seed(seed)
-        probe_generator = torch.Generator().manual_seed(seed + 7)
+        generator = torch.Generator().manual_seed(epoch_seed(cfg.seed, self.epoch))
+        probe_generator = torch.Generator().manual_seed(probe_seed(cfg.seed, self.epoch))
         ema: GradientEMA | None = None
         losses = []
         x, y = self.data.train
@@ -416,7 +411,7 @@ class Trainer:
         """
         model = self.model
         model.step_epoch(telemetry)
-        torch.manual_seed(epoch_seed(self.config.seed, self.epoch) + 11)  # seed initialisation
+        torch.manual_seed(germination_seed(self.config.seed, self.epoch))
         if self.commands is None:
             decisions, self.memory = self.controller.decide(self.epoch, val,
                                                             model.slot_states(), self.memory)
