@@ -31,7 +31,6 @@ as a checkpoint in ``DIR/rank-R`` (:func:`dump_replica`).
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import os
@@ -81,8 +80,7 @@ class DataParallelTrainer(Trainer):
     def __post_init__(self) -> None:
         self.data = self.replicas.shard_task(self.data)
         super().__post_init__()
-        self._step = functools.partial(self._step, reduce=self.replicas.reduce_step)
-        self._eager_step = functools.partial(self._eager_step, reduce=self.replicas.reduce_step)
+        self._reduce = self.replicas.reduce_step
         if self.commands is not None and not self.replicas.is_main:
             # Rank 0 alone reads the commands (a FIFO's lines would be split between
             # readers) and broadcasts the verified ones; see _poll_commands.

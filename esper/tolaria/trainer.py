@@ -28,21 +28,23 @@ from ..errors import CheckpointError, SeedRaisedError, describe
 from ..leyline import SeedStage, SlotTelemetry, TelemetryEvent, is_blended
 from ..leyline.constants import DEFAULT_MAX_BLEND_LOSS_RATIO
 from ..nn.model import MorphogeneticModel
-from ..ops.telemetry import GradientCapture, GradientEMA, due
-from ..optim.sgd import HOST_GROUP, OptimizerState, SGDConfig
+from ..ops.telemetry import GradientEMA, due
+from ..optim.sgd import OptimizerState, SGDConfig
 from ..tamiyo import ControllerMemory, Decision, HeuristicController
 from . import breakers
 from .commands import load_key_from_env, rejection_event
+from .compiled import CompileCounter, build_probe, build_step
 from .config import GrowConfig, build_host
 from .culprit import seed_culprit
 from .evaluate import Validation, validate
 from .external import CommandSource, open_source, seed_mismatch
-from .inputs import StepInputs
+from .inputs import StepOptions, StepReduce
 from .progress import check_progress
 from .records import EpochRecord, SlotSnapshot
 from .runconfig import config_record
 from .seeding import epoch_seed, germination_seed, probe_seed
-from .step import CompileCounter, StepFn, StepResult, build_probe, build_step
+from .step import StepFn, StepResult
+from .topology_run import TopologyRun
 
 EXCEPTION = "exception"  # the prune reason of a seed that raised
 EventSink = Callable[[dict[str, Any]], None]
@@ -91,6 +93,7 @@ class Trainer:
         self._eager_step = build_step(False)
         self.probe_counter = CompileCounter(self.config.compile_backend)
         self._probe = build_probe(self.config.compile, self.probe_counter)
+        self._reduce: StepReduce | None = None
 
     # ------------------------------------------------------------------ events
 
@@ -115,37 +118,16 @@ class Trainer:
 
     # ------------------------------------------------------------------ training
 
-    def _telemetry_groups(self) -> tuple[tuple[str, ...], tuple[tuple[str, ...], ...]]:
-        names = tuple(g for g in self.optimizer.groups if g != HOST_GROUP)
-        groups = (self.optimizer.groups.get(HOST_GROUP, ()),
-                  *(self.optimizer.groups[g] for g in names))
-        return names, groups
+    def _inputs(self) -> TopologyRun:
+        """The steps' inputs and counters for the model's current topology."""
+        return TopologyRun.start(self.model, self.optimizer)
 
-    def _inputs(self) -> StepInputs:
-        """What the step reads for the model's current topology (see :class:`StepInputs`)."""
-        model = self.model
-        names, groups = self._telemetry_groups()
-        params = {k: v.detach() for k, v in model.named_parameters()}
-        states = model.slot_states()
-        return StepInputs(
-            names=names, groups=groups, params=params, buffers=dict(model.named_buffers()),
-            lrs=self.optimizer.learning_rates(), states=states,
-            counts=tuple(sum(params[n].numel() for n in group) for group in groups),
-            watched=torch.tensor([states[n].stage != SeedStage.FOSSILIZED for n in names],
-                                 dtype=torch.bool),
-            denied=torch.zeros(len(names), dtype=torch.bool),
-            faults=torch.zeros(len(names), dtype=torch.int64),
-            blowups=torch.zeros(len(names), dtype=torch.int64),
-            skipped=torch.zeros(len(groups), dtype=torch.int64))
-
-    def _run_step(self, step: StepFn, run: StepInputs, xb: torch.Tensor, yb: torch.Tensor,
+    def _run_step(self, step: StepFn, run: TopologyRun, xb: torch.Tensor, yb: torch.Tensor,
                   measure: bool) -> StepResult:
-        cfg = self.optimizer.config
-        return step(self.model, run.params, run.buffers, self.optimizer.momenta, run.lrs,
-                    run.step_states(), xb, yb, run.groups, cfg.momentum, cfg.weight_decay,
-                    measure=measure, watched=run.watched)
+        return step(self.model, run.step_inputs(), xb, yb,
+                    StepOptions(measure=measure, reduce=self._reduce))
 
-    def _guarded_step(self, run: StepInputs, xb: torch.Tensor, yb: torch.Tensor,
+    def _guarded_step(self, run: TopologyRun, xb: torch.Tensor, yb: torch.Tensor,
                       measure: bool) -> StepResult | None:
         """The step, or ``None`` when a seed raised in it (that seed is then pruned).
 
@@ -235,7 +217,7 @@ class Trainer:
             losses.append(result.loss)
             run.count(result)
             if probe:
-                sample = GradientCapture(run.names, result.squared, run.counts[0], run.counts[1:])
+                sample = run.capture(result)
                 ema = GradientEMA.start(sample) if ema is None else ema.update(sample)
                 _, pruned = self._survive(lambda r=result: model.probe_isolation(
                     features=r.features, generator=probe_generator, squares=self._probe))
@@ -243,14 +225,14 @@ class Trainer:
                     self._flush(run)
                     run, ema = self._inputs(), None
                     continue
-                run.states = model.slot_states()
+                run.refresh(model.slot_states())
                 self._look_at_faults(run)  # syncs, as the probe just did
         self._flush(run)
         values = torch.stack(losses)
         finite = values[values.isfinite()]  # skipped steps do not count
         return float(finite.mean() if finite.numel() else values.mean()), ema
 
-    def _flush(self, run: StepInputs) -> None:
+    def _flush(self, run: TopologyRun) -> None:
         """Feed the run's counts into the breakers and report skipped updates (one sync)."""
         self._look_at_faults(run)
         self._report_skipped(("host", *run.names), run.skipped)
@@ -258,7 +240,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ circuit breakers
 
-    def _look_at_faults(self, run: StepInputs) -> None:
+    def _look_at_faults(self, run: TopologyRun) -> None:
         """Feed the fault counts into the breakers (one sync) and reset them.
 
         A breaker that opens denies its seed: the seed's learning rates (tensor
@@ -279,8 +261,8 @@ class Trainer:
             self._lifecycle_event(event)
         for slot in breakers.tripped(self.breakers):
             for name in self.optimizer.groups.get(slot, ()):
-                if name in run.lrs:
-                    run.lrs[name].zero_()
+                if name in run.inputs.lrs:
+                    run.inputs.lrs[name].zero_()
 
     def _report_skipped(self, groups: tuple[str, ...], skipped: torch.Tensor) -> None:
         counts = {g: n for g, n in zip(groups, skipped.tolist(), strict=True) if n}
