@@ -10,6 +10,7 @@ from the next step on by a select on its alpha, also without a sync.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
@@ -18,7 +19,8 @@ from torch import Tensor
 from ..core.state import SlotState
 from ..nn.model import MorphogeneticModel
 from ..ops.telemetry import GradientCapture
-from ..optim.sgd import OptimizerState
+from ..optim.sgd import HOST_GROUP, OptimizerState
+from .breakers import BLOWUP, NON_FINITE
 from .inputs import StepInputs
 from .step import StepResult
 
@@ -73,6 +75,33 @@ class TopologyRun:
         self.blowups += result.blowups
         self.skipped += ~result.updated
         self.denied |= result.faults | result.blowups
+
+    def take_faults(self) -> tuple[dict[str, int], dict[str, str]]:
+        """Per seed group, the steps that faulted or blew up since the last take, and the
+        breaker reason of the count (:data:`~.breakers.BLOWUP` if any blew up); one sync,
+        the counters reset."""
+        faults, blowups = self.faults.tolist(), self.blowups.tolist()
+        self.faults.zero_()
+        self.blowups.zero_()
+        counts = {n: f + b for n, f, b in zip(self.names, faults, blowups, strict=True)}
+        reasons = {n: BLOWUP if b else NON_FINITE
+                   for n, b in zip(self.names, blowups, strict=True)}
+        return counts, reasons
+
+    def take_skipped(self) -> dict[str, int]:
+        """Group (``"host"`` or a slot) -> updates skipped since the last take, where any
+        were; one sync, the counters reset."""
+        groups = (HOST_GROUP, *self.names)
+        counts = {g: n for g, n in zip(groups, self.skipped.tolist(), strict=True) if n}
+        self.skipped.zero_()
+        return counts
+
+    def deny(self, parameters: Iterable[str]) -> None:
+        """Zero the learning rates of ``parameters`` for the rest of this run (no recompile:
+        they are tensor inputs of the step)."""
+        for name in parameters:
+            if name in self.inputs.lrs:
+                self.inputs.lrs[name].zero_()
 
     def capture(self, result: StepResult) -> GradientCapture:
         """The gradient telemetry of a step that measured (its squared group norms)."""
