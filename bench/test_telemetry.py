@@ -65,9 +65,12 @@ from esper.leyline import SeedStage
 from esper.leyline.constants import DEFAULT_TELEMETRY_STRIDE
 from esper.nn.host import CNNHost
 from esper.nn.model import MorphogeneticModel
-from esper.ops.telemetry import GradientCapture, GradientEMA
-from esper.optim.sgd import HOST_GROUP, OptimizerState, SGDConfig
-from esper.tolaria.step import CompileCounter, StepFn, StepResult, build_probe, train_step
+from esper.ops.telemetry import GradientEMA
+from esper.optim.sgd import OptimizerState, SGDConfig
+from esper.tolaria.compiled import CompileCounter, build_probe
+from esper.tolaria.inputs import StepInputs, StepOptions
+from esper.tolaria.step import StepResult, train_step
+from esper.tolaria.topology_run import TopologyRun
 
 torch.set_num_threads(2)
 
@@ -103,17 +106,22 @@ CONFIGS = {
 
 # Two functions, so each compiled variant has its own dynamo cache (one entry,
 # as in the trainer) instead of one cache whose lookup tries both.
-def _step_with_norms(*args: Any) -> StepResult:
-    return train_step(*args, measure=True)
+def _step_with_norms(model: MorphogeneticModel, inputs: StepInputs, x: Tensor,
+                     y: Tensor) -> StepResult:
+    return train_step(model, inputs, x, y, StepOptions(measure=True))
 
 
-def _step_without_norms(*args: Any) -> StepResult:
-    return train_step(*args, measure=False, feature_samples=0)
+def _step_without_norms(model: MorphogeneticModel, inputs: StepInputs, x: Tensor,
+                        y: Tensor) -> StepResult:
+    return train_step(model, inputs, x, y, StepOptions(measure=False, feature_samples=0))
 
 
-def _steps(compile: bool, counter: CompileCounter) -> dict[bool, StepFn]:
+Step = Any  # one of the two functions above, or its compiled version
+
+
+def _steps(compile: bool, counter: CompileCounter) -> dict[bool, Step]:
     """``measure`` -> the step: eager, or compiled as ``build_step`` compiles it."""
-    steps: dict[bool, StepFn] = {True: _step_with_norms, False: _step_without_norms}
+    steps: dict[bool, Step] = {True: _step_with_norms, False: _step_without_norms}
     if not compile:
         return steps
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
@@ -133,14 +141,7 @@ class TelemetryBench:
         model.train()
         self.model = model
         self.optimizer = OptimizerState(SGDConfig()).synced(model)
-        self.params = {k: v.detach() for k, v in model.named_parameters()}
-        self.buffers = dict(model.named_buffers())
-        self.lrs = self.optimizer.learning_rates()
-        self.names = tuple(g for g in self.optimizer.groups if g != HOST_GROUP)
-        self.groups = (self.optimizer.groups[HOST_GROUP],
-                       *(self.optimizer.groups[g] for g in self.names))
-        self.counts = tuple(sum(self.params[n].numel() for n in group) for group in self.groups)
-        self.states = model.slot_states()
+        self.run = TopologyRun.start(model, self.optimizer)  # the trainer's inputs and counters
         generator = torch.Generator().manual_seed(0)
         self.x = torch.randn(BATCH, *config.input_shape, generator=generator)
         self.y = torch.randint(0, 10, (BATCH,), generator=generator)
@@ -149,36 +150,35 @@ class TelemetryBench:
         self._steps = _steps(compile, self.counter)
         self.ema: GradientEMA | None = None
         self.step(True)  # compiles the graph with norms, where it compiles
-        assert self.squared.shape == (1 + len(self.names),)
+        assert self.squared.shape == (1 + len(self.run.names),)
         assert self.step(False).numel() == 0  # and the one without
         self.probe_squares = build_probe(compile, self.counter)
         self.probe()  # compiles the probe's graph, where it compiles
 
     def step(self, measure: bool) -> Tensor:
         """One training step; returns the squared group norms (empty without ``measure``)."""
-        cfg = self.optimizer.config
-        result = self._steps[measure](self.model, self.params, self.buffers,
-                                      self.optimizer.momenta, self.lrs, self.states,
-                                      self.x, self.y, self.groups, cfg.momentum, cfg.weight_decay)
+        result = self._steps[measure](self.model, self.run.step_inputs(), self.x, self.y)
         if measure:
+            self.result = result
             self.squared, self.features = result.squared, result.features
         return result.squared
 
     def update_ema(self) -> None:
         """Fold the last step's norms into the moving average, as the trainer does."""
-        sample = GradientCapture(self.names, self.squared, self.counts[0], self.counts[1:])
+        sample = self.run.capture(self.result)
         self.ema = GradientEMA.start(sample) if self.ema is None else self.ema.update(sample)
 
     def probe(self) -> None:
         """The isolation probe on the features the last step returned, as the trainer runs it."""
         self.model.probe_isolation(features=self.features, samples=PROBE_SAMPLES,
                                    generator=self.probe_generator, squares=self.probe_squares)
-        self.states = self.model.slot_states()
+        self.run.refresh(self.model.slot_states())
 
     def norms_alone(self) -> Tensor:
         """The norm op by itself, eager, on tensors shaped like the gradients (the momenta)."""
         momenta = self.optimizer.momenta
-        return kernels.group_squared_norms([[momenta[n] for n in g] for g in self.groups])
+        return kernels.group_squared_norms([[momenta[n] for n in g]
+                                            for g in self.run.inputs.groups])
 
 
 # --------------------------------------------------------------------------- report

@@ -7,18 +7,23 @@ Run the table with::
 One step is forward, backward and SGD on a batch of 64 images 3x32x32 through
 the default ``CNNHost`` (base_channels=32, three blocks, channels_last). Cases:
 
-* ``bare``: the host alone (its ratio against itself shows the timing noise);
+* ``bare``: the host alone (its ratio against itself shows the timing noise;
+  compiled, a ``MorphogeneticModel`` without slots, as ``esper grow --max-seeds 0``
+  trains it);
 * ``dormant``: three empty slots (``early``, ``mid``, ``late``);
 * ``training`` / ``blending`` (alpha 0.5) / ``fossilized``: a ``norm`` seed in ``mid``;
 * ``seed_alone``: the ``norm`` seed's own forward and backward on the real
   ``mid`` features (input requiring grad, as inside the slot), no host.
 
 Modes: ``eager`` is the stateful loop (``model(x)``, ``loss.backward()``,
-``torch.optim.SGD.step()``); ``compiled`` is the functional step
-(``torch.func.grad_and_value`` over ``functional_forward`` plus the SGD update,
-one inductor graph, ``fullgraph=True``). Its three seeded cases share one graph:
-only the slot state passed in differs. Compiled cases run only with
-``--benchmark-enable`` (three inductor graphs, about a minute each here cold).
+``torch.optim.SGD.step()`` with the trainer's momentum and weight decay);
+``compiled`` is the step ``esper grow`` runs (:func:`esper.tolaria.step.train_step`
+compiled by :func:`esper.tolaria.compiled.build_step`: ``torch.func`` gradients
+over ``functional_forward``, the group norms, the seeds' health checks, the SGD
+update and the buffer commit, one inductor graph, ``fullgraph=True``). Its
+three seeded cases share one graph: only the slot states passed in differ.
+Compiled cases run only with ``--benchmark-enable`` (three inductor graphs,
+about a minute each cold on a two-core CPU).
 
 Each case is timed by pytest-benchmark; the ``setup`` of every round runs the
 bare host's step of the same mode (and, in compiled mode, the eager step of
@@ -37,7 +42,7 @@ import os
 import statistics
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import pytest
 import torch
@@ -49,6 +54,9 @@ from esper.leyline import SeedStage
 from esper.nn.blueprints import create
 from esper.nn.host import CNNHost
 from esper.nn.model import MorphogeneticModel
+from esper.optim.sgd import OptimizerState, SGDConfig
+from esper.tolaria.compiled import build_step
+from esper.tolaria.inputs import StepInputs
 
 # Two intra-op threads; ESPER_BENCH_THREADS=1 is steadier on a machine shared with other jobs.
 torch.set_num_threads(int(os.environ.get("ESPER_BENCH_THREADS", "2")))
@@ -57,7 +65,7 @@ BATCH = 64
 SLOTS = ("early", "mid", "late")
 SEED_SLOT = "mid"
 BLEND_ALPHA = 0.5
-LR = 0.01
+SGD = SGDConfig(lr=0.01)  # the trainer's momentum and weight decay
 WARMUP_ROUNDS = 5
 ROUNDS = 40
 MODES = ("eager", "compiled")
@@ -86,13 +94,14 @@ def _batch() -> tuple[Tensor, Tensor]:
 X, Y = _batch()
 
 
-def _model(case: str) -> nn.Module:
-    """The bare host, the host with dormant slots, or with a GERMINATED ``norm`` seed."""
+def _model(case: str, mode: str) -> nn.Module:
+    """The bare host (eager: the plain module; compiled: the model without slots), the host
+    with dormant slots, or with a GERMINATED ``norm`` seed."""
     torch.manual_seed(0)
-    if case == "bare":
+    if case == "bare" and mode == "eager":
         return CNNHost()
-    model = MorphogeneticModel(CNNHost(), slots=SLOTS)
-    if case != "dormant":
+    model = MorphogeneticModel(CNNHost(), slots=() if case == "bare" else SLOTS)
+    if case in SEEDED:
         model.germinate_seed("norm", "bench", slot=SEED_SLOT)
     return model
 
@@ -118,7 +127,8 @@ def _mid_features() -> Tensor:
 
 
 def _eager_step(model: nn.Module) -> Step:
-    optimizer = torch.optim.SGD(model.parameters(), lr=LR)
+    optimizer = torch.optim.SGD(model.parameters(), lr=SGD.lr, momentum=SGD.momentum,
+                                weight_decay=SGD.weight_decay)
 
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
@@ -128,36 +138,20 @@ def _eager_step(model: nn.Module) -> Step:
     return step
 
 
-class FunctionalTrainer:
-    """One compiled functional SGD step over ``model``; its parameters live in a dict.
+class ProductStep:
+    """The step ``esper grow`` runs, compiled as it compiles it, on ``model``'s own tensors.
 
-    ``step(states)`` replaces the parameter dict with the updated one; the
-    BatchNorm buffers are updated in place. Every state reuses the one graph.
+    ``step(states)`` trains the model in place (parameters, momenta, BatchNorm
+    buffers); every state of the same topology reuses the one graph.
     """
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: MorphogeneticModel) -> None:
         self.model = model
-        self.params = {name: p.detach().clone() for name, p in model.named_parameters()}
-        self.buffers = dict(model.named_buffers())
-        self._compiled = torch.compile(self._train_step, fullgraph=True)
-
-    def _forward(self, params: dict[str, Tensor], buffers: dict[str, Tensor],
-                 states: dict[str, SlotState], x: Tensor) -> Tensor:
-        if isinstance(self.model, MorphogeneticModel):
-            return self.model.functional_forward(params, states, x, buffers)
-        return torch.func.functional_call(self.model, (params, buffers), (x,))
-
-    def _train_step(self, params: dict[str, Tensor], buffers: dict[str, Tensor],
-                    states: dict[str, SlotState], x: Tensor,
-                    y: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
-        def loss_fn(p: dict[str, Tensor], b: dict[str, Tensor]) -> Tensor:
-            return F.cross_entropy(self._forward(p, b, states, x), y)
-
-        grads, loss = torch.func.grad_and_value(loss_fn)(params, buffers)
-        return loss, {name: p - LR * grads[name] for name, p in params.items()}
+        self.inputs = StepInputs.of(model, OptimizerState(SGD).synced(model))
+        self._compiled = build_step(True)
 
     def step(self, states: dict[str, SlotState]) -> None:
-        _, self.params = self._compiled(self.params, self.buffers, states, X, Y)
+        self._compiled(self.model, replace(self.inputs, states=states), X, Y)
 
 
 def _seed_alone_step(mode: str) -> Step:
@@ -180,7 +174,7 @@ class Steps:
 
     def __init__(self) -> None:
         self._steps: dict[tuple[str, str], Step] = {}
-        self._seeded_trainer: FunctionalTrainer | None = None
+        self._seeded_trainer: ProductStep | None = None
 
     def get(self, mode: str, case: str) -> Step:
         if (mode, case) not in self._steps:
@@ -193,20 +187,20 @@ class Steps:
         if case == "seed_alone":
             return _seed_alone_step(mode)
         if mode == "eager":
-            model = _model(case)
+            model = _model(case, mode)
             if case in SEEDED:
                 slot = model.seed_slots[SEED_SLOT]
                 slot.state = _stage_state(slot.state, case)
             return _eager_step(model)
         if case in SEEDED:
             if self._seeded_trainer is None:
-                self._seeded_trainer = FunctionalTrainer(_model("training"))
+                self._seeded_trainer = ProductStep(_model("training", mode))
             trainer = self._seeded_trainer
             germinated = trainer.model.seed_slots[SEED_SLOT].state
             states = {**trainer.model.slot_states(), SEED_SLOT: _stage_state(germinated, case)}
         else:
-            trainer = FunctionalTrainer(_model(case))
-            states = trainer.model.slot_states() if case == "dormant" else {}
+            trainer = ProductStep(_model(case, mode))
+            states = trainer.model.slot_states()
         return lambda: trainer.step(states)
 
 

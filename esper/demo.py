@@ -11,33 +11,20 @@ import torch
 import torch.nn.functional as F
 
 from .data import batches, load_task
-from .leyline import QualityGates, SeedStage, SlotTelemetry, TaskConfig
+from .leyline import QualityGates, SeedStage, SlotTelemetry, TaskConfig, is_blended
 from .nn.host import CNNHost
 from .nn.model import MorphogeneticModel
-from .tolaria.evaluate import probe_loss_reduction, score, scores_with
+from .tolaria.evaluate import Validation, validate
 
 
-def _accuracy(model: MorphogeneticModel, x: torch.Tensor, y: torch.Tensor,
-              alpha_overrides: dict[str, float] | None = None) -> float:
-    model.eval()
-    with torch.no_grad():
-        logits = model(x, alpha_overrides=alpha_overrides)
-    model.train()
-    return 100.0 * float((logits.argmax(1) == y).float().mean())
-
-
-def _gradient_ratio(model: MorphogeneticModel, slot: str) -> float:
-    """Parameter-normalised seed/host gradient-norm ratio of the last backward pass."""
-    def norm_and_count(params: list[torch.nn.Parameter]) -> tuple[float, int]:
-        grads = [p.grad for p in params if p.grad is not None]
-        norm = float(torch.stack([g.norm() for g in grads]).norm()) if grads else 0.0
-        return norm, sum(p.numel() for p in params)
-
-    seed_norm, seed_count = norm_and_count(list(model.get_seed_parameters(slot)))
-    host_norm, host_count = norm_and_count(list(model.get_host_parameters()))
-    if host_norm < 1e-12 or seed_count == 0:
-        return 0.0
-    return seed_norm / host_norm * (host_count / seed_count) ** 0.5
+def _validation(model: MorphogeneticModel, x: torch.Tensor, y: torch.Tensor,
+                probe_alpha: float) -> Validation:
+    """The model's score; without the seed in ``mid`` once it can blend, with it probed in
+    at ``probe_alpha`` while it trains behind the host (G2's evidence)."""
+    stage = model.seed_slots["mid"].state.stage
+    blended = ["mid"] if is_blended(stage) else []
+    probed = {"mid": probe_alpha} if stage == SeedStage.TRAINING else {}
+    return validate(model, x, y, blended, probed)
 
 
 def run_lifecycle_demo(epochs: int = 12, seed: int = 0) -> MorphogeneticModel:
@@ -62,17 +49,16 @@ def run_lifecycle_demo(epochs: int = 12, seed: int = 0) -> MorphogeneticModel:
             optimizer.zero_grad(set_to_none=True)
             F.cross_entropy(model(xb), yb).backward()
             optimizer.step()
-        accuracy = _accuracy(model, vx, vy)
+        validation = _validation(model, vx, vy, gates.probe_alpha)
+        accuracy = validation.accuracy
         note = ""
         if slot.state.has_seed:
-            without = _accuracy(model, vx, vy, alpha_overrides={"mid": 0.0})
-            probe = None
-            if slot.state.stage == SeedStage.TRAINING:  # G2 judges the seed blended in a little
-                probed = scores_with(model, vx, vy, {"mid": gates.probe_alpha})["mid"]
-                probe = probe_loss_reduction(score(model, vx, vy), probed)
-            telemetry = SlotTelemetry(accuracy, counterfactual_contribution=accuracy - without,
-                                      seed_gradient_norm_ratio=_gradient_ratio(model, "mid"),
-                                      probe_loss_reduction=probe)
+            # The seed's gradient activity in the epoch's last backward pass (G2's ratio).
+            gradients = slot.capture_gradient_telemetry().gradients
+            telemetry = SlotTelemetry(
+                accuracy, counterfactual_contribution=validation.counterfactuals().get("mid", 0.0),
+                seed_gradient_norm_ratio=gradients.ratio,
+                probe_loss_reduction=validation.probe_reductions().get("mid"))
             held = slot.state.stage == SeedStage.HOLDING
             slot.step_epoch(telemetry)
             if held and slot.state.stage == SeedStage.HOLDING:  # G5 needs an epoch in HOLDING

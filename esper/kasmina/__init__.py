@@ -25,7 +25,6 @@ from ..nn.host import CNNHost as CNNHost
 from ..nn.host import TransformerHost as TransformerHost
 from ..nn.model import MorphogeneticModel as MorphogeneticModel
 from ..nn.protocol import HostProtocol as HostProtocol
-from ..nn.slot import GradientReport as GradientReport
 from ..nn.slot import SeedSlot as SeedSlot
 from ..nn.slot import TelemetryCallbackWarning as TelemetryCallbackWarning
 from ..ops.formula import blend as blend
@@ -37,6 +36,7 @@ from ..ops.isolation import isolation_probe as isolation_probe
 from ..ops.isolation import measure_leak as measure_leak
 from ..ops.telemetry import GradientCapture as GradientCapture
 from ..ops.telemetry import GradientEMA as GradientEMA
+from ..ops.telemetry import GradientReport as GradientReport
 from ..ops.telemetry import GradientStats as GradientStats
 from ..ops.telemetry import capture as capture
 from ..ops.telemetry import materialize as materialize

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any
+from typing import Any, Literal, NamedTuple, overload
 
 import torch
 from torch import Tensor, nn
@@ -20,20 +20,30 @@ from ..leyline import QualityGates, SlotTelemetry, TaskConfig
 from ..leyline.constants import DEFAULT_BLEND_ALGORITHM
 from ..ops.health import SeedHealth
 from ..ops.isolation import IsolationReport, ProbeSquares, probe_squares
-from ..ops.telemetry import (
-    GradientCapture,
-    GradientEMA,
-    GradientStats,
-    capture,
-    materialize,
-    record,
-)
+from ..ops.telemetry import GradientCapture, GradientEMA, GradientStats, materialize
 from .protocol import HostProtocol
-from .slot import SeedSlot, TelemetryCallback
+from .slot import SeedSlot, SlotContents, TelemetryCallback
 
 _COMPILED_PREFIX = "_orig_mod."
 # (module, "_parameters" or "_buffers", name, the tensor object, a copy of its values)
 _TensorSnapshot = list[tuple[nn.Module, str, str, Tensor, Tensor]]
+
+
+class ForwardOutput(NamedTuple):
+    """A forward's logits and what it saw at the seeded slots (``aux=True``).
+
+    Attributes:
+        logits: the host head's output, as ``model(x)`` returns it.
+        features: slot name -> the host features arriving at each slot that
+            holds a seed (part of the graph).
+        health: slot name -> the :class:`~esper.ops.health.SeedHealth` of each
+            seeded slot: 0-d bool flags for a non-finite seed output and for a
+            blown-up blend (device tensors; no host sync).
+    """
+
+    logits: Tensor
+    features: dict[str, Tensor]
+    health: dict[str, SeedHealth]
 
 
 class MorphogeneticModel(nn.Module):
@@ -93,11 +103,20 @@ class MorphogeneticModel(nn.Module):
 
     # ------------------------------------------------------------------ forward
 
+    @overload
     def forward(self, x: Tensor, alpha_overrides: Mapping[str, float | Tensor] | None = None,
                 *, states: Mapping[str, SlotState] | None = None,
-                features: dict[str, Tensor] | None = None,
-                faults: dict[str, SeedHealth] | None = None) -> Tensor:
-        """Run the host with every slot in place.
+                aux: Literal[False] = False) -> Tensor: ...
+
+    @overload
+    def forward(self, x: Tensor, alpha_overrides: Mapping[str, float | Tensor] | None = None,
+                *, states: Mapping[str, SlotState] | None = None,
+                aux: Literal[True]) -> ForwardOutput: ...
+
+    def forward(self, x: Tensor, alpha_overrides: Mapping[str, float | Tensor] | None = None,
+                *, states: Mapping[str, SlotState] | None = None,
+                aux: bool = False) -> Tensor | ForwardOutput:
+        """Run the host with every slot in place; the logits, or a :class:`ForwardOutput`.
 
         Arguments:
             x: the host's input.
@@ -106,11 +125,8 @@ class MorphogeneticModel(nn.Module):
                 :meth:`functional_forward` with ``state.with_alpha(...)``, which
                 reuses the training graph.
             states: slot name -> state to run with instead of the slots' own.
-            features: if given, filled with the host features arriving at each
-                slot that holds a seed (slot name -> tensor, part of the graph).
-            faults: if given, filled with the :class:`~esper.ops.health.SeedHealth`
-                of each seeded slot: 0-d bool flags for a non-finite seed output
-                and for a blown-up blend (device tensors; no host sync).
+            aux: also return the host features and the seed health at each
+                seeded slot (a :class:`ForwardOutput`); the logits are the same.
 
         Raises:
             InputDtypeError: ``x`` is not a tensor, or not of the dtype the host
@@ -124,24 +140,35 @@ class MorphogeneticModel(nn.Module):
             raise InputDtypeError(f"the model's input must be a tensor, got {type(x).__name__}: "
                                   "convert it with torch.as_tensor")
         overrides = self._check_overrides(alpha_overrides) if alpha_overrides else {}
+        features: dict[str, Tensor] = {}
+        health: dict[str, SeedHealth] = {}
         h = x
         for name in self.host.segment_names():
             h = self.host.run_segment(name, h)
             if name in self.seed_slots:
                 slot = self.seed_slots[name]
-                if features is not None and slot.seed is not None:
-                    features[name] = h
                 state = states.get(name) if states is not None else None
-                if faults is not None and slot.seed is not None:
-                    h, faults[name] = slot.checked(h, state, overrides.get(name))
+                if aux and slot.seed is not None:
+                    features[name] = h
+                    h, health[name] = slot.checked(h, state, overrides.get(name))
                 else:
                     h = slot(h, state, overrides.get(name))
-        return self.host.run_head(h)
+        logits = self.host.run_head(h)
+        return ForwardOutput(logits, features, health) if aux else logits
+
+    @overload
+    def functional_forward(self, params: Mapping[str, Tensor], states: Mapping[str, SlotState],
+                           x: Tensor, buffers: Mapping[str, Tensor] | None = None, *,
+                           aux: Literal[False] = False) -> Tensor: ...
+
+    @overload
+    def functional_forward(self, params: Mapping[str, Tensor], states: Mapping[str, SlotState],
+                           x: Tensor, buffers: Mapping[str, Tensor] | None = None, *,
+                           aux: Literal[True]) -> ForwardOutput: ...
 
     def functional_forward(self, params: Mapping[str, Tensor], states: Mapping[str, SlotState],
                            x: Tensor, buffers: Mapping[str, Tensor] | None = None, *,
-                           features: dict[str, Tensor] | None = None,
-                           faults: dict[str, SeedHealth] | None = None) -> Tensor:
+                           aux: bool = False) -> Tensor | ForwardOutput:
         """The forward as a pure function of parameters and slot states.
 
         Arguments:
@@ -152,11 +179,9 @@ class MorphogeneticModel(nn.Module):
             buffers: name -> tensor, as from ``dict(model.named_buffers())``. Inside
                 ``torch.func.grad`` pass them as an input of the transformed
                 function: BatchNorm updates its running statistics in place.
-            features: if given, filled with the host features at each seeded
-                slot (the training step returns a few samples of them for
-                :meth:`probe_isolation`).
-            faults: if given, filled with each seeded slot's
-                :class:`~esper.ops.health.SeedHealth` (see :meth:`forward`).
+            aux: return a :class:`ForwardOutput` (see :meth:`forward`): the
+                training step reads the seeds' health and keeps a few samples
+                of the features for :meth:`probe_isolation`.
 
         Nothing else is mutated. Compiles with ``fullgraph=True``; states
         differing only in their tensor values (every stage, every alpha) reuse
@@ -167,9 +192,7 @@ class MorphogeneticModel(nn.Module):
             raise UnknownSlotError(f"states for unknown slots {sorted(unknown)}; slots are "
                                    f"{list(self.seed_slots)}")
         tensors = dict(params) if buffers is None else (dict(params), dict(buffers))
-        return torch.func.functional_call(self, tensors, (x,),
-                                          {"states": states, "features": features,
-                                           "faults": faults})
+        return torch.func.functional_call(self, tensors, (x,), {"states": states, "aux": aux})
 
     def slot_states(self) -> dict[str, SlotState]:
         """Every slot's current state, by slot name."""
@@ -232,19 +255,13 @@ class MorphogeneticModel(nn.Module):
 
     # ------------------------------------------------------------------ telemetry
 
-    def capture_gradients(self) -> GradientCapture:
-        """Squared gradient norms of the host and every seed in one pass (no host sync)."""
-        seeded = {name: slot.parameters() for name, slot in self.seed_slots.items()
-                  if slot.seed is not None}
-        return capture(self.get_host_parameters(), seeded)
-
     def record_gradients(self, source: GradientCapture | GradientEMA) -> dict[str, GradientStats]:
         """Materialize a capture or average (one sync) into each seed's metrics."""
         stats = materialize(source)
         for name, measured in stats.items():
             slot = self._slot(name)
             if slot.seed is not None:
-                slot._commit(record(slot.state, seed_gradient_norm_ratio=measured.ratio))
+                slot.record(seed_gradient_norm_ratio=measured.ratio)
         return stats
 
     def probe_isolation(self, x: Tensor | None = None, *,
@@ -284,12 +301,12 @@ class MorphogeneticModel(nn.Module):
             was_training = slot.training
             slot.eval()
             try:
-                report = slot._probe(features[name][:samples], generator, squares)
+                report = slot.probe_isolation(features[name][:samples], generator, squares)
             finally:
                 slot.train(was_training)
             reports[name] = report
             if report.violated:
-                slot._commit(record(slot.state, isolation_violations=1))
+                slot.record(isolation_violations=1)
         return reports
 
     def _features_at(self, slots: Sequence[str], x: Tensor) -> dict[str, Tensor]:
@@ -327,7 +344,7 @@ class MorphogeneticModel(nn.Module):
                 ``RuntimeError``, as ``nn.Module`` raises, and a ``ValueError``).
         """
         cleaned = {k.replace(_COMPILED_PREFIX, ""): v for k, v in state_dict.items()}
-        slots = {slot: (slot.seed, slot.gate, slot.state) for slot in self.seed_slots.values()}
+        slots = {slot: slot.contents() for slot in self.seed_slots.values()}
         tensors = self._snapshot_tensors()
         try:
             return super().load_state_dict(cleaned, strict=strict, assign=assign)
@@ -346,11 +363,10 @@ class MorphogeneticModel(nn.Module):
                     for kind in ("_parameters", "_buffers")
                     for name, tensor in getattr(module, kind).items() if tensor is not None]
 
-    def _restore(self, slots: dict[SeedSlot, tuple[Any, Any, SlotState]],
-                 tensors: _TensorSnapshot) -> None:
+    def _restore(self, slots: dict[SeedSlot, SlotContents], tensors: _TensorSnapshot) -> None:
         """Undo a failed load: seeds, gates and states, then each tensor's object and values."""
-        for slot, (seed, gate, state) in slots.items():
-            slot.seed, slot.gate, slot._state = seed, gate, state
+        for slot, contents in slots.items():
+            slot.restore_contents(contents)
         with torch.no_grad():
             for module, kind, name, tensor, values in tensors:
                 getattr(module, kind)[name] = tensor

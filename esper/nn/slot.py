@@ -8,8 +8,6 @@ lifecycle. Every swap is turned into events delivered to ``on_telemetry``.
 from __future__ import annotations
 
 import contextlib
-import logging
-import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -22,35 +20,25 @@ from ..core.alpha import check_alpha
 from ..core.events import events
 from ..core.serialize import state_from_dict, state_to_dict
 from ..core.state import AlphaMode, SlotState
-from ..errors import (
-    EsperError,
-    SeedRaisedError,
-    TopologyMismatchError,
-    describe,
-)
+from ..errors import TopologyMismatchError
 from ..leyline import GateResult, QualityGates, SeedStage, SlotTelemetry, TaskConfig, Topology
 from ..leyline.constants import DEFAULT_BLEND_ALGORITHM
 from ..ops.formula import blend_weight, isolate, slot_forward, slot_forward_checked
 from ..ops.health import SeedHealth
 from ..ops.isolation import IsolationReport, ProbeSquares, isolation_probe, probe_squares
-from ..ops.telemetry import GradientStats, capture, materialize, record
-from . import blueprints
-from .blending import create_blend
-
-TelemetryCallback = Callable[[Any], None]
-_log = logging.getLogger("esper")
-
-
-class TelemetryCallbackWarning(RuntimeWarning):
-    """A telemetry callback raised; the state change it reported stands."""
+from ..ops.telemetry import GradientReport, capture, latest_telemetry, materialize, record
+from .assignment import check_assignable
+from .delivery import TelemetryCallback, TelemetryCallbackWarning, deliver
+from .seed_parts import SeedSite, build_seed, rebuild_seed
 
 
 @dataclass(frozen=True, slots=True)
-class GradientReport:
-    """What one telemetry capture measured for a slot."""
+class SlotContents:
+    """A slot's seed, blend gate and state as :meth:`SeedSlot.contents` took them."""
 
-    gradients: GradientStats
-    isolation: IsolationReport | None
+    seed: nn.Module | None
+    gate: nn.Module | None
+    state: SlotState
 
 
 class SeedSlot(nn.Module):
@@ -114,23 +102,6 @@ class SeedSlot(nn.Module):
     def state(self, new: SlotState) -> None:
         self._commit(new)
 
-    def _check_compatible(self, new: object) -> SlotState:
-        if not isinstance(new, SlotState):
-            raise TypeError(f"SeedSlot.state takes a SlotState, got {type(new).__name__}")
-        if (new.slot_id, new.channels) != (self.slot_id, self.channels):
-            raise ValueError(f"state of slot {new.slot_id!r} ({new.channels} channels) cannot be "
-                             f"assigned to slot {self.slot_id!r} ({self.channels} channels)")
-        if new.has_seed != (self.seed is not None):
-            held = "holds a seed" if self.seed is not None else "holds no seed"
-            raise ValueError(f"slot {self.slot_id!r} {held}; a {new.stage.name} state does not "
-                             "fit it (seeds change through germinate and prune)")
-        if new.has_seed and self._state.has_seed and new.blueprint_id != self._state.blueprint_id:
-            raise ValueError(f"state names blueprint {new.blueprint_id!r} but the slot's seed is "
-                             f"{self._state.blueprint_id!r}")
-        if new.alpha_overridden:
-            raise ValueError("an alpha override is applied with force_alpha or forward(alpha=...)")
-        return new
-
     def _require_unforced(self) -> None:
         if self._forced:
             raise RuntimeError(f"slot {self.slot_id!r}: lifecycle changes are not allowed inside "
@@ -140,20 +111,36 @@ class SeedSlot(nn.Module):
         """Swap in ``new`` (already validated), then report the implied events."""
         self._require_unforced()
         before = self._state
-        self._state = self._check_compatible(new).to(self.device)
+        self._state = check_assignable(new, before, self.seed is not None).to(self.device)
         if not self.fast_mode and self.on_telemetry is not None:
-            self._deliver(events(before, self._state))
+            deliver(self.on_telemetry, events(before, self._state), self.slot_id)
         return self._state
 
-    def _deliver(self, found: tuple[Any, ...]) -> None:
-        for event in found:
-            try:
-                self.on_telemetry(event)  # type: ignore[misc]
-            except Exception as error:  # reported, never swallowed; state already committed
-                _log.exception("telemetry callback failed on %s", event.type.value)
-                warnings.warn(f"telemetry callback raised {error!r} on {event.type.value} for "
-                              f"slot {self.slot_id!r}; the state change stands",
-                              TelemetryCallbackWarning, stacklevel=3)
+    def record(self, *, seed_gradient_norm_ratio: float | None = None,
+               isolation_violations: int = 0) -> SlotState:
+        """Commit new gradient measurements to the state's metrics (see
+        :func:`~esper.ops.telemetry.record`); no epoch passes.
+
+        Raises:
+            ValueError: a negative count or a non-finite ratio.
+            RuntimeError: inside ``force_alpha``.
+        """
+        return self._commit(record(self._state, seed_gradient_norm_ratio=seed_gradient_norm_ratio,
+                                   isolation_violations=isolation_violations))
+
+    def contents(self) -> SlotContents:
+        """The slot's seed, gate and state now, for :meth:`restore_contents`."""
+        return SlotContents(self.seed, self.gate, self._state)
+
+    def restore_contents(self, contents: SlotContents) -> None:
+        """Put back what :meth:`contents` took (undoing a failed load; no events, no checks)."""
+        self.seed, self.gate, self._state = contents.seed, contents.gate, contents.state
+
+    @property
+    def site(self) -> SeedSite:
+        """Where this slot's seeds are planted (topology, channels, device, layout)."""
+        return SeedSite(self.slot_id, self.topology, self.channels, self.device,
+                        self.memory_format)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -176,7 +163,7 @@ class SeedSlot(nn.Module):
         L.germinate(self._state, blueprint_id, seed_id, blend_algorithm_id=blend_algorithm_id)
         rng = torch.get_rng_state()
         try:
-            seed, gate = self._build_seed(blueprint_id, blend_algorithm_id)
+            seed, gate = build_seed(self.site, blueprint_id, blend_algorithm_id)
         except BaseException:
             torch.set_rng_state(rng)
             raise
@@ -189,27 +176,6 @@ class SeedSlot(nn.Module):
         except BaseException:
             self.seed = self.gate = None
             raise
-
-    def _build_seed(self, blueprint_id: str,
-                    blend_algorithm_id: str) -> tuple[nn.Module, nn.Module | None]:
-        """A checked seed of ``blueprint_id`` and its blend gate, on the slot's device.
-
-        Raises:
-            SeedRaisedError: the blueprint's own code raised (a ``RuntimeError``).
-        """
-        try:
-            seed = blueprints.create(self.topology, blueprint_id, self.channels)
-            seed = seed.to(self.device, memory_format=self.memory_format)
-            blueprints.validate_seed(seed, topology=self.topology, channels=self.channels,
-                                     device=self.device, name=blueprint_id)
-        except EsperError:
-            raise
-        except Exception as error:
-            raise SeedRaisedError(f"blueprint {blueprint_id!r} raised while its seed for slot "
-                                  f"{self.slot_id!r} was built and checked: {describe(error)}; "
-                                  "the slot is unchanged") from error
-        gate = create_blend(blend_algorithm_id, self.channels, self.topology)
-        return seed, gate.to(self.device) if gate is not None else None
 
     def prune(self, reason: str = "manual", detail: str | None = None) -> SlotState:
         """Remove the live seed (its parameters leave the module).
@@ -232,25 +198,20 @@ class SeedSlot(nn.Module):
         self.seed = None
         self.gate = None
 
-    def _telemetry_or_latest(self, telemetry: SlotTelemetry | None) -> SlotTelemetry:
-        if telemetry is not None:
-            return telemetry
-        m = self._state.metrics
-        return SlotTelemetry(m.current_accuracy if m.current_accuracy is not None else 0.0,
-                             m.counterfactual_contribution, m.seed_gradient_norm_ratio)
-
     def advance_stage(self, target: SeedStage | str,
                       telemetry: SlotTelemetry | None = None) -> GateResult:
         """Request ``target`` through its gate (telemetry defaults to the latest metrics)."""
         self._require_unforced()
-        new, result = L.advance(self._state, target, self._telemetry_or_latest(telemetry))
+        latest = latest_telemetry(self._state) if telemetry is None else telemetry
+        new, result = L.advance(self._state, target, latest)
         self._commit(new)
         return result
 
     def fossilize(self, telemetry: SlotTelemetry | None = None) -> GateResult:
         """Make a HOLDING seed permanent if G5 passes; the graph does not change."""
         self._require_unforced()
-        new, result = L.fossilize(self._state, self._telemetry_or_latest(telemetry))
+        latest = latest_telemetry(self._state) if telemetry is None else telemetry
+        new, result = L.fossilize(self._state, latest)
         self._commit(new)
         return result
 
@@ -323,14 +284,24 @@ class SeedSlot(nn.Module):
         gradients = materialize(sample)[self.slot_id]
         probe = None
         if host_features is not None:
-            probe = self._probe(host_features, generator)
-        self._commit(record(self._state, seed_gradient_norm_ratio=gradients.ratio,
-                            isolation_violations=int(probe is not None and probe.violated)))
+            probe = self.probe_isolation(host_features, generator)
+        self.record(seed_gradient_norm_ratio=gradients.ratio,
+                    isolation_violations=int(probe is not None and probe.violated))
         return GradientReport(gradients, probe)
 
-    def _probe(self, host: Tensor, generator: torch.Generator | None = None,
-               squares: ProbeSquares = probe_squares) -> IsolationReport:
-        """The isolation probe of this slot on ``host`` features (outside any compiled step)."""
+    def probe_isolation(self, host: Tensor, generator: torch.Generator | None = None,
+                        squares: ProbeSquares = probe_squares) -> IsolationReport:
+        """The isolation probe of this slot on ``host`` features; records nothing.
+
+        Runs outside any compiled step (see :func:`~esper.ops.isolation.isolation_probe`)
+        in the slot's current mode: :meth:`MorphogeneticModel.probe_isolation`
+        puts the slot in eval mode first so the probe moves no statistics.
+
+        Arguments:
+            host: features at the slot (a few samples).
+            generator: for the random cotangents.
+            squares: :func:`~esper.ops.isolation.probe_squares` or a compiled version of it.
+        """
         gate_fn = self._probe_gate if self.gate is not None else None
         return isolation_probe(self._probe_slot, self._state, host, gate_fn=gate_fn,
                                generator=generator, squares=squares)
@@ -404,12 +375,7 @@ class SeedSlot(nn.Module):
         if (new.slot_id, new.channels) != (self.slot_id, self.channels):
             raise ValueError(f"checkpoint state of slot {new.slot_id!r} ({new.channels} channels) "
                              f"does not fit slot {self.slot_id!r} ({self.channels} channels)")
-        seed = gate = None
-        if new.has_seed:
-            seed = blueprints.create(self.topology, new.blueprint_id, self.channels)
-            seed = seed.to(self.device, memory_format=self.memory_format)
-            gate = create_blend(new.blend_algorithm_id, self.channels, self.topology)
-            gate = gate.to(self.device) if gate is not None else None
+        seed, gate = rebuild_seed(self.site, new)
         self.seed, self.gate, self._state = seed, gate, new
 
     def _apply(self, fn: Any, recurse: bool = True) -> SeedSlot:
@@ -423,3 +389,7 @@ class SeedSlot(nn.Module):
 
     def extra_repr(self) -> str:
         return f"{self.slot_id!r}, channels={self.channels}, {self._state.stage.name}"
+
+
+__all__ = ["GradientReport", "SeedSlot", "SlotContents", "TelemetryCallback",
+           "TelemetryCallbackWarning"]

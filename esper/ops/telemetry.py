@@ -19,12 +19,14 @@ from torch import Tensor
 import kernels
 
 from ..core.state import SlotState
+from ..leyline import SlotTelemetry
 from ..leyline.constants import (
     DEFAULT_MAX_GRADIENT_RATIO,
     DEFAULT_TELEMETRY_EMA_DECAY,
     DEFAULT_TELEMETRY_STRIDE,
 )
 from ..validation import check_int
+from .isolation import IsolationReport
 
 _EPS = 1e-12
 
@@ -53,6 +55,15 @@ class GradientStats:
     host_norm: float
     seed_norm: float
     ratio: float
+
+
+@dataclass(frozen=True, slots=True)
+class GradientReport:
+    """What one eager telemetry capture measured for a slot (see
+    :meth:`~esper.nn.slot.SeedSlot.capture_gradient_telemetry`)."""
+
+    gradients: GradientStats
+    isolation: IsolationReport | None
 
 
 def _gradients(params: Iterable[Tensor]) -> tuple[list[Tensor], int]:
@@ -173,3 +184,10 @@ def record(state: SlotState, *, seed_gradient_norm_ratio: float | None = None,
     return state.replace(metrics=m.replace(
         seed_gradient_norm_ratio=m.seed_gradient_norm_ratio if ratio is None else float(ratio),
         isolation_violations=m.isolation_violations + isolation_violations))
+
+
+def latest_telemetry(state: SlotState) -> SlotTelemetry:
+    """The telemetry ``state``'s metrics last recorded (accuracy 0 before any epoch)."""
+    m = state.metrics
+    return SlotTelemetry(m.current_accuracy if m.current_accuracy is not None else 0.0,
+                         m.counterfactual_contribution, m.seed_gradient_norm_ratio)

@@ -11,7 +11,7 @@ decisions. Each item is encoded as one non-negative int64 (:meth:`Proposal.codes
   3 prune) in the top byte and a digest of the slot's decisions below.
 
 All codes travel in one collective
-(:meth:`~esper.tolaria.distributed.Replicas.gather_codes`, a MIN all-reduce
+(:meth:`~esper.tolaria.replicas.Replicas.gather_codes`, a MIN all-reduce
 that hands every rank the table of every rank's codes), and :func:`agree`
 turns the table into what is applied, the same on every rank:
 
@@ -40,7 +40,7 @@ from ..core.state import SlotState
 from ..leyline import SeedStage
 from ..tamiyo import Decision
 from ..tamiyo.decisions import ACTIONS
-from .distributed import fingerprint
+from .fingerprint import fingerprint
 
 Item = Literal["lifecycle", "decisions"]
 _TAG = 56  # bits below the tag byte

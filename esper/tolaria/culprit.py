@@ -11,18 +11,26 @@ it. A seed that changes the feature shape is caught by the slot itself
 Frames are only as good as the run that produced them: under
 ``torch.compile`` a raise inside the traced code surfaces as a dynamo error
 without the seed's frames, so the trainer re-runs the step eagerly to find
-the culprit (see :meth:`esper.tolaria.trainer.Trainer.train_epoch`).
+the culprit (:func:`step_or_prune`). :func:`survive` runs any other work
+(validation, the isolation probe) until no seed raises in it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+import logging
+from collections.abc import Callable, Iterator, Mapping
 from types import FrameType
+from typing import TypeVar
 
 from torch import nn
 
-from ..errors import SeedShapeError
+from ..errors import SeedShapeError, describe
 from ..nn.slot import SeedSlot
+
+T = TypeVar("T")
+Prune = Callable[[str, BaseException], None]
+"""Prunes the seed of the named slot for the error it raised (or re-raises the error)."""
+_log = logging.getLogger("esper")
 
 
 def seed_modules(slots: Mapping[str, SeedSlot]) -> dict[int, str]:
@@ -75,4 +83,57 @@ def seed_culprit(error: BaseException, slots: Mapping[str, SeedSlot]) -> str | N
     return None
 
 
-__all__ = ["seed_culprit", "seed_modules"]
+def survive(work: Callable[[], T], slots: Mapping[str, SeedSlot], prune: Prune) -> tuple[T, bool]:
+    """``work()``, pruning each seed that raises in it and trying again.
+
+    Returns:
+        What ``work`` returned and whether a seed was pruned on the way.
+
+    Raises:
+        Exception: what ``work`` raised when no seed raised it.
+    """
+    pruned = False
+    while True:
+        try:
+            return work(), pruned
+        except Exception as error:
+            culprit = seed_culprit(error, slots)
+            if culprit is None:
+                raise
+            prune(culprit, error)
+            pruned = True
+
+
+def step_or_prune(step: Callable[[], T], eager: Callable[[], T] | None,
+                  slots: Mapping[str, SeedSlot], prune: Prune) -> T | None:
+    """The ``step``, or ``None`` when a seed raised in it (that seed is then pruned).
+
+    A seed that raises is untrusted code failing: nothing of that step is
+    applied (the forward or backward raised before any update, and buffers
+    are committed only at the end). Under ``torch.compile`` a raise inside
+    the graph loses the seed's frames, so the ``eager`` version of a compiled
+    step runs the same batch: if it passes there its update stands (the same
+    function), if it raises again the seed is found from its frames.
+
+    Raises:
+        Exception: an error no seed raised.
+    """
+    try:
+        return step()
+    except Exception as error:
+        culprit = seed_culprit(error, slots)
+        if culprit is None and eager is not None:
+            try:
+                result = eager()
+                _log.warning("the compiled step raised %s; that step ran eagerly",
+                             describe(error))
+                return result
+            except Exception as eager_error:
+                culprit, error = seed_culprit(eager_error, slots), eager_error
+        if culprit is None:
+            raise error
+        prune(culprit, error)
+        return None
+
+
+__all__ = ["Prune", "seed_culprit", "seed_modules", "step_or_prune", "survive"]

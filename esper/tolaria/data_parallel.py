@@ -1,9 +1,10 @@
-"""One rank of a multi-process run: its trainer, and what it writes (rank 0 only).
+"""One rank of a multi-process run: how it shares with the others, and what it writes.
 
-:class:`DataParallelTrainer` is the :class:`~esper.tolaria.trainer.Trainer` of
-one rank of a ``torchrun`` job (see :mod:`esper.tolaria.distributed`). With a
-single process :func:`make_trainer` returns the plain trainer and nothing here
-runs. It differs from the plain trainer only where the ranks must agree:
+:class:`DataParallel` is the :class:`~esper.tolaria.parallelism.Parallelism`
+of one rank of a ``torchrun`` job (see :mod:`esper.tolaria.distributed`);
+:func:`make_trainer` gives it to the trainer (a single process gets
+:class:`~esper.tolaria.parallelism.SingleProcess`, and nothing here runs).
+The ranks share only where they must agree:
 
 * data: the training and validation splits are sharded by rank;
 * step: gradients and loss are averaged and seed fault flags ORed inside the
@@ -16,7 +17,8 @@ runs. It differs from the plain trainer only where the ranks must agree:
 * lifecycle: every slot's proposed step and the controller's decisions go
   through one consensus collective (:mod:`esper.tolaria.consensus`); what the
   ranks disagree on is not applied, is logged as a warning by each dissenting
-  rank and is recorded as a ``"consensus"`` event;
+  rank and is recorded as a ``"consensus"`` event; rank 0 alone reads the
+  external commands and broadcasts their decisions;
 * at the start, on resume and after every change of topology (germinate,
   prune) the ranks check that they hold the same configuration and
   bit-identical weights and slot states, and all raise if they do not. Nothing
@@ -31,195 +33,127 @@ as a checkpoint in ``DIR/rank-R`` (:func:`dump_replica`).
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from itertools import chain
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-import torch
-
 from ..checkpoint import save_checkpoint
-from ..core import lifecycle
 from ..core.serialize import state_to_dict
 from ..data import TaskData
-from ..leyline import SlotTelemetry
 from ..nn.model import MorphogeneticModel
-from ..ops.telemetry import GradientEMA, record
-from ..optim.sgd import OptimizerState
-from ..tamiyo import ControllerMemory, Decision
+from ..tamiyo import Decision
 from .config import GrowConfig
 from .consensus import Agreement, Proposal, agree
-from .distributed import Replicas, fingerprint, tensor_fingerprint
 from .evaluate import Score, Validation
+from .external import CommandSource
+from .fingerprint import fingerprint, tensor_fingerprint
+from .inputs import StepReduce
+from .parallelism import SingleProcess, isolation_violations
 from .records import EpochRecord, RunSummary
-from .trainer import EventSink, Trainer, epoch_seed
+from .replicas import Replicas
+from .trainer import EventSink, Trainer
 
 REPLICA_DUMP_ENV = "ESPER_REPLICA_DUMP"
 _log = logging.getLogger("esper")
 
 
-@dataclass
-class DataParallelTrainer(Trainer):
-    """The trainer of one rank; see the module docstring for what the ranks share.
+@dataclass(frozen=True)
+class DataParallel:
+    """One rank's :class:`~esper.tolaria.parallelism.Parallelism`; see the module docstring.
 
-    Arguments (beyond :class:`~esper.tolaria.trainer.Trainer`'s):
-        replicas: this process's rank and the collectives (keyword only).
-
-    Raises:
-        RuntimeError: the ranks do not start from the same configuration and weights.
+    Arguments:
+        replicas: this process's rank and the collectives.
     """
 
-    replicas: Replicas = field(kw_only=True)
+    replicas: Replicas
 
-    def __post_init__(self) -> None:
-        self.data = self.replicas.shard_task(self.data)
-        super().__post_init__()
-        self._step = functools.partial(self._step, reduce=self.replicas.reduce_step)
-        self._eager_step = functools.partial(self._eager_step, reduce=self.replicas.reduce_step)
-        if self.commands is not None and not self.replicas.is_main:
-            # Rank 0 alone reads the commands (a FIFO's lines would be split between
-            # readers) and broadcasts the verified ones; see _poll_commands.
-            self.commands.close()
-            self.commands = None
-        self._check_replicas("configuration, initial weights and slot states")
+    @property
+    def rank(self) -> int:
+        """This process's rank."""
+        return self.replicas.rank
 
-    # ------------------------------------------------------------------ checks
+    @property
+    def is_main(self) -> bool:
+        """Whether this is rank 0, which reads the commands and writes the run directory."""
+        return self.replicas.is_main
 
-    def _topology(self) -> tuple[str, ...]:
-        return tuple(name for name, _ in self.model.named_parameters())
+    @property
+    def reduce(self) -> StepReduce:
+        """Gradients and loss averaged, fault flags ORed: one all-reduce per step."""
+        return self.replicas.reduce_step
 
-    def _check_replicas(self, what: str) -> None:
+    def shard(self, task: TaskData) -> TaskData:
+        """This rank's shard (see :meth:`~esper.tolaria.replicas.Replicas.shard_task`)."""
+        return self.replicas.shard_task(task)
+
+    def check(self, what: str, config: GrowConfig, model: MorphogeneticModel) -> None:
         """Raise on every rank unless all hold the same config, weights and slot states."""
-        model = self.model
         states = json.dumps({n: state_to_dict(s) for n, s in model.slot_states().items()},
                             sort_keys=True)
         weights = tensor_fingerprint(chain(model.named_parameters(), model.named_buffers()))
-        self.replicas.check_same(what, fingerprint(repr(self.config), states, str(weights)))
+        self.replicas.check_same(what, fingerprint(repr(config), states, str(weights)))
 
-    # ------------------------------------------------------------------ training
-
-    def _violations(self) -> dict[str, int]:
-        return {name: state.metrics.isolation_violations
-                for name, state in self.model.slot_states().items()}
-
-    def train_epoch(self) -> tuple[float, GradientEMA | None]:
-        """The plain epoch on this rank's shard, then buffers and probe results shared.
-
-        The loss is already the same on every rank (each step's is averaged).
-        """
-        before = self._violations()
-        loss, ema = super().train_epoch()
-        self.replicas.average_buffers(self.model)
-        self._sum_violations(before)
-        return loss, ema
-
-    def _sum_violations(self, before: Mapping[str, int]) -> None:
-        """Every rank's isolation violations of this epoch count on every rank."""
-        names = list(self.model.seed_slots)
-        now = self._violations()
-        mine = [now[name] - before[name] for name in names]
+    def merge_epoch(self, model: MorphogeneticModel, violations: Mapping[str, int]) -> None:
+        """Average the buffers; every rank's isolation violations of the epoch count on
+        every rank."""
+        self.replicas.average_buffers(model)
+        names = list(model.seed_slots)
+        now = isolation_violations(model)
+        mine = [now[name] - violations[name] for name in names]
         for name, own, total in zip(names, mine, self.replicas.sum(mine), strict=True):
             if total != own:
-                slot = self.model.seed_slots[name]
-                slot.state = record(slot.state, isolation_violations=total - own)
+                model.seed_slots[name].record(isolation_violations=total - own)
 
-    # ------------------------------------------------------------------ epoch boundary
-
-    def end_epoch(self, loss: float, ema: GradientEMA | None, seconds: float) -> EpochRecord:
-        """The plain epoch boundary (reduced metrics, consensus); replicas checked on change."""
-        topology = self._topology()
-        result = super().end_epoch(loss, ema, seconds)
-        if self._topology() != topology:
-            self._check_replicas(f"weights and slot states after epoch {self.epoch}'s "
-                                 "germinate or prune")
-        return result
-
-    def _validate(self, blended: list[str], probed: dict[str, float]) -> Validation:
-        """Every score of the plain validation, counts and losses summed over the ranks."""
-        mine = super()._validate(blended, probed)
-        scores = [mine.model, *mine.without.values(), *mine.probed.values()]
+    def reduce_validation(self, validation: Validation) -> Validation:
+        """Every score of this rank's validation, counts and losses summed over the ranks."""
+        scores = [validation.model, *validation.without.values(), *validation.probed.values()]
         counts = self.replicas.sum([n for s in scores for n in (s.correct, s.total)])
         losses = self.replicas.sum_real([s.loss for s in scores])
         summed = [Score(counts[2 * i], losses[i], counts[2 * i + 1]) for i in range(len(scores))]
         model, rest = summed[0], summed[1:]
-        return Validation(model, dict(zip(mine.without, rest[:len(blended)], strict=True)),
-                          dict(zip(mine.probed, rest[len(blended):], strict=True)))
+        blended = len(validation.without)
+        return Validation(model, dict(zip(validation.without, rest[:blended], strict=True)),
+                          dict(zip(validation.probed, rest[blended:], strict=True)))
 
-    def _propose(self, val: float, telemetry: Mapping[str, SlotTelemetry]
-                 ) -> tuple[Proposal, ControllerMemory]:
-        """This rank's proposal for the epoch and the controller memory that goes with it.
-
-        Each slot's state after its lifecycle step (pure, nothing committed) and
-        the decisions taken on those states. (Tests override this to make one
-        rank disagree.)
-        """
-        states = {name: lifecycle.step(state, telemetry[name])
-                  for name, state in self.model.slot_states().items()}
-        if self.config.commands is None:
-            decisions, memory = self.controller.decide(self.epoch, val, states, self.memory)
-        else:
-            decisions, memory = self._poll_commands(), self.memory
-        return Proposal(states, tuple(decisions)), memory
-
-    def _poll_commands(self) -> list[Decision]:
+    def poll(self, source: CommandSource | None) -> tuple[list[Decision], dict[str, Any]]:
         """Rank 0 reads and verifies the new commands; every rank gets their decisions and
         the source's state (so every rank's checkpointed trainer state is the same)."""
         text = None
-        if self.commands is not None:
-            decisions = [d.to_dict() for d in self.commands.poll()]
-            text = json.dumps({"decisions": decisions, "state": self.commands.state()})
+        if source is not None:
+            decisions = [d.to_dict() for d in source.poll()]
+            text = json.dumps({"decisions": decisions, "state": source.state()})
         received = json.loads(self.replicas.broadcast_text(text))
-        self.command_state = received["state"]
-        return [Decision(**d) for d in received["decisions"]]
+        return [Decision(**d) for d in received["decisions"]], received["state"]
 
-    def _lifecycle(self, val: float, telemetry: dict[str, SlotTelemetry]) -> None:
-        """Propose, agree (one collective), then apply only what every rank proposed."""
-        proposal, memory = self._propose(val, telemetry)
+    def agree(self, proposal: Proposal, epoch: int) -> Agreement:
+        """Only what every rank proposed (one collective; see :func:`.consensus.agree`);
+        a warning for each item this rank disagrees on."""
         agreement = agree(proposal, self.replicas.gather_codes(proposal.codes()))
-        self._report(agreement)
-        self.model.step_epoch({name: telemetry[name] for name in agreement.stepped})
-        # Decisions apply all together or not at all: a refused germination is not counted.
-        self.memory = memory if agreement.unanimous else replace(
-            self.memory, accuracies=memory.accuracies)
-        torch.manual_seed(epoch_seed(self.config.seed, self.epoch) + 11)  # seed initialisation
-        apply = self._apply if self.config.commands is None else self._apply_external
-        for decision in agreement.decisions:
-            apply(decision, telemetry)
-
-    def _report(self, agreement: Agreement) -> None:
-        """A ``"consensus"`` event per disagreement (all ranks); a warning on each dissenter."""
         for disagreement in agreement.disagreements:
-            self._emit({"kind": "consensus", "epoch": self.epoch, **disagreement.to_dict(),
-                        "applied": False})
-            rank = self.replicas.rank
-            if rank in disagreement.dissenting:
+            if self.rank in disagreement.dissenting:
                 _log.warning(
                     "epoch %d: rank %d disagrees with the other ranks on the %s of slot %r "
-                    "(proposals by rank: %s); it is not applied on any rank", self.epoch, rank,
+                    "(proposals by rank: %s); it is not applied on any rank", epoch, self.rank,
                     disagreement.item, disagreement.slot, list(disagreement.proposals))
-
-    # ------------------------------------------------------------------ persistence
-
-    def restore(self, model: MorphogeneticModel, optimizer: OptimizerState,
-                state: dict[str, Any]) -> None:
-        """The plain restore, then a check that every rank resumed the same state."""
-        super().restore(model, optimizer, state)
-        self._check_replicas("the resumed checkpoint")
+        return agreement
 
 
 def make_trainer(config: GrowConfig, data: TaskData, sink: EventSink | None = None,
                  replicas: Replicas | None = None) -> Trainer:
-    """The trainer for this process: the plain one, or one rank's of a torchrun job."""
+    """The trainer for this process: alone, or one rank's of a torchrun job.
+
+    Raises:
+        RuntimeError: the ranks do not start from the same configuration and weights.
+    """
     options: dict[str, Any] = {} if sink is None else {"sink": sink}
-    if replicas is None:
-        return Trainer(config, data, **options)
-    return DataParallelTrainer(config, data, **options, replicas=replicas)
+    parallel = SingleProcess() if replicas is None else DataParallel(replicas)
+    return Trainer(config, data, **options, parallel=parallel)
 
 
 class NullWriter:

@@ -190,6 +190,11 @@ class Validation:
         return [name for name, s in self.without.items()
                 if not self.model.mean_loss <= max_ratio * s.mean_loss]
 
+    def blowup(self, slot: str, max_ratio: float) -> str:
+        """Why blended ``slot`` is in :meth:`blown_up`, in words."""
+        return (f"validation loss {self.model.mean_loss:.4g} is over {max_ratio:g} times "
+                f"the host-alone loss {self.without[slot].mean_loss:.4g} at the slot")
+
 
 def validate(model: MorphogeneticModel, x: Tensor, y: Tensor, blended: Sequence[str],
              probed: Mapping[str, float], batch_size: int = 256) -> Validation:

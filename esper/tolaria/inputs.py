@@ -1,66 +1,103 @@
-"""What the training step reads for one topology, and the counters it feeds.
+"""What the training step reads: its inputs for one topology, and how it runs.
 
-The trainer builds a :class:`StepInputs` at the start of an epoch and again
-whenever a seed leaves mid-epoch (a seed that raised is pruned at once).
-Everything in it lives on the device: the counters add up the step's flags
-without a host sync, and :attr:`StepInputs.denied` mutes a misbehaving seed
-from the next step on by a select on its alpha, also without a sync.
+:class:`StepInputs` is everything one call of
+:func:`~esper.tolaria.step.train_step` reads besides the batch. Its tensors
+are inputs of the compiled graph (every stage, alpha and learning rate is a
+tensor value, so none of them recompiles); its structure (parameter names,
+groups, hyper-parameters) is what the graph is specialised on, so only a
+germinate or a prune compiles another graph. :class:`StepOptions` says how the
+step runs: what it measures and, in a data-parallel run, how the ranks reduce.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+import torch
 from torch import Tensor
 
 from ..core.state import SlotState
-from .step import StepResult
+from ..leyline import SeedStage
+from ..nn.model import MorphogeneticModel
+from ..optim.sgd import HOST_GROUP, OptimizerState, group_of
+
+StepReduce = Callable[[dict[str, Tensor], Tensor, dict[str, Tensor]],
+                      tuple[dict[str, Tensor], Tensor, dict[str, Tensor]]]
+"""Data-parallel reduction of (gradients, loss, health flags) inside the step
+(:meth:`esper.tolaria.replicas.Replicas.reduce_step`)."""
 
 
-@dataclass
+@dataclass(frozen=True)
 class StepInputs:
-    """The step's inputs for the model's current topology and its running counts.
+    """One training step's inputs besides the batch; ``params``, ``momenta`` and
+    ``buffers`` are updated in place.
 
     Attributes:
-        names: the seed groups (slot names), in the step's group order.
-        groups: parameter names per group: the host's, then one per seed.
-        params: parameter name -> tensor aliasing the model's parameter.
+        params: parameter name -> tensor (aliasing the model's parameter in a trainer).
         buffers: buffer name -> tensor (committed in place by the step).
-        lrs: parameter name -> 0-d learning rate (zeroed for a denied seed).
-        states: slot name -> the committed slot state.
-        counts: parameter count of each group (for the gradient telemetry).
-        watched: bool per seed group: blow-ups count (the seed is not fossilized).
-        denied: bool per seed group: the seed misbehaved this epoch and is muted.
-        faults: per seed group, steps with a non-finite activation or gradient.
-        blowups: per seed group, steps whose alpha-weighted output swamped the host.
-        skipped: per group (host first), updates skipped.
+        momenta: parameter name -> momentum buffer.
+        lrs: parameter name -> 0-d learning rate (zeroed to deny a seed its updates).
+        states: slot name -> the slot state the forward runs with.
+        groups: parameter names per optimizer group: the host's first, then one
+            per seeded slot (as :class:`~esper.optim.sgd.OptimizerState` groups them).
+        momentum, weight_decay: SGD hyper-parameters.
+        watched: bool per seed group: whether that seed's blow-ups count (its
+            seed is on probation, not fossilized). ``None`` watches every seed.
     """
 
-    names: tuple[str, ...]
+    params: Mapping[str, Tensor]
+    buffers: Mapping[str, Tensor]
+    momenta: Mapping[str, Tensor]
+    lrs: Mapping[str, Tensor]
+    states: Mapping[str, SlotState]
     groups: tuple[tuple[str, ...], ...]
-    params: dict[str, Tensor]
-    buffers: dict[str, Tensor]
-    lrs: dict[str, Tensor]
-    states: dict[str, SlotState]
-    counts: tuple[int, ...]
-    watched: Tensor
-    denied: Tensor
-    faults: Tensor
-    blowups: Tensor
-    skipped: Tensor
+    momentum: float
+    weight_decay: float
+    watched: Tensor | None = None
 
-    def step_states(self) -> dict[str, SlotState]:
-        """The states the step runs with: each denied seed's alpha selected to 0."""
-        index = {name: i for i, name in enumerate(self.names)}
-        return {name: state.muted(self.denied[index[name]]) if name in index else state
-                for name, state in self.states.items()}
+    @classmethod
+    def of(cls, model: MorphogeneticModel, optimizer: OptimizerState) -> StepInputs:
+        """The inputs for ``model``'s current topology, ``optimizer`` synced to it.
 
-    def count(self, result: StepResult) -> None:
-        """Add one step's flags to the counters and deny every seed that misbehaved."""
-        self.faults += result.faults
-        self.blowups += result.blowups
-        self.skipped += ~result.updated
-        self.denied |= result.faults | result.blowups
+        The parameters alias the model's (the step trains the model), the
+        learning rates are fresh tensors, and every seed but a fossilized one
+        is watched.
+        """
+        seeds = [g for g in optimizer.groups if g != HOST_GROUP]
+        groups = (optimizer.groups.get(HOST_GROUP, ()), *(optimizer.groups[g] for g in seeds))
+        states = model.slot_states()
+        config = optimizer.config
+        return cls(
+            params={k: v.detach() for k, v in model.named_parameters()},
+            buffers=dict(model.named_buffers()), momenta=optimizer.momenta,
+            lrs=optimizer.learning_rates(), states=states, groups=groups,
+            momentum=config.momentum, weight_decay=config.weight_decay,
+            watched=torch.tensor([states[n].stage != SeedStage.FOSSILIZED for n in seeds],
+                                 dtype=torch.bool))
+
+    @property
+    def seeds(self) -> tuple[str, ...]:
+        """The seed groups' slot names, in group order (the host's group is first)."""
+        return tuple(group_of(group[0]) for group in self.groups[1:])
 
 
-__all__ = ["StepInputs"]
+@dataclass(frozen=True)
+class StepOptions:
+    """How the step runs (not inputs of the graph: a change compiles another one).
+
+    Attributes:
+        measure: compute the group norms; ``False`` returns an empty tensor in
+            their place (and checks finiteness more cheaply).
+        feature_samples: how many leading samples of the host features at each
+            seeded slot to return (0 returns none).
+        reduce: data-parallel training: averages gradients and loss and ORs
+            the health flags over the ranks, before anything reads them.
+    """
+
+    measure: bool = True
+    feature_samples: int = 8
+    reduce: StepReduce | None = None
+
+
+__all__ = ["StepInputs", "StepOptions", "StepReduce"]

@@ -1,6 +1,6 @@
 """The trainer's progress as a checkpoint stores it, checked field by field on the way in.
 
-:meth:`~esper.tolaria.trainer.Trainer.trainer_state` writes it;
+:func:`progress_state` writes it (:meth:`~esper.tolaria.trainer.Trainer.trainer_state`);
 :func:`check_progress` reads it back and refuses anything a resume could not
 continue from exactly: a wrong type, a count out of range, an epoch that does
 not match its records, a number that is not finite. Each refusal is a
@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import CheckpointError
 from ..validation import check_int, is_real
 from .records import EpochRecord, SlotSnapshot
-from .runconfig import config_from_record
+from .runconfig import config_from_record, config_record
+
+if TYPE_CHECKING:
+    from .trainer import Trainer
 
 PROGRESS_KEYS = frozenset({"epoch", "records", "tally", "events_written", "global_step",
                            "controller"})
@@ -78,6 +81,23 @@ def _record(where: str, data: object, epoch: int) -> EpochRecord:
                        data["baseline_accuracy"])
 
 
+def progress_state(trainer: Trainer) -> dict[str, Any]:
+    """``trainer``'s progress, JSON-ready (weights and optimizer are saved beside it).
+
+    With an external controller it holds ``"commands"``: the read offset and
+    the replay memory, so a resumed run refuses commands it already accepted.
+    ``"config"`` is the run's configuration
+    (:func:`~esper.tolaria.runconfig.config_record`), which ``--resume`` continues.
+    """
+    state = {"epoch": trainer.epoch, "records": [r.to_dict() for r in trainer.records],
+             "tally": dict(trainer.tally), "events_written": trainer.events_written,
+             "global_step": trainer.global_step, "controller": trainer.decider.memory_record(),
+             "config": config_record(trainer.config)}
+    if trainer.decider.command_state is not None:
+        state["commands"] = trainer.decider.command_state
+    return state
+
+
 def check_progress(state: object, where: str = "trainer state") -> dict[str, Any]:
     """``state`` if a trainer can resume from it, with its records rebuilt.
 
@@ -127,4 +147,4 @@ def check_progress(state: object, where: str = "trainer state") -> dict[str, Any
 
 
 __all__ = ["CONTROLLER_KEYS", "MAX_COUNT", "OPTIONAL_KEYS", "PROGRESS_KEYS", "RECORD_KEYS",
-           "check_progress"]
+           "check_progress", "progress_state"]

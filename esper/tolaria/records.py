@@ -10,6 +10,8 @@ from collections.abc import Mapping
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any
 
+from ..core.state import SlotState
+
 
 @dataclass(frozen=True, slots=True)
 class SlotSnapshot:
@@ -43,6 +45,16 @@ class SlotSnapshot:
     def from_dict(cls, data: Mapping[str, Any]) -> SlotSnapshot:
         """The inverse of :meth:`to_dict`."""
         return cls(**data)
+
+    @classmethod
+    def of(cls, slot: str, state: SlotState, counterfactual: float | None) -> SlotSnapshot:
+        """The snapshot of ``slot`` in ``state``, its ``counterfactual`` measured or not."""
+        gate = state.last_gate
+        return cls(slot=slot, stage=state.stage.name, alpha=state.alpha_value,
+                   seed_id=state.seed_id, blueprint_id=state.blueprint_id,
+                   counterfactual=counterfactual,
+                   gradient_ratio=state.metrics.seed_gradient_norm_ratio,
+                   last_gate=None if gate is None else gate.message)
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,11 +23,10 @@ from torch import Tensor
 
 import kernels
 
-from ..core.state import SlotState
 from ..nn.model import MorphogeneticModel
 from ..ops.health import SeedHealth
-from ..ops.isolation import ProbeSquares, probe_squares
 from ..optim.sgd import HOST_GROUP, group_of, sgd_update
+from .inputs import StepInputs, StepOptions
 
 
 class StepResult(NamedTuple):
@@ -57,10 +56,10 @@ class StepResult(NamedTuple):
     blowups: Tensor
 
 
-StepFn = Callable[..., StepResult]
-# Data-parallel reduction of (gradients, loss, health flags); see tolaria/distributed.py.
-StepReduce = Callable[[dict[str, Tensor], Tensor, dict[str, Tensor]],
-                      tuple[dict[str, Tensor], Tensor, dict[str, Tensor]]]
+StepFn = Callable[[MorphogeneticModel, StepInputs, Tensor, Tensor, StepOptions], StepResult]
+""":func:`train_step` or a compiled version of it."""
+DEFAULT_OPTIONS = StepOptions()
+"""Measure the group norms, keep 8 samples of features, no data-parallel reduction."""
 
 
 def task_loss(logits: Tensor, targets: Tensor) -> Tensor:
@@ -95,24 +94,10 @@ def group_finite(grads: Mapping[str, Tensor], groups: tuple[tuple[str, ...], ...
     return torch.stack(flags)
 
 
-def train_step(
-    model: MorphogeneticModel,
-    params: Mapping[str, Tensor],
-    buffers: Mapping[str, Tensor],
-    momenta: Mapping[str, Tensor],
-    lrs: Mapping[str, Tensor],
-    states: Mapping[str, SlotState],
-    x: Tensor,
-    y: Tensor,
-    groups: tuple[tuple[str, ...], ...],
-    momentum: float,
-    weight_decay: float,
-    measure: bool = True,
-    feature_samples: int = 8,
-    reduce: StepReduce | None = None,
-    watched: Tensor | None = None,
-) -> StepResult:
-    """One SGD step; ``params``, ``momenta`` and ``buffers`` are updated in place.
+def train_step(model: MorphogeneticModel, inputs: StepInputs, x: Tensor, y: Tensor,
+               options: StepOptions = DEFAULT_OPTIONS) -> StepResult:
+    """One SGD step on the batch ``(x, y)``; ``inputs``' parameters, momenta and
+    buffers are updated in place.
 
     Nothing the step cannot vouch for is committed, the way AMP's gradient
     scaler skips steps, on the device and with no host sync:
@@ -126,50 +111,70 @@ def train_step(
       forward that raises leaves them untouched.
 
     Arguments:
-        model: the model (its modules provide the structure, ``params`` the values).
-        params: parameter name -> tensor aliasing the model's parameter.
-        buffers: buffer name -> tensor (updated in place when committed).
-        momenta: parameter name -> momentum buffer.
-        lrs: parameter name -> 0-d learning rate.
-        states: slot name -> slot state.
+        model: the model (its modules provide the structure, ``inputs`` the values).
+        inputs: parameters, buffers, optimizer state and slot states (see
+            :class:`~esper.tolaria.inputs.StepInputs`).
         x, y: a batch.
-        groups: parameter names per optimizer group: the host's first, then one
-            per seeded slot (as :class:`~esper.optim.sgd.OptimizerState` groups them).
-        momentum, weight_decay: SGD hyper-parameters.
-        measure: compute the group norms; ``False`` returns an empty tensor in
-            their place (and checks finiteness more cheaply).
-        feature_samples: how many leading samples of the host features at each
-            seeded slot to return (0 returns none).
-        reduce: data-parallel training: averages gradients and loss and ORs the
-            health flags over the ranks, before anything reads them
-            (:meth:`esper.tolaria.distributed.Replicas.reduce_step`).
-        watched: bool per seed group: whether that seed's blow-ups count (its
-            seed is on probation, not fossilized). ``None`` watches every seed.
+        options: what the step measures and how the ranks reduce (see
+            :class:`~esper.tolaria.inputs.StepOptions`).
 
     Returns:
         A :class:`StepResult`; its features are this batch's, before the update.
     """
-    seeds = [group_of(group[0]) for group in groups[1:]]
+    work = {name: b.clone() for name, b in inputs.buffers.items()}
+    grads, loss, features, flags = _gradients(model, inputs, work, x, y, options.feature_samples)
+    if options.reduce is not None:
+        grads, loss, flags = options.reduce(grads, loss, flags)
+    squared = group_squares(grads, inputs.groups) if options.measure else loss.new_empty(0)
+    finite = squared.isfinite() if options.measure else group_finite(grads, inputs.groups)
+    updated, faults, blowups = _verdict(loss, finite, flags, inputs.seeds, inputs.watched)
+    sgd_update(inputs.params, grads, inputs.momenta, inputs.lrs, inputs.momentum,
+               inputs.weight_decay, {name: flag for flag, group in zip(updated, inputs.groups,
+                                                                      strict=True)
+                                     for name in group})
+    commit_buffers(inputs.buffers, work,
+                   dict(zip((HOST_GROUP, *inputs.seeds), updated, strict=True)))
+    none = updated[0].new_zeros(0)
+    return StepResult(loss.detach(), squared, features, torch.stack(updated),
+                      torch.stack(faults) if faults else none,
+                      torch.stack(blowups) if blowups else none)
 
+
+def _gradients(model: MorphogeneticModel, inputs: StepInputs, buffers: dict[str, Tensor],
+               x: Tensor, y: Tensor, feature_samples: int
+               ) -> tuple[dict[str, Tensor], Tensor, dict[str, Tensor], dict[str, Tensor]]:
+    """Gradients and loss of the batch, the kept features and the seeds' health flags.
+
+    The flags are keyed ``"fault:<slot>"`` and ``"blowup:<slot>"``, one flat
+    dict of 0-d tensors, as the data-parallel reduction takes them.
+    """
     def loss_of(p: dict[str, Tensor], b: dict[str, Tensor]) -> tuple[Tensor, Any]:
-        taps: dict[str, Tensor] = {}
-        health: dict[str, SeedHealth] = {}
-        logits = model.functional_forward(p, states, x, b, features=taps, faults=health)
+        out = model.functional_forward(p, inputs.states, x, b, aux=True)
         # A copy, not a view: a view would keep the whole batch's features alive
         # until the next step, and the allocator would have to map fresh pages.
-        kept = ({name: h[:feature_samples].clone() for name, h in taps.items()}
+        kept = ({name: h[:feature_samples].clone() for name, h in out.features.items()}
                 if feature_samples else {})
-        flags = {f"{kind}:{name}": getattr(health[name], kind)
-                 for name in seeds for kind in SeedHealth._fields}
-        return task_loss(logits, y), (kept, flags)
+        flags = {f"{kind}:{name}": getattr(out.health[name], kind)
+                 for name in inputs.seeds for kind in SeedHealth._fields}
+        return task_loss(out.logits, y), (kept, flags)
 
-    work = {name: b.clone() for name, b in buffers.items()}
     grads, (loss, (features, flags)) = torch.func.grad_and_value(
-        loss_of, has_aux=True)(dict(params), work)
-    if reduce is not None:
-        grads, loss, flags = reduce(grads, loss, flags)
-    squared = group_squares(grads, groups) if measure else loss.new_empty(0)
-    finite = squared.isfinite() if measure else group_finite(grads, groups)
+        loss_of, has_aux=True)(dict(inputs.params), buffers)
+    return grads, loss, features, flags
+
+
+def _verdict(loss: Tensor, finite: Tensor, flags: Mapping[str, Tensor],
+             seeds: tuple[str, ...], watched: Tensor | None
+             ) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
+    """Per group, whether its update applies; per seed, its fault and blow-up flags.
+
+    Arguments:
+        loss: the (reduced) batch loss.
+        finite: bool per group: its gradients are finite.
+        flags: the (reduced) health flags of :func:`_gradients`.
+        seeds: the seed groups' slot names.
+        watched: bool per seed: its blow-ups count (``None``: every seed's).
+    """
     loss_ok = loss.isfinite()
     faults = [flags[f"fault:{name}"] | (loss_ok & ~finite[i + 1]) for i, name in enumerate(seeds)]
     blowups = [flags[f"blowup:{name}"] & (True if watched is None else watched[i])
@@ -177,13 +182,7 @@ def train_step(
     calm = ~torch.stack(blowups).any() if blowups else torch.ones_like(loss_ok)
     updated = [loss_ok & finite[0] & calm, *(loss_ok & finite[i + 1] & ~fault & calm
                                              for i, fault in enumerate(faults))]
-    sgd_update(params, grads, momenta, lrs, momentum, weight_decay,
-               {name: flag for flag, group in zip(updated, groups, strict=True) for name in group})
-    commit_buffers(buffers, work, dict(zip((HOST_GROUP, *seeds), updated, strict=True)))
-    none = loss_ok.new_zeros(0)
-    return StepResult(loss.detach(), squared, features, torch.stack(updated),
-                      torch.stack(faults) if faults else none,
-                      torch.stack(blowups) if blowups else none)
+    return updated, faults, blowups
 
 
 def commit_buffers(buffers: Mapping[str, Tensor], updated: Mapping[str, Tensor],
@@ -199,45 +198,3 @@ def commit_buffers(buffers: Mapping[str, Tensor], updated: Mapping[str, Tensor],
             new = updated[name]
             keep = flag & torch.isfinite(new).all() if new.is_floating_point() else flag
             buffer.copy_(torch.where(keep, new, buffer))
-
-
-class CompileCounter:
-    """A dynamo backend that counts the graphs it compiles and hands them on.
-
-    Arguments:
-        backend: the backend that compiles them (``"inductor"``, ``"aot_eager"``...).
-    """
-
-    def __init__(self, backend: str = "inductor") -> None:
-        self.graphs = 0
-        self.backend = torch._dynamo.lookup_backend(backend)
-
-    def __call__(self, graph: torch.fx.GraphModule, example_inputs: list[Any]) -> Any:
-        self.graphs += 1
-        return self.backend(graph, example_inputs)
-
-
-def _compiled(fn: Any, counter: CompileCounter | None) -> Any:
-    # Each germinate or prune compiles one more graph for the same code; a long
-    # run may see more topologies than dynamo's default limit allows. Shapes are
-    # static (full batches only): dynamic=False keeps shapes seen by an earlier
-    # compile of the same function (another model, another batch size) from
-    # turning this one's graphs dynamic.
-    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
-    return torch.compile(fn, fullgraph=True, dynamic=False,
-                         backend=counter if counter is not None else CompileCounter())
-
-
-def build_step(compile: bool, counter: CompileCounter | None = None) -> StepFn:
-    """The training step, compiled (inductor, ``fullgraph=True``) or eager."""
-    return _compiled(train_step, counter) if compile else train_step
-
-
-def build_probe(compile: bool, counter: CompileCounter | None = None) -> ProbeSquares:
-    """The isolation probe's arithmetic, compiled like the step or eager.
-
-    Compiled, it is one small graph per seed (built at the seed's first probe);
-    eagerly, a probe costs about a millisecond of per-op overhead, which on a
-    small model is several percent of ten steps.
-    """
-    return _compiled(probe_squares, counter) if compile else probe_squares

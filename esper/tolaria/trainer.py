@@ -4,9 +4,14 @@ Per epoch: train (the compiled step; gradient norms folded into a moving
 average at the telemetry stride, isolation probed at the same stride on the
 host features the step returns), then validation accuracy, each blended
 slot's counterfactual contribution, one ``step`` for every slot, and the
-controller's decisions. Every random draw is
-seeded from ``(seed, epoch)``, so a run is deterministic on CPU and a resumed
-run continues exactly.
+controller's decisions. Every random draw is seeded from ``(seed, epoch)``
+(:mod:`esper.tolaria.seeding`), so a run is deterministic on CPU and a
+resumed run continues exactly.
+
+One trainer serves a single process and each rank of a data-parallel run:
+what the processes share (the step's reduction, validation counts, the
+epoch's lifecycle outcome...) goes through its :class:`~.parallelism.Parallelism`,
+:class:`~.parallelism.SingleProcess` by default.
 """
 
 from __future__ import annotations
@@ -21,49 +26,60 @@ from typing import Any
 
 import torch
 
+from ..core import lifecycle
 from ..core.breaker import BreakerState, BreakerStatus
 from ..core.breaker import force as force_breaker
 from ..data import TaskData, batches
-from ..errors import CheckpointError, SeedRaisedError, describe
+from ..errors import describe
 from ..leyline import SeedStage, SlotTelemetry, TelemetryEvent, is_blended
 from ..leyline.constants import DEFAULT_MAX_BLEND_LOSS_RATIO
 from ..nn.model import MorphogeneticModel
-from ..ops.telemetry import GradientCapture, GradientEMA, due
-from ..optim.sgd import HOST_GROUP, OptimizerState, SGDConfig
-from ..tamiyo import ControllerMemory, Decision, HeuristicController
+from ..ops.telemetry import GradientEMA, due
+from ..optim.sgd import OptimizerState, SGDConfig
+from ..tamiyo import Decision
 from . import breakers
-from .commands import load_key_from_env, rejection_event
+from .apply import GERMINATED, apply_decision, command_rejection
+from .compiled import CompileCounter, build_probe, build_step
 from .config import GrowConfig, build_host
-from .culprit import seed_culprit
+from .consensus import Proposal
+from .culprit import step_or_prune, survive
+from .decider import Decider
 from .evaluate import Validation, validate
-from .external import CommandSource, open_source, seed_mismatch
-from .inputs import StepInputs
-from .progress import check_progress
+from .inputs import StepOptions
+from .parallelism import Parallelism, SingleProcess, isolation_violations
+from .progress import check_progress, progress_state
 from .records import EpochRecord, SlotSnapshot
-from .runconfig import config_record
-from .step import CompileCounter, StepFn, StepResult, build_probe, build_step
+from .seeding import epoch_seed, germination_seed, probe_seed
+from .step import StepFn, StepResult
+from .topology_run import TopologyRun
 
 EXCEPTION = "exception"  # the prune reason of a seed that raised
 EventSink = Callable[[dict[str, Any]], None]
 _log = logging.getLogger("esper")
 
 
-def epoch_seed(seed: int, epoch: int) -> int:
-    """The seed of every random draw in ``epoch`` (data order, seed init, probes)."""
-    return seed * 1_000_003 + epoch
-
-
 @dataclass
 class Trainer:
-    """Grows a model on a task; see the module docstring for one epoch's work."""
+    """Grows a model on a task; see the module docstring for one epoch's work.
+
+    Arguments:
+        config: the run's configuration.
+        data: the task (the whole of it: ``parallel`` shards it).
+        sink: receives every event record (lifecycle, decision, safety, consensus).
+        parallel: what this process shares with the others (keyword only).
+
+    Raises:
+        RuntimeError: under data parallelism, the ranks do not start from the
+            same configuration and weights.
+    """
 
     config: GrowConfig
     data: TaskData
     sink: EventSink = field(default=lambda record: None)
+    parallel: Parallelism = field(default_factory=SingleProcess, kw_only=True)
     model: MorphogeneticModel = field(init=False)
     optimizer: OptimizerState = field(init=False)
-    controller: HeuristicController = field(init=False)
-    memory: ControllerMemory = field(default_factory=ControllerMemory)
+    decider: Decider = field(init=False)
     epoch: int = 0
     records: list[EpochRecord] = field(default_factory=list)
     counter: CompileCounter = field(init=False)
@@ -72,11 +88,9 @@ class Trainer:
     events_written: int = 0
     global_step: int = 0
     breakers: dict[str, BreakerState] = field(init=False)
-    commands: CommandSource | None = field(init=False, default=None)
-    # The command source's read offset and replay memory as of the last poll (checkpointed).
-    command_state: dict[str, Any] | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
+        self.data = self.parallel.shard(self.data)
         torch.manual_seed(epoch_seed(self.config.seed, 0))
         topology = self.data.topology
         slots = self.config.slots if self.config.max_seeds > 0 else ()
@@ -85,16 +99,16 @@ class Trainer:
             task_config=self.config.task_config(topology), gates=self.config.gates,
             on_telemetry=self._lifecycle_event)
         self.optimizer = OptimizerState(SGDConfig(lr=self.config.lr)).synced(self.model)
-        self.controller = HeuristicController(self.config.controller_config(topology))
         self.breakers = breakers.fresh(tuple(self.model.seed_slots), {})
-        if self.config.commands is not None:
-            self.commands = open_source(self.config.commands, load_key_from_env(),
-                                        frozenset(self.model.seed_slots), self._lifecycle_event)
+        self.decider = Decider.of(self.config, topology, frozenset(self.model.seed_slots),
+                                  self._lifecycle_event, reads_commands=self.parallel.is_main)
         self.counter = CompileCounter(self.config.compile_backend)
         self._step = build_step(self.config.compile, self.counter)
         self._eager_step = build_step(False)
         self.probe_counter = CompileCounter(self.config.compile_backend)
         self._probe = build_probe(self.config.compile, self.probe_counter)
+        self.parallel.check("configuration, initial weights and slot states", self.config,
+                            self.model)
 
     # ------------------------------------------------------------------ events
 
@@ -103,12 +117,9 @@ class Trainer:
         self.sink(record)
 
     def _lifecycle_event(self, event: TelemetryEvent) -> None:
-        """Log a slot's, breaker's or command's event, stamped with the trainer's epoch.
-
-        A slot stamps its own epoch counter, which moves only when the slots
-        step at the end of an epoch: a seed pruned before that (its breaker
-        tripped, it raised) would carry the previous epoch's number.
-        """
+        """Log a slot's, breaker's or command's event, stamped with the trainer's epoch (a
+        slot's own counter moves only when the slots step at the end of an epoch: a seed
+        pruned before that, its breaker tripped or it raised, would carry the previous one)."""
         event = dataclasses.replace(event, epoch=self.epoch)
         self.tally[event.type.value] = self.tally.get(event.type.value, 0) + 1
         self._emit({"kind": "lifecycle", **event.to_dict()})
@@ -119,83 +130,18 @@ class Trainer:
 
     # ------------------------------------------------------------------ training
 
-    def _telemetry_groups(self) -> tuple[tuple[str, ...], tuple[tuple[str, ...], ...]]:
-        names = tuple(g for g in self.optimizer.groups if g != HOST_GROUP)
-        groups = (self.optimizer.groups.get(HOST_GROUP, ()),
-                  *(self.optimizer.groups[g] for g in names))
-        return names, groups
-
-    def _inputs(self) -> StepInputs:
-        """What the step reads for the model's current topology (see :class:`StepInputs`)."""
-        model = self.model
-        names, groups = self._telemetry_groups()
-        params = {k: v.detach() for k, v in model.named_parameters()}
-        states = model.slot_states()
-        return StepInputs(
-            names=names, groups=groups, params=params, buffers=dict(model.named_buffers()),
-            lrs=self.optimizer.learning_rates(), states=states,
-            counts=tuple(sum(params[n].numel() for n in group) for group in groups),
-            watched=torch.tensor([states[n].stage != SeedStage.FOSSILIZED for n in names],
-                                 dtype=torch.bool),
-            denied=torch.zeros(len(names), dtype=torch.bool),
-            faults=torch.zeros(len(names), dtype=torch.int64),
-            blowups=torch.zeros(len(names), dtype=torch.int64),
-            skipped=torch.zeros(len(groups), dtype=torch.int64))
-
-    def _run_step(self, step: StepFn, run: StepInputs, xb: torch.Tensor, yb: torch.Tensor,
-                  measure: bool) -> StepResult:
-        cfg = self.optimizer.config
-        return step(self.model, run.params, run.buffers, self.optimizer.momenta, run.lrs,
-                    run.step_states(), xb, yb, run.groups, cfg.momentum, cfg.weight_decay,
-                    measure=measure, watched=run.watched)
-
-    def _guarded_step(self, run: StepInputs, xb: torch.Tensor, yb: torch.Tensor,
+    def _guarded_step(self, run: TopologyRun, xb: torch.Tensor, yb: torch.Tensor,
                       measure: bool) -> StepResult | None:
-        """The step, or ``None`` when a seed raised in it (that seed is then pruned).
+        """The step, or ``None`` when a seed raised in it and was pruned (see
+        :func:`~.culprit.step_or_prune`; a compiled step that raised runs again eagerly)."""
+        options = StepOptions(measure=measure, reduce=self.parallel.reduce)
 
-        A seed that raises is untrusted code failing: nothing of that step is
-        applied (the forward or backward raised before any update, and buffers
-        are committed only at the end). Under ``torch.compile`` a raise inside
-        the graph loses the seed's frames, so the step is re-run eagerly: if it
-        passes there its update stands (the same function), if it raises again
-        the seed is found from its frames. An error no seed raised is re-raised.
-        """
-        try:
-            return self._run_step(self._step, run, xb, yb, measure)
-        except Exception as error:
-            culprit = seed_culprit(error, self.model.seed_slots)
-            if culprit is None and self.config.compile:
-                try:
-                    result = self._run_step(self._eager_step, run, xb, yb, measure)
-                    _log.warning("the compiled step raised %s; that step ran eagerly",
-                                 describe(error))
-                    return result
-                except Exception as eager_error:
-                    culprit, error = seed_culprit(eager_error, self.model.seed_slots), eager_error
-            if culprit is None:
-                raise error
-            self._prune_raiser(culprit, error)
-            return None
+        def run_with(step: StepFn) -> Callable[[], StepResult]:
+            return lambda: step(self.model, run.step_inputs(), xb, yb, options)
 
-    def _survive(self, work: Callable[[], Any]) -> tuple[Any, bool]:
-        """``work()``, pruning each seed that raises in it and trying again.
-
-        Returns:
-            What ``work`` returned and whether a seed was pruned on the way.
-
-        Raises:
-            Exception: what ``work`` raised when no seed raised it.
-        """
-        pruned = False
-        while True:
-            try:
-                return work(), pruned
-            except Exception as error:
-                culprit = seed_culprit(error, self.model.seed_slots)
-                if culprit is None:
-                    raise
-                self._prune_raiser(culprit, error)
-                pruned = True
+        eager = run_with(self._eager_step) if self.config.compile else None
+        return step_or_prune(run_with(self._step), eager, self.model.seed_slots,
+                             self._prune_raiser)
 
     def _prune_raiser(self, slot: str, error: BaseException) -> None:
         """Prune the seed in ``slot`` that raised ``error`` (reason ``exception``)."""
@@ -216,10 +162,10 @@ class Trainer:
         """
         model, cfg = self.model, self.config
         model.train()
-        run = self._inputs()
-        seed = epoch_seed(cfg.seed, self.epoch)
-        generator = torch.Generator().manual_seed(seed)
-        probe_generator = torch.Generator().manual_seed(seed + 7)
+        violations = isolation_violations(model)
+        run = TopologyRun.start(model, self.optimizer)
+        generator = torch.Generator().manual_seed(epoch_seed(cfg.seed, self.epoch))
+        probe_generator = torch.Generator().manual_seed(probe_seed(cfg.seed, self.epoch))
         ema: GradientEMA | None = None
         losses = []
         x, y = self.data.train
@@ -232,7 +178,7 @@ class Trainer:
             result = self._guarded_step(run, xb, yb, measure=cfg.compile or probe)
             while result is None:  # a seed raised and was pruned: run the batch without it
                 self._flush(run)
-                run = self._inputs()
+                run = TopologyRun.start(model, self.optimizer)
                 ema = None  # its groups changed
                 probe = probe and bool(run.names)
                 result = self._guarded_step(run, xb, yb, measure=cfg.compile or probe)
@@ -240,57 +186,47 @@ class Trainer:
             losses.append(result.loss)
             run.count(result)
             if probe:
-                sample = GradientCapture(run.names, result.squared, run.counts[0], run.counts[1:])
+                sample = run.capture(result)
                 ema = GradientEMA.start(sample) if ema is None else ema.update(sample)
-                _, pruned = self._survive(lambda r=result: model.probe_isolation(
-                    features=r.features, generator=probe_generator, squares=self._probe))
+                _, pruned = survive(lambda r=result: model.probe_isolation(
+                    features=r.features, generator=probe_generator, squares=self._probe),
+                    model.seed_slots, self._prune_raiser)
                 if pruned:
                     self._flush(run)
-                    run, ema = self._inputs(), None
+                    run, ema = TopologyRun.start(model, self.optimizer), None
                     continue
-                run.states = model.slot_states()
+                run.refresh(model.slot_states())
                 self._look_at_faults(run)  # syncs, as the probe just did
         self._flush(run)
+        self.parallel.merge_epoch(model, violations)  # the loss is already each step's mean
         values = torch.stack(losses)
         finite = values[values.isfinite()]  # skipped steps do not count
         return float(finite.mean() if finite.numel() else values.mean()), ema
 
-    def _flush(self, run: StepInputs) -> None:
+    def _flush(self, run: TopologyRun) -> None:
         """Feed the run's counts into the breakers and report skipped updates (one sync)."""
         self._look_at_faults(run)
-        self._report_skipped(("host", *run.names), run.skipped)
-        run.skipped.zero_()
+        skipped = run.take_skipped()
+        if skipped:
+            self._emit({"kind": "safety", "epoch": self.epoch, "skipped_updates": skipped})
 
     # ------------------------------------------------------------------ circuit breakers
 
-    def _look_at_faults(self, run: StepInputs) -> None:
+    def _look_at_faults(self, run: TopologyRun) -> None:
         """Feed the fault counts into the breakers (one sync) and reset them.
 
         A breaker that opens denies its seed: the seed's learning rates (tensor
         inputs of the step, so nothing recompiles) are zeroed for the epoch.
         """
-        names = run.names
-        if not names:
+        if not run.names:
             return
-        faults, blowups = run.faults.tolist(), run.blowups.tolist()
-        counts = {n: f + b for n, f, b in zip(names, faults, blowups, strict=True)}
-        reasons = {n: breakers.BLOWUP if b else breakers.NON_FINITE
-                   for n, b in zip(names, blowups, strict=True)}
-        run.faults.zero_()
-        run.blowups.zero_()
+        counts, reasons = run.take_faults()
         self.breakers, events = breakers.observe(self.breakers, counts, self.global_step,
                                                  self.epoch, self.config.breaker, reasons)
         for event in events:
             self._lifecycle_event(event)
         for slot in breakers.tripped(self.breakers):
-            for name in self.optimizer.groups.get(slot, ()):
-                if name in run.lrs:
-                    run.lrs[name].zero_()
-
-    def _report_skipped(self, groups: tuple[str, ...], skipped: torch.Tensor) -> None:
-        counts = {g: n for g, n in zip(groups, skipped.tolist(), strict=True) if n}
-        if counts:
-            self._emit({"kind": "safety", "epoch": self.epoch, "skipped_updates": counts})
+            run.deny(self.optimizer.groups.get(slot, ()))
 
     def override_breaker(self, slot: str, status: BreakerStatus, reason: str) -> None:
         """Manually set ``slot``'s breaker (an event is emitted even if unchanged).
@@ -313,44 +249,7 @@ class Trainer:
                 seed.prune(breakers.trip_reason(self.breakers[slot]))
             self.breakers[slot] = BreakerState(slot, seed_id=seed.state.seed_id)
 
-    # ------------------------------------------------------------------ lifecycle
-
-    def _apply_external(self, decision: Decision, telemetry: dict[str, SlotTelemetry]) -> None:
-        """A verified command: one the lifecycle refuses changes nothing and is reported.
-
-        A prune or fossilize naming another seed than the slot's is rejected
-        (a ``COMMAND_REJECTED`` event, reason ``seed_mismatch``).
-        """
-        mismatch = seed_mismatch(decision, self.model.seed_slots[decision.slot].state)
-        if mismatch is not None:
-            self._lifecycle_event(rejection_event("seed_mismatch", mismatch, slot=decision.slot,
-                                                seed_id=decision.seed_id))
-            return
-        try:
-            self._apply(decision, telemetry)
-        except (ValueError, RuntimeError) as exc:
-            self._decision_event(decision, f"rejected: {exc}")
-
-    def _apply(self, decision: Decision, telemetry: dict[str, SlotTelemetry]) -> None:
-        slot = self.model.seed_slots[decision.slot]
-        if decision.action == "germinate":
-            assert decision.blueprint_id is not None and decision.seed_id is not None
-            try:
-                slot.germinate(decision.blueprint_id, decision.seed_id,
-                               blend_algorithm_id=decision.blend_algorithm_id
-                               or self.config.blend_algorithm)
-            except SeedRaisedError as error:  # untrusted code: the run goes on without it
-                self._decision_event(decision, f"failed: {error}")
-                return
-            self.breakers[decision.slot] = BreakerState(decision.slot, seed_id=decision.seed_id)
-            outcome = "germinated"
-        elif decision.action == "fossilize":
-            result = slot.fossilize(telemetry[decision.slot])
-            outcome = "fossilized" if result.passed else f"refused: {result.message}"
-        else:
-            slot.prune(decision.reason)
-            outcome = "pruned"
-        self._decision_event(decision, outcome)
+    # ------------------------------------------------------------------ epoch boundary
 
     def end_epoch(self, loss: float, ema: GradientEMA | None, seconds: float) -> EpochRecord:
         """Validation, counterfactuals, lifecycle step and controller decisions.
@@ -358,9 +257,11 @@ class Trainer:
         Seeds whose breaker tripped in the epoch are pruned first; a seed that
         raises during validation is pruned and validation runs again; a blended
         seed whose loss blows up against its host-alone counterfactual is pruned
-        (reason ``blowup``) and validation runs again without it.
+        (reason ``blowup``) and validation runs again without it. After a
+        germinate or prune every process checks it holds what the others hold.
         """
         model = self.model
+        topology = [name for name, _ in model.named_parameters()]
         self._prune_tripped()
         validation = self._measure()
         if ema is not None:
@@ -374,7 +275,12 @@ class Trainer:
                      for name in model.seed_slots}
         self._lifecycle(val, telemetry)
         self.optimizer = self.optimizer.synced(model)
-        record = EpochRecord(self.epoch, loss, val, self._snapshots(contributions), seconds)
+        if [name for name, _ in model.named_parameters()] != topology:
+            self.parallel.check(f"weights and slot states after epoch {self.epoch}'s germinate "
+                                "or prune", self.config, model)
+        shots = tuple(SlotSnapshot.of(name, state, contributions.get(name))
+                      for name, state in model.slot_states().items())
+        record = EpochRecord(self.epoch, loss, val, shots, seconds)
         self.records.append(record)
         return record
 
@@ -385,7 +291,8 @@ class Trainer:
             blended = [n for n, s in states.items() if is_blended(s.stage)]
             probed = {n: s.gates.probe_alpha for n, s in states.items()
                       if s.stage == SeedStage.TRAINING}
-            validation, _ = self._survive(lambda b=blended, p=probed: self._validate(b, p))
+            validation, _ = survive(lambda b=blended, p=probed: self._validate(b, p),
+                                    self.model.seed_slots, self._prune_raiser)
             ratio = DEFAULT_MAX_BLEND_LOSS_RATIO
             blown = [n for n in validation.blown_up(ratio)
                      if states[n].stage != SeedStage.FOSSILIZED]
@@ -393,52 +300,61 @@ class Trainer:
                 return validation
             for name in blown:
                 slot = self.model.seed_slots[name]
-                slot.prune(breakers.BLOWUP, detail=(
-                    f"validation loss {validation.model.mean_loss:.4g} is over {ratio:g} times "
-                    f"the host-alone loss {validation.without[name].mean_loss:.4g} at the slot"))
+                slot.prune(breakers.BLOWUP, detail=validation.blowup(name, ratio))
                 self.breakers[name] = BreakerState(name, seed_id=slot.state.seed_id)
 
     def _validate(self, blended: list[str], probed: dict[str, float]) -> Validation:
         """Validation of the model, of each ``blended`` slot without its seed and of each
-        ``probed`` slot with its seed at the probe alpha.
-
-        (:class:`~esper.tolaria.data_parallel.DataParallelTrainer` sums the counts
-        and losses over the ranks instead.)
-        """
+        ``probed`` slot with its seed at the probe alpha, over the whole split."""
         vx, vy = self.data.val
-        return validate(self.model, vx, vy, blended, probed)
+        return self.parallel.reduce_validation(validate(self.model, vx, vy, blended, probed))
+
+    # ------------------------------------------------------------------ lifecycle
 
     def _lifecycle(self, val: float, telemetry: dict[str, SlotTelemetry]) -> None:
-        """Step every slot, then apply the controller's decisions (or the commands').
+        """Propose the epoch's outcome, agree on it, then apply only what was agreed.
 
-        (:class:`~esper.tolaria.data_parallel.DataParallelTrainer` puts the whole
-        outcome through one consensus collective instead.)
+        Each slot's lifecycle step is applied where every process proposed the
+        same; the decisions (the controller's, or the commands') all together
+        or not at all, so a refused germination is not counted either.
         """
-        model = self.model
-        model.step_epoch(telemetry)
-        torch.manual_seed(epoch_seed(self.config.seed, self.epoch) + 11)  # seed initialisation
-        if self.commands is None:
-            decisions, self.memory = self.controller.decide(self.epoch, val,
-                                                            model.slot_states(), self.memory)
-            for decision in decisions:
-                self._apply(decision, telemetry)
-        else:
-            decisions = self.commands.poll()
-            self.command_state = self.commands.state()
-            for decision in decisions:
-                self._apply_external(decision, telemetry)
+        states = {name: lifecycle.step(state, telemetry[name])  # proposed: nothing committed
+                  for name, state in self.model.slot_states().items()}
+        decisions, memory = self.decider.propose(self.epoch, val, states, self.parallel)
+        agreement = self.parallel.agree(Proposal(states, tuple(decisions)), self.epoch)
+        for disagreement in agreement.disagreements:  # nothing of it applies, on any process
+            self._emit({"kind": "consensus", "epoch": self.epoch, **disagreement.to_dict(),
+                        "applied": False})
+        self.model.step_epoch({name: telemetry[name] for name in agreement.stepped})
+        self.decider.settle(memory, applied=agreement.unanimous)
+        torch.manual_seed(germination_seed(self.config.seed, self.epoch))
+        apply = self._apply_external if self.decider.external else self._apply
+        for decision in agreement.decisions:
+            apply(decision, telemetry)
 
-    def _snapshots(self, contributions: dict[str, float]) -> tuple[SlotSnapshot, ...]:
-        shots = []
-        for name, state in self.model.slot_states().items():
-            gate = state.last_gate
-            shots.append(SlotSnapshot(
-                slot=name, stage=state.stage.name, alpha=state.alpha_value,
-                seed_id=state.seed_id, blueprint_id=state.blueprint_id,
-                counterfactual=contributions.get(name),
-                gradient_ratio=state.metrics.seed_gradient_norm_ratio,
-                last_gate=None if gate is None else gate.message))
-        return tuple(shots)
+    def _apply_external(self, decision: Decision, telemetry: dict[str, SlotTelemetry]) -> None:
+        """A verified command: one the lifecycle refuses changes nothing and is reported.
+
+        A prune or fossilize naming another seed than the slot's is rejected
+        (a ``COMMAND_REJECTED`` event, reason ``seed_mismatch``).
+        """
+        rejection = command_rejection(decision, self.model.seed_slots[decision.slot].state)
+        if rejection is not None:
+            self._lifecycle_event(rejection)
+            return
+        try:
+            self._apply(decision, telemetry)
+        except (ValueError, RuntimeError) as exc:
+            self._decision_event(decision, f"rejected: {exc}")
+
+    def _apply(self, decision: Decision, telemetry: dict[str, SlotTelemetry]) -> None:
+        """Apply ``decision`` (see :func:`~.apply.apply_decision`); a germinated seed gets a
+        fresh breaker."""
+        outcome = apply_decision(self.model.seed_slots[decision.slot], decision,
+                                 telemetry[decision.slot], self.config.blend_algorithm)
+        if outcome == GERMINATED:
+            self.breakers[decision.slot] = BreakerState(decision.slot, seed_id=decision.seed_id)
+        self._decision_event(decision, outcome)
 
     def run_epoch(self) -> EpochRecord:
         """Train and close one epoch."""
@@ -449,29 +365,13 @@ class Trainer:
 
     def close(self) -> None:
         """Release the command source, if any (the run calls it when it ends)."""
-        if self.commands is not None:
-            self.commands.close()
+        self.decider.close()
 
     # ------------------------------------------------------------------ persistence
 
     def trainer_state(self) -> dict[str, Any]:
-        """JSON-ready progress for a checkpoint (weights and optimizer saved beside it).
-
-        With an external controller it holds ``"commands"``: the read offset and
-        the replay memory, so a resumed run refuses commands it already accepted.
-        ``"config"`` is the run's configuration
-        (:func:`~esper.tolaria.runconfig.config_record`), which ``--resume`` continues.
-        """
-        state = {"epoch": self.epoch, "records": [r.to_dict() for r in self.records],
-                 "tally": dict(self.tally), "events_written": self.events_written,
-                 "global_step": self.global_step,
-                 "controller": {"accuracies": list(self.memory.accuracies),
-                                "germinations": dict(self.memory.germinations),
-                                "seeds_created": self.memory.seeds_created},
-                 "config": config_record(self.config)}
-        if self.command_state is not None:
-            state["commands"] = self.command_state
-        return state
+        """JSON-ready progress for a checkpoint (see :func:`~.progress.progress_state`)."""
+        return progress_state(self)
 
     def restore(self, model: MorphogeneticModel, optimizer: OptimizerState,
                 state: dict[str, Any]) -> None:
@@ -482,12 +382,7 @@ class Trainer:
                 (see :func:`~esper.tolaria.progress.check_progress`); nothing changed.
         """
         state = check_progress(state)
-        commands = state.get("commands")  # absent from older checkpoints: nothing remembered
-        if commands is not None and self.commands is not None:
-            try:
-                self.commands.restore(commands)  # checks before it changes anything
-            except ValueError as error:
-                raise CheckpointError(f"checkpoint trainer state 'commands': {error}") from None
+        self.decider.restore(state)  # the only part that may still refuse
         for slot in model.seed_slots.values():
             slot.on_telemetry = self._lifecycle_event
         self.model, self.optimizer = model, optimizer
@@ -498,7 +393,4 @@ class Trainer:
         self.breakers = breakers.fresh(tuple(model.seed_slots),
                                        {n: s.state.seed_id for n, s in model.seed_slots.items()})
         self.records = list(state["records"])
-        memory = state["controller"]
-        self.memory = ControllerMemory(tuple(memory["accuracies"]), dict(memory["germinations"]),
-                                       int(memory["seeds_created"]))
-        self.command_state = commands
+        self.parallel.check("the resumed checkpoint", self.config, model)

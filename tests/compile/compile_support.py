@@ -1,4 +1,7 @@
-"""Helpers of the compile-contract tests: tiny models, a lifecycle walk, a training step.
+"""Helpers of the compile-contract tests: tiny models, a lifecycle walk, the step's inputs.
+
+The training step under test is the product's, :func:`esper.tolaria.step.train_step`,
+compiled by :func:`esper.tolaria.compiled.build_step` as ``esper grow`` compiles it.
 
 Models are tiny (a 4-channel CNN on 8x8 images, an 8-wide decoder on 8 tokens):
 compile time, not run time, is what these tests pay for.
@@ -7,7 +10,7 @@ compile time, not run time, is what these tests pay for.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -18,6 +21,8 @@ from esper.leyline import SeedStage, SlotTelemetry, TaskConfig
 from esper.nn.host import CNNHost, TransformerHost
 from esper.nn.model import MorphogeneticModel
 from esper.nn.slot import SeedSlot
+from esper.optim.sgd import OptimizerState, SGDConfig
+from esper.tolaria.inputs import StepInputs
 
 SLOTS = ("early", "mid", "late")
 SEED_SLOT = "mid"
@@ -27,7 +32,7 @@ GOOD_RATIO = 0.5
 # An epoch in HOLDING at alpha 1 with this reading validates the seed for G5.
 FOSSILIZE_TELEMETRY = SlotTelemetry(99.0, counterfactual_contribution=2.0)
 
-TrainStep = Callable[..., tuple[Tensor, dict[str, Tensor]]]
+LR = 0.1
 
 
 @dataclass
@@ -115,25 +120,16 @@ def state_in(stage: SeedStage, germinated: SlotState) -> SlotState:
     return next(s for s in lifecycle_states(germinated) if s.stage == stage)
 
 
-def make_train_step(tiny: Tiny, lr: float = 0.1) -> TrainStep:
-    """A functional SGD step: ``step(params, buffers, states, x, y) -> (loss, new_params)``.
+def step_inputs(tiny: Tiny, *, own_buffers: bool = False) -> StepInputs:
+    """The inputs of the product step (:func:`esper.tolaria.step.train_step`) for ``tiny``.
 
-    Gradients come from ``torch.func.grad_and_value`` over
-    :meth:`MorphogeneticModel.functional_forward`; BatchNorm buffers are updated in place.
+    Copies of the model's parameters (the model's own weights stay as built),
+    fresh momenta and learning rates (``lr`` :data:`LR`), the slots' own
+    states; the model's buffers, or copies of them with ``own_buffers``.
     """
-    model = tiny.model
-
-    def train_step(params: dict[str, Tensor], buffers: dict[str, Tensor],
-                   states: dict[str, SlotState], x: Tensor,
-                   y: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
-        def loss_fn(p: dict[str, Tensor], b: dict[str, Tensor]) -> Tensor:
-            logits = model.functional_forward(p, states, x, b)
-            return F.cross_entropy(logits.flatten(0, -2), y.flatten())
-
-        grads, loss = torch.func.grad_and_value(loss_fn)(params, buffers)
-        return loss, {name: p - lr * grads[name] for name, p in params.items()}
-
-    return train_step
+    inputs = StepInputs.of(tiny.model, OptimizerState(SGDConfig(lr=LR)).synced(tiny.model))
+    buffers = {n: b.clone() for n, b in inputs.buffers.items()} if own_buffers else inputs.buffers
+    return replace(inputs, params=tiny.params(), buffers=buffers)
 
 
 def make_eval_forward(tiny: Tiny) -> Callable[..., Tensor]:

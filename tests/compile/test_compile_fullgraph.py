@@ -1,4 +1,4 @@
-"""Zero graph breaks: the model and the functional training step compile with ``fullgraph=True``.
+"""Zero graph breaks: the model and the product training step compile with ``fullgraph=True``.
 
 ``fullgraph=True`` turns any graph break into an error, so each test compiles
 fresh and then checks the frame count and dynamo's graph-break counter too.
@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from compile_support import build_tiny, make_train_step, state_in
+from compile_support import build_tiny, state_in, step_inputs
 from torch._dynamo.testing import CompileCounterWithBackend
 from torch._dynamo.utils import counters
 
 from esper.leyline import SeedStage
+from esper.tolaria.compiled import build_step
 
 SEED_STAGES = [SeedStage.GERMINATED, SeedStage.TRAINING, SeedStage.BLENDING,
                SeedStage.HOLDING, SeedStage.FOSSILIZED]
@@ -26,9 +27,9 @@ def test_dormant_slots_compile_without_breaks(topology: str, backend: str) -> No
     tiny = build_tiny(topology, germinate=False)
     counters.clear()
     cnt = CompileCounterWithBackend(backend)
-    train_step = torch.compile(make_train_step(tiny), backend=cnt, fullgraph=True)
-    loss, _ = train_step(tiny.params(), tiny.buffers(), tiny.model.slot_states(), tiny.x, tiny.y)
-    assert torch.isfinite(loss)
+    train_step = build_step(True, cnt)
+    result = train_step(tiny.model, step_inputs(tiny), tiny.x, tiny.y)
+    assert torch.isfinite(result.loss)
     assert cnt.frame_count == 1
     _assert_no_graph_breaks()
 

@@ -1,11 +1,14 @@
 """One graph per grad mode for a whole seed lifecycle; only germinate and prune add graphs.
 
-The functional path: states are passed into a compiled step, as a trainer does.
+The functional path: states are passed into the product's compiled step, as the trainer
+does.
 Stage changes and every alpha are tensor values of the state, and everything
 else in it is metadata the graph never reads, so none of them may recompile.
 """
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 import torch
 from compile_support import (
@@ -14,14 +17,15 @@ from compile_support import (
     build_tiny,
     lifecycle_states,
     make_eval_forward,
-    make_train_step,
     state_in,
+    step_inputs,
     telemetry,
 )
 from torch._dynamo.testing import CompileCounterWithBackend
 
 from esper.kasmina import TransitionRecord, advance, set_alpha, step
 from esper.leyline import SeedStage, SlotTelemetry
+from esper.tolaria.compiled import build_step
 
 OVERRIDES = (0.0, 0.25, 1.0)  # counterfactual, what-if, full contribution
 
@@ -30,9 +34,10 @@ def test_lifecycle_is_one_training_graph_and_one_eval_graph(tiny, backend: str) 
     """TRAINING -> BLENDING (every ramp alpha, set_alpha) -> HOLDING -> FOSSILIZED + overrides."""
     train_counter = CompileCounterWithBackend(backend)
     eval_counter = CompileCounterWithBackend(backend)
-    train_step = torch.compile(make_train_step(tiny), backend=train_counter, fullgraph=True)
+    train_step = build_step(True, train_counter)
     evaluate = torch.compile(make_eval_forward(tiny), backend=eval_counter, fullgraph=True)
-    params, buffers, others = tiny.params(), tiny.buffers(), tiny.model.slot_states()
+    inputs, others = step_inputs(tiny), tiny.model.slot_states()
+    params, buffers = inputs.params, inputs.buffers  # the step updates them in place
 
     run = lifecycle_states(tiny.slot.state)
     blending = next(s for s in run if s.stage == SeedStage.BLENDING)
@@ -41,8 +46,8 @@ def test_lifecycle_is_one_training_graph_and_one_eval_graph(tiny, backend: str) 
     alphas = set()
     for state in [*run, *extra]:
         states = {**others, SEED_SLOT: state}
-        loss, params = train_step(params, buffers, states, tiny.x, tiny.y)
-        assert torch.isfinite(loss), state
+        result = train_step(tiny.model, replace(inputs, states=states), tiny.x, tiny.y)
+        assert torch.isfinite(result.loss), state
         tiny.model.eval()
         with torch.no_grad():
             for value in OVERRIDES:
@@ -80,11 +85,12 @@ def test_bookkeeping_never_recompiles(backend: str) -> None:
         step(step(fossilized, FOSSILIZE_TELEMETRY), SlotTelemetry(float("nan"))),
     ]
     cnt = CompileCounterWithBackend(backend)
-    train_step = torch.compile(make_train_step(tiny), backend=cnt, fullgraph=True)
-    params, buffers = tiny.params(), tiny.buffers()
+    train_step = build_step(True, cnt)
+    inputs = step_inputs(tiny)
     for state in variants:
-        loss, params = train_step(params, buffers, {SEED_SLOT: state}, tiny.x, tiny.y)
-        assert torch.isfinite(loss)
+        result = train_step(tiny.model, replace(inputs, states={SEED_SLOT: state}), tiny.x,
+                            tiny.y)
+        assert torch.isfinite(result.loss)
     # Fossilized is a different stage from training but the same graph.
     assert cnt.frame_count == 1
 
@@ -98,12 +104,12 @@ def test_only_germinate_and_prune_add_graphs(topology: str) -> None:
     """
     tiny = build_tiny(topology)
     cnt = CompileCounterWithBackend("eager")
-    train_step = torch.compile(make_train_step(tiny), backend=cnt, fullgraph=True)
+    train_step = build_step(True, cnt)
     model, slot = tiny.model, tiny.slot
 
     def frames_after_one_step() -> int:
-        loss, _ = train_step(tiny.params(), tiny.buffers(), model.slot_states(), tiny.x, tiny.y)
-        assert torch.isfinite(loss)
+        result = train_step(model, step_inputs(tiny), tiny.x, tiny.y)
+        assert torch.isfinite(result.loss)
         return cnt.frame_count
 
     def live_epochs(first_epoch: int) -> None:  # GERMINATED -> TRAINING -> BLENDING, stepping

@@ -129,8 +129,8 @@ def test_compiled_probe_matches_eager(slot_class, blueprint, stage, blend):
     counter = CompileCounterWithBackend("aot_eager")
     compiled = torch.compile(probe_squares, fullgraph=True, backend=counter)
     h = features()
-    eager = slot._probe(h, torch.Generator().manual_seed(5))
-    traced = slot._probe(h, torch.Generator().manual_seed(5), squares=compiled)
+    eager = slot.probe_isolation(h, torch.Generator().manual_seed(5))
+    traced = slot.probe_isolation(h, torch.Generator().manual_seed(5), squares=compiled)
     assert counter.frame_count == 1
     assert traced.violated == eager.violated == (slot_class is LeakySlot)
     assert traced.leak == pytest.approx(eager.leak, rel=1e-5, abs=1e-7)
@@ -148,7 +148,7 @@ def test_compiled_probe_reuses_its_graph_across_alpha_and_stage():
         for alpha in (0.1, 0.7):
             if stage is SeedStage.BLENDING:
                 slot.state = set_alpha(slot.state, alpha)
-            leaks.append(slot._probe(h, squares=compiled).leak)
+            leaks.append(slot.probe_isolation(h, squares=compiled).leak)
     assert counter.frame_count == 1
     assert max(leaks) < 1e-6
 
@@ -156,7 +156,7 @@ def test_compiled_probe_reuses_its_graph_across_alpha_and_stage():
 def test_probe_squares_gives_the_squared_norms():
     slot = _probed_slot(LeakySlot, "conv_light", SeedStage.TRAINING)
     h, v, w = features(), torch.randn(2, 8, 6, 6), torch.randn(2, 8, 6, 6)
-    squares = probe_squares(slot._probe_slot, None, slot.state, h, v, w)
+    squares = probe_squares(lambda h, s, a: slot(h, s, alpha=a), None, slot.state, h, v, w)
     assert squares.dtype == torch.float64 and squares.shape == (4,)
     hx = h.detach().requires_grad_(True)
     (through,) = torch.autograd.grad(slot(hx), hx, v)

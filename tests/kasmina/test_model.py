@@ -189,9 +189,8 @@ def test_forward_reports_features_at_seeded_slots_only():
     model.germinate_seed("norm", "s1", slot="mid")
     model.eval()
     x = images()
-    features: dict[str, torch.Tensor] = {}
-    out = model(x, features=features)
-    assert list(features) == ["mid"]
+    out, features, health = model(x, aux=True)
+    assert list(features) == ["mid"] and list(health) == ["mid"]
     with torch.no_grad():
         h = model.host.run_segment("early", x)
         h = model.host.run_segment("mid", h)
@@ -206,9 +205,8 @@ def test_probe_isolation_on_features_matches_probe_on_input():
     walk(model, "mid", SeedStage.TRAINING)
     x = images(8)
     model.eval()
-    features: dict[str, torch.Tensor] = {}
     with torch.no_grad():
-        model(x, features=features)
+        features = model(x, aux=True).features
     model.train()
     from_input = model.probe_isolation(x, generator=torch.Generator().manual_seed(3))
     from_features = model.probe_isolation(features=features,

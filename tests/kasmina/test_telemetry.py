@@ -103,7 +103,7 @@ def test_gated_blend_parameters_count_as_seed():
     model = MorphogeneticModel(CNNHost(base_channels=8), slots=("mid",))
     model.germinate_seed("norm", "s1", slot="mid", blend_algorithm_id="gated")
     slot = model.seed_slots["mid"]
-    sample = model.capture_gradients()
+    sample = capture(model.get_host_parameters(), {"mid": model.get_seed_parameters("mid")})
     expected = sum(p.numel() for p in slot.seed.parameters()) + sum(
         p.numel() for p in slot.gate.parameters())
     assert sample.seed_params == (expected,)
@@ -128,6 +128,7 @@ def test_model_record_gradients_feeds_g2():
     model.germinate_seed("conv_light", "s1", slot="mid")
     x, y = torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,))
     torch.nn.functional.cross_entropy(model(x), y).backward()
-    stats = model.record_gradients(model.capture_gradients())
+    sample = capture(model.get_host_parameters(), {"mid": model.get_seed_parameters("mid")})
+    stats = model.record_gradients(sample)
     assert set(stats) == {"mid"}
     assert model.seed_slots["mid"].state.metrics.seed_gradient_norm_ratio == stats["mid"].ratio

@@ -8,6 +8,7 @@ reasons read from events.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -24,6 +25,7 @@ from esper.ops.formula import slot_forward, slot_forward_reference
 from esper.optim.sgd import OptimizerState, SGDConfig
 from esper.tamiyo import ControllerConfig
 from esper.tolaria.config import GrowConfig
+from esper.tolaria.inputs import StepInputs
 from esper.tolaria.step import train_step
 from esper.tolaria.trainer import Trainer
 from tests.broken_modules import (
@@ -63,15 +65,13 @@ class Stepper:
 
     def __init__(self, model: MorphogeneticModel, step=train_step) -> None:
         self.model, self.step = model, step
-        self.optimizer = OptimizerState(SGDConfig(lr=0.05)).synced(model)
-        self.params = {k: v.detach() for k, v in model.named_parameters()}
-        self.buffers = dict(model.named_buffers())
-        self.lrs = self.optimizer.learning_rates()
-        self.groups = tuple(self.optimizer.groups.values())
+        self.optimizer = OptimizerState(SGDConfig(lr=0.05, momentum=0.9,
+                                                  weight_decay=5e-4)).synced(model)
+        # Every seed watched, fossilized or not.
+        self.inputs = replace(StepInputs.of(model, self.optimizer), watched=None)
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor):
-        return self.step(self.model, self.params, self.buffers, self.optimizer.momenta, self.lrs,
-                         self.model.slot_states(), x, y, self.groups, 0.9, 5e-4)
+        return self.step(self.model, replace(self.inputs, states=self.model.slot_states()), x, y)
 
     def host(self) -> dict[str, torch.Tensor]:
         """Every host parameter, buffer and momentum, by name."""

@@ -13,20 +13,21 @@ from __future__ import annotations
 import faulthandler
 import json
 import sys
-from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from esper.checkpoint import save_checkpoint
 from esper.core import lifecycle
 from esper.data import load_task
-from esper.leyline import SeedStage, SlotTelemetry
-from esper.tamiyo import ControllerConfig, ControllerMemory
+from esper.leyline import SeedStage
+from esper.nn.slot import SeedSlot
+from esper.tamiyo import ControllerConfig
 from esper.tolaria.config import GrowConfig
-from esper.tolaria.consensus import Proposal
-from esper.tolaria.data_parallel import DataParallelTrainer
+from esper.tolaria.consensus import Agreement, Proposal
+from esper.tolaria.data_parallel import DataParallel
 from esper.tolaria.distributed import session
+from esper.tolaria.trainer import Trainer
 
 EPOCHS = 9
 CONFIG = GrowConfig(
@@ -36,26 +37,37 @@ CONFIG = GrowConfig(
 
 
 @dataclass
-class DissentingTrainer(DataParallelTrainer):
-    """Rank 1 withholds its first germination and proposes one prune nobody else does."""
+class Dissent:
+    """What rank 1 has done so far, and the slot it watches (set once the trainer is built)."""
 
+    slot: SeedSlot | None = None
     withheld: bool = False
     pruned: bool = False
 
-    def _propose(self, val: float, telemetry: Mapping[str, SlotTelemetry]
-                 ) -> tuple[Proposal, ControllerMemory]:
-        proposal, memory = super()._propose(val, telemetry)
-        if self.replicas.rank != 1:
-            return proposal, memory
-        if not self.withheld and any(d.action == "germinate" for d in proposal.decisions):
-            self.withheld = True
-            return replace(proposal, decisions=()), memory
-        state = self.model.seed_slots["mid"].state
-        if not self.pruned and state.stage == SeedStage.TRAINING:
-            self.pruned = True
-            states = {**proposal.states, "mid": lifecycle.prune(state, "dissent")}
-            return replace(proposal, states=states), memory
-        return proposal, memory
+
+@dataclass(frozen=True)
+class DissentingParallel(DataParallel):
+    """Rank 1 withholds its first germination and proposes one prune nobody else does."""
+
+    dissent: Dissent = field(default_factory=Dissent)
+
+    def agree(self, proposal: Proposal, epoch: int) -> Agreement:
+        return super().agree(self._dissenting(proposal), epoch)
+
+    def _dissenting(self, proposal: Proposal) -> Proposal:
+        dissent = self.dissent
+        if self.rank != 1:
+            return proposal
+        if not dissent.withheld and any(d.action == "germinate" for d in proposal.decisions):
+            dissent.withheld = True
+            return replace(proposal, decisions=())
+        assert dissent.slot is not None
+        state = dissent.slot.state  # as the epoch started: the step is not applied yet
+        if not dissent.pruned and state.stage == SeedStage.TRAINING:
+            dissent.pruned = True
+            return replace(proposal, states={**proposal.states,
+                                             "mid": lifecycle.prune(state, "dissent")})
+        return proposal
 
 
 def main(dump: Path) -> None:
@@ -64,7 +76,9 @@ def main(dump: Path) -> None:
     with session() as replicas:
         assert replicas is not None, "run under torchrun with 2 processes"
         data = load_task(CONFIG.task, seed=CONFIG.seed, limit=CONFIG.limit)
-        trainer = DissentingTrainer(CONFIG, data, sink=events.append, replicas=replicas)
+        parallel = DissentingParallel(replicas)
+        trainer = Trainer(CONFIG, data, sink=events.append, parallel=parallel)
+        parallel.dissent.slot = trainer.model.seed_slots["mid"]
         stages = []
         while trainer.epoch < EPOCHS:
             trainer.run_epoch()

@@ -18,6 +18,7 @@ from esper.nn.model import MorphogeneticModel
 from esper.optim.sgd import OptimizerState, SGDConfig
 from esper.tamiyo import ControllerConfig
 from esper.tolaria.config import GrowConfig
+from esper.tolaria.inputs import StepInputs, StepOptions
 from esper.tolaria.step import group_finite, train_step
 from esper.tolaria.trainer import Trainer
 
@@ -41,14 +42,10 @@ def seeded_model(stage: SeedStage = SeedStage.TRAINING) -> MorphogeneticModel:
 
 
 def one_step(model: MorphogeneticModel, step=train_step, measure: bool = True):
-    optimizer = OptimizerState(SGDConfig()).synced(model)
-    params = {k: v.detach() for k, v in model.named_parameters()}
-    groups = tuple(optimizer.groups.values())
+    optimizer = OptimizerState(SGDConfig(momentum=0.9, weight_decay=5e-4)).synced(model)
     x = torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(1))
     y = torch.randint(0, 10, (8,), generator=torch.Generator().manual_seed(2))
-    result = step(model, params, dict(model.named_buffers()), optimizer.momenta,
-                  optimizer.learning_rates(), model.slot_states(), x, y, groups, 0.9, 5e-4,
-                  measure=measure)
+    result = step(model, StepInputs.of(model, optimizer), x, y, StepOptions(measure=measure))
     return result, optimizer
 
 

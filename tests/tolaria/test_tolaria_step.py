@@ -47,16 +47,14 @@ def _seeded_model(slot_class=None):
 
 def _run_step(model, step, feature_samples=8):
     from esper.optim.sgd import HOST_GROUP, OptimizerState, SGDConfig
+    from esper.tolaria.inputs import StepInputs, StepOptions
 
-    optimizer = OptimizerState(SGDConfig()).synced(model)
-    params = {k: v.detach() for k, v in model.named_parameters()}
-    groups = tuple(optimizer.groups[g] for g in optimizer.groups)
+    optimizer = OptimizerState(SGDConfig(momentum=0.9, weight_decay=0.0)).synced(model)
     assert next(iter(optimizer.groups)) == HOST_GROUP
     x = torch.randn(16, 3, 32, 32, generator=torch.Generator().manual_seed(1))
     y = torch.randint(0, 10, (16,), generator=torch.Generator().manual_seed(2))
-    return x, step(model, params, dict(model.named_buffers()), optimizer.momenta,
-                   optimizer.learning_rates(), model.slot_states(), x, y, groups, 0.9, 0.0,
-                   feature_samples=feature_samples)
+    return x, step(model, StepInputs.of(model, optimizer), x, y,
+                   StepOptions(feature_samples=feature_samples))
 
 
 @pytest.mark.parametrize("backend", [None, "aot_eager"])
@@ -70,9 +68,8 @@ def test_step_returns_host_features_of_the_first_samples_at_seeded_slots(backend
     x, result = _run_step(model, step)
     features = result.features
     assert list(features) == ["mid"] and features["mid"].shape[0] == 8
-    expected: dict[str, torch.Tensor] = {}
     with torch.no_grad():
-        reference(x, features=expected)
+        expected = reference(x, aux=True).features
     torch.testing.assert_close(features["mid"], expected["mid"][:8])
     assert _run_step(model, step, feature_samples=0)[1].features == {}
 

@@ -1,0 +1,111 @@
+"""The training steps on one topology: their inputs and the counters their results feed.
+
+The trainer builds a :class:`TopologyRun` at the start of an epoch and again
+whenever a seed leaves mid-epoch (a seed that raised is pruned at once).
+Everything in it lives on the device: the counters add up the step's flags
+without a host sync, and :attr:`TopologyRun.denied` mutes a misbehaving seed
+from the next step on by a select on its alpha, also without a sync.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from ..core.state import SlotState
+from ..nn.model import MorphogeneticModel
+from ..ops.telemetry import GradientCapture
+from ..optim.sgd import HOST_GROUP, OptimizerState
+from .breakers import BLOWUP, NON_FINITE
+from .inputs import StepInputs
+from .step import StepResult
+
+
+@dataclass
+class TopologyRun:
+    """The step's inputs for the model's current topology and its running counts.
+
+    Attributes:
+        inputs: what every step reads (its states are the committed ones).
+        names: the seed groups (slot names), in the step's group order.
+        counts: parameter count of each group, host first (for the gradient telemetry).
+        denied: bool per seed group: the seed misbehaved this epoch and is muted.
+        faults: per seed group, steps with a non-finite activation or gradient.
+        blowups: per seed group, steps whose alpha-weighted output swamped the host.
+        skipped: per group (host first), updates skipped.
+    """
+
+    inputs: StepInputs
+    names: tuple[str, ...]
+    counts: tuple[int, ...]
+    denied: Tensor
+    faults: Tensor
+    blowups: Tensor
+    skipped: Tensor
+
+    @classmethod
+    def start(cls, model: MorphogeneticModel, optimizer: OptimizerState) -> TopologyRun:
+        """Fresh counters and the inputs of ``model`` (``optimizer`` synced to it)."""
+        inputs = StepInputs.of(model, optimizer)
+        names = inputs.seeds
+        counts = tuple(sum(inputs.params[n].numel() for n in group) for group in inputs.groups)
+        return cls(inputs, names, counts, denied=torch.zeros(len(names), dtype=torch.bool),
+                   faults=torch.zeros(len(names), dtype=torch.int64),
+                   blowups=torch.zeros(len(names), dtype=torch.int64),
+                   skipped=torch.zeros(len(inputs.groups), dtype=torch.int64))
+
+    def step_inputs(self) -> StepInputs:
+        """The inputs the next step runs with: each denied seed's alpha selected to 0."""
+        index = {name: i for i, name in enumerate(self.names)}
+        states = {name: state.muted(self.denied[index[name]]) if name in index else state
+                  for name, state in self.inputs.states.items()}
+        return dataclasses.replace(self.inputs, states=states)
+
+    def refresh(self, states: dict[str, SlotState]) -> None:
+        """Run on with ``states`` (the same topology: the probes recorded new metrics)."""
+        self.inputs = dataclasses.replace(self.inputs, states=states)
+
+    def count(self, result: StepResult) -> None:
+        """Add one step's flags to the counters and deny every seed that misbehaved."""
+        self.faults += result.faults
+        self.blowups += result.blowups
+        self.skipped += ~result.updated
+        self.denied |= result.faults | result.blowups
+
+    def take_faults(self) -> tuple[dict[str, int], dict[str, str]]:
+        """Per seed group, the steps that faulted or blew up since the last take, and the
+        breaker reason of the count (:data:`~.breakers.BLOWUP` if any blew up); one sync,
+        the counters reset."""
+        faults, blowups = self.faults.tolist(), self.blowups.tolist()
+        self.faults.zero_()
+        self.blowups.zero_()
+        counts = {n: f + b for n, f, b in zip(self.names, faults, blowups, strict=True)}
+        reasons = {n: BLOWUP if b else NON_FINITE
+                   for n, b in zip(self.names, blowups, strict=True)}
+        return counts, reasons
+
+    def take_skipped(self) -> dict[str, int]:
+        """Group (``"host"`` or a slot) -> updates skipped since the last take, where any
+        were; one sync, the counters reset."""
+        groups = (HOST_GROUP, *self.names)
+        counts = {g: n for g, n in zip(groups, self.skipped.tolist(), strict=True) if n}
+        self.skipped.zero_()
+        return counts
+
+    def deny(self, parameters: Iterable[str]) -> None:
+        """Zero the learning rates of ``parameters`` for the rest of this run (no recompile:
+        they are tensor inputs of the step)."""
+        for name in parameters:
+            if name in self.inputs.lrs:
+                self.inputs.lrs[name].zero_()
+
+    def capture(self, result: StepResult) -> GradientCapture:
+        """The gradient telemetry of a step that measured (its squared group norms)."""
+        return GradientCapture(self.names, result.squared, self.counts[0], self.counts[1:])
+
+
+__all__ = ["TopologyRun"]
