@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from .data import batches, load_task
 from .leyline import QualityGates, SeedStage, SlotTelemetry, TaskConfig, is_blended
+from .leyline import constants as C
 from .nn.host import CNNHost
 from .nn.model import MorphogeneticModel
 from .tolaria.evaluate import Validation, validate
@@ -27,7 +28,8 @@ def _validation(model: MorphogeneticModel, x: torch.Tensor, y: torch.Tensor,
     return validate(model, x, y, blended, probed)
 
 
-def run_lifecycle_demo(epochs: int = 12, seed: int = 0) -> MorphogeneticModel:
+def run_lifecycle_demo(epochs: int = C.DEFAULT_DEMO_EPOCHS,
+                       seed: int = C.DEFAULT_RUN_SEED) -> MorphogeneticModel:
     """Train on the bundled digits while one ``norm`` seed goes DORMANT -> FOSSILIZED."""
     torch.manual_seed(seed)
     data = load_task("digits", seed=seed)

@@ -37,12 +37,13 @@ from torch import Tensor, nn
 
 from ..data import TaskData, shard
 from ..errors import DistributedTimeoutError
+from ..leyline import constants as C
 from .timeouts import REPORT_GRACE_SECONDS, timeout_error
 
 INT64_MAX = torch.iinfo(torch.int64).max
 # How long a collective waits for the other ranks (esper grow --dist-timeout): long enough
 # for a rank-0 checkpoint save or a recompilation on CPU, short enough not to idle for long.
-DEFAULT_TIMEOUT = timedelta(minutes=2)
+DEFAULT_TIMEOUT = timedelta(seconds=C.DEFAULT_DIST_TIMEOUT_S)
 
 
 @dataclass(frozen=True, eq=False)
