@@ -1,4 +1,7 @@
-"""Esper: networks that grow while they train."""
+"""Esper: networks that grow while they train. The root holds the exceptions and the version.
+
+May import: ``esper.errors`` and ``esper._version`` only, so ``import esper`` stays cheap.
+"""
 
 from . import errors
 from ._version import __version__ as __version__

@@ -1,7 +1,7 @@
 """Bad inputs that used to be accepted, or that changed state before they failed.
 
 Found while building the README's "Bad input" table and the stateful fuzzer
-(``tests/kasmina/test_fuzz_stateful.py``); each test fails on the code before
+(``tests/nn/test_fuzz_stateful.py``); each test fails on the code before
 its fix.
 """
 
