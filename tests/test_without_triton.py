@@ -27,8 +27,13 @@ class NoTriton(importlib.abc.MetaPathFinder):
 sys.meta_path.insert(0, NoTriton())
 
 import torch
-import esper, esper.kasmina, esper.leyline, esper.tamiyo, esper.checkpoint, esper.data
-import esper.tolaria.run, esper.tolaria.trainer
+import importlib, pkgutil
+import esper, esper.kasmina
+modules = [m.name for m in pkgutil.walk_packages(esper.__path__, "esper.")
+           if m.name != "esper.__main__"]  # importing __main__ runs the CLI
+for name in modules:
+    importlib.import_module(name)
+assert {"esper.core.lifecycle", "esper.nn.slot", "esper.tolaria.trainer"} <= set(modules)
 import kernels
 assert "triton" not in sys.modules
 
