@@ -7,9 +7,12 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..leyline import TOPOLOGIES, Topology
+from ..leyline import Topology
 from ..validation import is_int
 from .errors import DatasetError
+
+TASK_TOPOLOGIES: tuple[Topology, ...] = ("cnn", "transformer")
+"""The host kinds a task trains: images for the CNN, token sequences for the transformer."""
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -44,8 +47,8 @@ class TaskData:
     class_names: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        if self.topology not in TOPOLOGIES:
-            raise DatasetError(f"TaskData.topology must be one of {TOPOLOGIES}, "
+        if self.topology not in TASK_TOPOLOGIES:
+            raise DatasetError(f"TaskData.topology must be one of {TASK_TOPOLOGIES}, "
                                f"got {self.topology!r}")
         x_dtype = torch.float32 if self.topology == "cnn" else torch.int64
         for split, (x, y) in (("train", self.train), ("val", self.val)):

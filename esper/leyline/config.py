@@ -9,8 +9,9 @@ from typing import Literal
 from ..validation import check_int, is_finite_real, is_int, is_real
 from . import constants as C
 
-Topology = Literal["cnn", "transformer"]
-TOPOLOGIES: tuple[Topology, ...] = ("cnn", "transformer")
+Topology = Literal["cnn", "transformer", "mlp"]
+"""A feature layout: ``cnn`` ``[B, C, H, W]``, ``transformer`` ``[B, T, C]``, ``mlp`` ``[B, C]``."""
+TOPOLOGIES: tuple[Topology, ...] = ("cnn", "transformer", "mlp")
 
 
 def _ceil(value: float) -> int:

@@ -31,6 +31,8 @@ class SeedSite:
     channels: int
     device: torch.device
     memory_format: torch.memory_format
+    feature_shape: tuple[int, ...] | None = None  # recorded by a graft's dry run (batch first)
+    dtype: torch.dtype = torch.float32
 
     def seed(self, blueprint_id: str) -> nn.Module:
         """An unchecked seed of ``blueprint_id`` on the site's device and layout."""

@@ -29,7 +29,7 @@ def test_task_config_defaults_are_the_issue_values():
     assert t.train_to_blend_fraction == 0.2
     assert t.blending_steps == 5
     assert t.embargo_epochs == 5
-    assert TOPOLOGIES == ("cnn", "transformer")
+    assert TOPOLOGIES == ("cnn", "transformer", "mlp")
 
 
 def test_constants_feed_the_defaults():
