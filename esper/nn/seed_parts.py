@@ -1,7 +1,8 @@
 """A slot's seed and blend gate, built from their blueprint and blend algorithm.
 
-:func:`build_seed` is germination's: the seed is checked (shape, device,
-dtype) and a raise from the blueprint's own code becomes a
+:func:`build_seed` is germination's: the seed is checked (shape, dtype,
+device) by a forward on the site's features, the real feature shape when the
+site knows it, and a raise from the blueprint's own code becomes a
 :class:`~esper.errors.SeedRaisedError`. :func:`rebuild_seed` is a checkpoint
 load's: the seed the saved state names, re-created before its weights load.
 Both draw from the CPU random number generator in the same order (the seed,
@@ -13,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from ..core.state import SlotState
 from ..errors import EsperError, SeedRaisedError, describe
@@ -24,39 +25,84 @@ from .blending import create_blend
 
 @dataclass(frozen=True)
 class SeedSite:
-    """Where a seed is planted: what its blueprint builds for and where its weights live."""
+    """Where a seed is planted: what its blueprint builds for and where its weights live.
+
+    Attributes:
+        slot_id: the slot's name.
+        topology: the feature layout at the slot (``"cnn"``, ``"transformer"``, ``"mlp"``).
+        channels: feature channels at the slot.
+        device: where the seed's weights and the features live.
+        memory_format: layout of 4-D seed weights (the host's).
+        feature_shape: the real feature shape at the slot, batch first (recorded by
+            a graft's dry run); ``None`` when unknown: seeds are then checked on the
+            layout's default probe.
+        dtype: the features' floating dtype; seeds and gates are built in it.
+
+    Raises:
+        ValueError: a ``feature_shape`` that does not fit the layout and channels,
+            or a ``dtype`` that is not floating point.
+    """
 
     slot_id: str
     topology: Topology
     channels: int
     device: torch.device
     memory_format: torch.memory_format
-    feature_shape: tuple[int, ...] | None = None  # recorded by a graft's dry run (batch first)
+    feature_shape: tuple[int, ...] | None = None
     dtype: torch.dtype = torch.float32
 
+    def __post_init__(self) -> None:
+        if not self.dtype.is_floating_point:
+            raise ValueError(f"slot {self.slot_id!r}: features of dtype {self.dtype} cannot "
+                             "be blended with a seed; a slot's features must be floating point")
+        shape = self.feature_shape
+        if shape is not None and not blueprints.fits_layout(shape, self.topology, self.channels):
+            raise ValueError(f"slot {self.slot_id!r}: feature_shape {shape!r} does not fit the "
+                             f"{self.topology} layout "
+                             f"{blueprints.LAYOUT_SHAPES.get(self.topology, '?')} with "
+                             f"C = {self.channels} (a tuple of positive sizes, batch first)")
+
     def seed(self, blueprint_id: str) -> nn.Module:
-        """An unchecked seed of ``blueprint_id`` on the site's device and layout."""
-        seed = blueprints.create(self.topology, blueprint_id, self.channels)
-        return seed.to(self.device, memory_format=self.memory_format)
+        """An unchecked seed of ``blueprint_id`` on the site's device, dtype and layout."""
+        seed = blueprints.build(self.topology, blueprint_id, self.channels)
+        return seed.to(self.device, self.dtype, memory_format=self.memory_format)
 
     def gate(self, blend_algorithm_id: str) -> nn.Module | None:
-        """The blend gate of ``blend_algorithm_id`` on the site's device (``None``: no gate)."""
+        """The blend gate of ``blend_algorithm_id`` on the site's device and dtype
+        (``None``: no gate)."""
         gate = create_blend(blend_algorithm_id, self.channels, self.topology)
-        return gate.to(self.device) if gate is not None else None
+        return gate.to(self.device, self.dtype) if gate is not None else None
+
+    def probe(self) -> Tensor:
+        """The features a new seed is checked on: zeros of the real feature shape
+        (batch at most 2) when it is known, else the layout's default probe."""
+        if self.feature_shape is None:
+            return blueprints.default_probe(self.topology, self.channels, self.device,
+                                            self.dtype)
+        return blueprints.feature_probe(self.feature_shape, device=self.device,
+                                        dtype=self.dtype, memory_format=self.memory_format)
 
 
 def build_seed(site: SeedSite, blueprint_id: str,
                blend_algorithm_id: str) -> tuple[nn.Module, nn.Module | None]:
     """A checked seed of ``blueprint_id`` and its blend gate, for germination.
 
+    The seed runs once on :meth:`SeedSite.probe` (eval mode, no gradients, its
+    modes restored) and must return a tensor of exactly the probe's shape, dtype
+    and device.
+
     Raises:
-        SeedRaisedError: the blueprint's own code raised (a ``RuntimeError``).
-        EsperError: the seed does not fit the site (shape, device, dtype).
+        UnknownBlueprintError, TopologyMismatchError: no such blueprint, or one
+            that does not support the site's layout (``ValueError``).
+        SeedShapeError: the seed does not give back the features' shape, dtype
+            or device (a ``ValueError``).
+        SeedRaisedError: the blueprint's own code raised while the seed was built
+            or checked (a ``RuntimeError``).
     """
+    features = site.probe()
     try:
         seed = site.seed(blueprint_id)
-        blueprints.validate_seed(seed, topology=site.topology, channels=site.channels,
-                                 device=site.device, name=blueprint_id)
+        blueprints.check_seed(seed, features, name=blueprint_id, slot=site.slot_id)
     except EsperError:
         raise
     except Exception as error:

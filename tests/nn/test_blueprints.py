@@ -105,7 +105,7 @@ def test_shape_changing_seed_is_rejected_naming_both_shapes() -> None:
 
 
 def test_probe_is_cached_and_restores_modes() -> None:
-    assert _probe("cnn", 8, torch.device("cpu")) is _probe("cnn", 8, torch.device("cpu"))
+    assert _probe("cnn", 8) is _probe("cnn", 8)
     seed = nn.Sequential(nn.BatchNorm2d(8), nn.Dropout()).train()
     seed[1].eval()
     validate_seed(seed, topology="cnn", channels=8, device="cpu", name="bn")

@@ -1,9 +1,13 @@
-"""The blueprint catalog: named seed factories per host topology.
+"""The blueprint catalog: named seed factories, looked up per feature layout.
 
-A blueprint is a :class:`BlueprintSpec`; its factory builds a fresh seed module
-for a channel count. Lookups never fall back: an unknown name or a wrong
-topology raises ``ValueError`` listing what exists, and :func:`create` checks
-the seed it built with :func:`~esper.nn.blueprints.probe.validate_seed`.
+A blueprint is a :class:`BlueprintSpec`; it declares the feature layouts its
+seeds support and its factory builds a fresh seed module for a channel count.
+The catalog is keyed by layout (``"cnn"``, ``"transformer"``, ``"mlp"``): a
+spec is listed under every layout it declares, and one name means one spec per
+layout. Lookups never fall back: an unknown name, or a blueprint that does not
+support the layout, raises ``ValueError`` listing the blueprints that do.
+:func:`build` makes an unchecked seed; :func:`create` also checks it with
+:func:`~esper.nn.blueprints.probe.validate_seed`.
 
 Example:
     >>> seed = create("cnn", "norm", 64)
@@ -21,115 +25,153 @@ from torch import nn
 from ...errors import TopologyMismatchError, UnknownBlueprintError
 from ...leyline import TOPOLOGIES, Topology
 from ...validation import check_int
-from .probe import validate_seed
+from .probe import LAYOUT_SHAPES, validate_seed
 
 SeedFactory = Callable[[int], nn.Module]
 
-_CATALOG: dict[str, dict[str, BlueprintSpec]] = {topology: {} for topology in TOPOLOGIES}
+_CATALOG: dict[str, dict[str, BlueprintSpec]] = {layout: {} for layout in TOPOLOGIES}
 
 
 @dataclass(frozen=True, slots=True)
 class BlueprintSpec:
-    """One blueprint.
+    """One blueprint and the feature layouts its seeds support.
+
+    A layout (a :data:`~esper.leyline.Topology`) is the shape of the features
+    at a slot, batch first: ``"cnn"`` ``[B, C, H, W]`` (any memory format),
+    ``"transformer"`` ``[B, T, C]`` and ``"mlp"`` ``[B, C]``. A seed must accept
+    features of any size of that layout with its channel count C (any batch,
+    any H and W, any T) and return a tensor of exactly their shape and dtype.
 
     Attributes:
-        name: identifier, unique per topology (e.g. ``"norm"``).
-        topology: the host kind its seeds fit, ``"cnn"`` or ``"transformer"``.
+        name: identifier, unique per layout (e.g. ``"norm"``).
+        layouts: the layouts the seeds support: one layout or a tuple of them,
+            stored as a tuple without repeats (``("cnn",)``).
         factory: ``factory(channels) -> nn.Module``, a fresh shape-preserving seed.
         description: one line for humans.
     """
 
     name: str
-    topology: Topology
+    layouts: Topology | tuple[Topology, ...]
     factory: SeedFactory
     description: str = ""
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
             raise ValueError(f"BlueprintSpec.name must be a non-empty string, got {self.name!r}")
-        _check_topology(self.topology)
+        layouts = (self.layouts,) if isinstance(self.layouts, str) else tuple(self.layouts)
+        if not layouts:
+            raise ValueError(f"blueprint {self.name!r} declares no layout; give at least one "
+                             f"of {', '.join(TOPOLOGIES)}")
+        for layout in layouts:
+            _catalog(layout)
+        object.__setattr__(self, "layouts", tuple(dict.fromkeys(layouts)))
         if not callable(self.factory):
             raise TypeError(f"BlueprintSpec.factory must be callable, got {self.factory!r}")
 
 
-def _check_topology(topology: str) -> dict[str, BlueprintSpec]:
-    if topology not in _CATALOG:
-        raise ValueError(f"unknown topology {topology!r}; known topologies: {', '.join(_CATALOG)}")
-    return _CATALOG[topology]
+def _catalog(layout: object) -> dict[str, BlueprintSpec]:
+    """The blueprints of ``layout``; ``ValueError`` naming the known layouts otherwise."""
+    if not isinstance(layout, str) or layout not in _CATALOG:
+        known = ", ".join(f"{name} {shape}" for name, shape in LAYOUT_SHAPES.items())
+        raise ValueError(f"unknown topology {layout!r} (a feature layout); known layouts: "
+                         f"{known}")
+    return _CATALOG[layout]
 
 
 def register(spec: BlueprintSpec, *, replace: bool = False) -> BlueprintSpec:
-    """Add ``spec`` to the catalog.
+    """Add ``spec`` to the catalog of every layout it supports (all or none).
 
     Arguments:
         spec: the blueprint.
-        replace: allow replacing a blueprint of the same name and topology.
+        replace: allow replacing a blueprint of the same name in those layouts.
 
     Returns:
         ``spec`` (so it can be used as the value of an assignment).
 
     Raises:
-        ValueError: if the name is taken for that topology and ``replace`` is false.
+        ValueError: if the name is taken in one of its layouts and ``replace`` is false.
     """
-    catalog = _check_topology(spec.topology)
-    if spec.name in catalog and not replace:
-        raise ValueError(f"blueprint {spec.name!r} is already registered for "
-                         f"{spec.topology}; pass replace=True to replace it")
-    catalog[spec.name] = spec
+    taken = [layout for layout in spec.layouts if spec.name in _catalog(layout)]
+    if taken and not replace:
+        raise ValueError(f"blueprint {spec.name!r} is already registered for the "
+                         f"{', '.join(taken)} layout; pass replace=True to replace it")
+    for layout in spec.layouts:
+        _catalog(layout)[spec.name] = spec
     return spec
 
 
-def unregister(topology: str, name: str) -> BlueprintSpec:
-    """Remove and return a blueprint (``ValueError`` if absent)."""
-    spec = get(topology, name)
-    del _CATALOG[topology][name]
-    return spec
-
-
-def get(topology: str, name: str) -> BlueprintSpec:
-    """The blueprint ``name`` for ``topology``.
+def unregister(layout: str, name: str) -> BlueprintSpec:
+    """Remove and return the blueprint ``name`` of ``layout``, from every layout it is in.
 
     Raises:
-        UnknownBlueprintError: naming the blueprints that exist (a ``ValueError``).
-        TopologyMismatchError: ``name`` is registered for the other topology only
-            (a ``ValueError``).
+        UnknownBlueprintError, TopologyMismatchError: as :func:`get`.
     """
-    catalog = _check_topology(topology)
+    spec = get(layout, name)
+    for catalog in _CATALOG.values():
+        if catalog.get(name) is spec:
+            del catalog[name]
+    return spec
+
+
+def get(layout: str, name: str) -> BlueprintSpec:
+    """The blueprint ``name`` of ``layout``.
+
+    Raises:
+        UnknownBlueprintError: no layout has a blueprint ``name``; the message
+            lists those of ``layout`` (a ``ValueError``).
+        TopologyMismatchError: ``name`` is a blueprint of other layouts only,
+            which does not support ``layout``; the message lists the blueprints
+            that do (a ``ValueError``).
+        ValueError: an unknown layout.
+    """
+    catalog = _catalog(layout)
     if name in catalog:
         return catalog[name]
-    known = f"known {topology} blueprints: {', '.join(catalog) or 'none'}"
+    supported = ", ".join(catalog) or "none"
     elsewhere = [other for other, specs in _CATALOG.items() if name in specs]
     if elsewhere:
         raise TopologyMismatchError(
-            f"unknown {topology} blueprint {name!r} (it is a {' and '.join(elsewhere)} "
-            f"blueprint, for the other host topology); {known}: choose one of those")
-    raise UnknownBlueprintError(f"unknown {topology} blueprint {name!r}; {known}: choose one "
-                                "of those or register a new one with blueprints.register")
+            f"blueprint {name!r} does not support the {layout} layout {LAYOUT_SHAPES[layout]} "
+            f"(it is a {' and '.join(elsewhere)} blueprint); the blueprints that support "
+            f"{layout}: {supported}: choose one of those")
+    raise UnknownBlueprintError(f"unknown {layout} blueprint {name!r} (no layout has one of "
+                                f"that name); known {layout} blueprints: {supported}: choose "
+                                "one of those or register a new one with blueprints.register")
 
 
-def names(topology: str) -> tuple[str, ...]:
-    """Names of the blueprints registered for ``topology``, in registration order."""
-    return tuple(_check_topology(topology))
+def names(layout: str) -> tuple[str, ...]:
+    """Names of the blueprints that support ``layout``, in registration order."""
+    return tuple(_catalog(layout))
 
 
-def create(topology: str, name: str, channels: int) -> nn.Module:
-    """Build a seed of blueprint ``name`` for ``channels`` channels, checked by a shape probe.
+def build(layout: str, name: str, channels: int) -> nn.Module:
+    """An unchecked seed of blueprint ``name`` for ``channels`` channels of ``layout``.
 
     Raises:
-        UnknownBlueprintError: no such blueprint (a ``ValueError``).
-        TopologyMismatchError: a blueprint of the other topology (a ``ValueError``).
-        SeedShapeError: a seed that changes the shape (a ``ValueError``).
+        UnknownBlueprintError, TopologyMismatchError: as :func:`get`.
         ValueError: bad ``channels``.
         TypeError: if the factory returns something other than an ``nn.Module``.
     """
-    spec = get(topology, name)
+    spec = get(layout, name)
     check_int("channels", channels, minimum=1)
     seed = spec.factory(channels)
     if not isinstance(seed, nn.Module):
         raise TypeError(f"blueprint {name!r} factory returned {type(seed).__name__}, "
                         "not an nn.Module")
-    validate_seed(seed, topology=topology, channels=channels, device="cpu", name=name)
     return seed
 
 
-__all__ = ["BlueprintSpec", "SeedFactory", "create", "get", "names", "register", "unregister"]
+def create(layout: str, name: str, channels: int) -> nn.Module:
+    """:func:`build`, then the seed checked on the layout's default probe on the CPU.
+
+    Raises:
+        UnknownBlueprintError, TopologyMismatchError, ValueError, TypeError: as :func:`build`.
+        SeedShapeError: a seed that changes the shape or dtype (a ``ValueError``).
+    """
+    seed = build(layout, name, channels)
+    validate_seed(seed, topology=layout, channels=channels, device="cpu", name=name)
+    return seed
+
+
+__all__ = ["BlueprintSpec", "SeedFactory", "build", "create", "get", "names", "register",
+           "unregister"]
