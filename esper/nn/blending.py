@@ -30,12 +30,14 @@ class GatedBlend(nn.Module):
     For a CNN the gate pools ``[B, C, H, W]`` over H and W and gives one factor
     per sample. For a transformer it pools ``[B, T, C]`` causally (the running
     mean up to each token), giving one factor per sample and token, so that no
-    token's alpha depends on later tokens. The gate starts neutral (``s = 0.5``,
-    ``a_eff = a``) because its output layer is zero-initialised.
+    token's alpha depends on later tokens. For an MLP it reads each sample's
+    ``[B, C]`` features as they are, giving one factor per sample. The gate
+    starts neutral (``s = 0.5``, ``a_eff = a``) because its output layer is
+    zero-initialised.
 
     Arguments:
         channels: channels of the injection point.
-        topology: ``"cnn"`` or ``"transformer"``.
+        topology: the feature layout, ``"cnn"``, ``"transformer"`` or ``"mlp"``.
         hidden: width of the gate's hidden layer (default ``max(8, channels // 4)``).
 
     Example:
@@ -60,13 +62,16 @@ class GatedBlend(nn.Module):
         """The gate value ``s`` in [0, 1], shaped to broadcast against ``seed_in``.
 
         Returns:
-            ``[B, 1, 1, 1]`` for a CNN, ``[B, T, 1]`` for a transformer.
+            ``[B, 1, 1, 1]`` for a CNN, ``[B, T, 1]`` for a transformer, ``[B, 1]``
+            for an MLP.
         """
         if self.topology == "cnn":
             pooled = seed_in.mean(dim=tuple(range(2, seed_in.dim())))
-        else:
+        elif self.topology == "transformer":
             counts = torch.arange(1, seed_in.shape[1] + 1, device=seed_in.device)
             pooled = seed_in.cumsum(dim=1) / counts.to(seed_in.dtype)[:, None]
+        else:
+            pooled = seed_in
         s = torch.sigmoid(self.fc2(torch.relu(self.fc1(pooled))))
         if self.topology == "cnn":
             return s.view(s.shape[0], *([1] * (seed_in.dim() - 1)))
@@ -102,7 +107,7 @@ def create_blend(algorithm_id: str, channels: int, topology: Topology) -> nn.Mod
     Arguments:
         algorithm_id: one of ``"linear"``, ``"sigmoid"``, ``"gated"``.
         channels: channels of the injection point.
-        topology: ``"cnn"`` or ``"transformer"``.
+        topology: the feature layout, ``"cnn"``, ``"transformer"`` or ``"mlp"``.
 
     Returns:
         A :class:`GatedBlend` for ``"gated"``, ``None`` for the schedule-only algorithms.

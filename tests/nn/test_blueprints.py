@@ -19,11 +19,13 @@ from esper.nn.blueprints.probe import _probe
 CL = torch.channels_last
 CNN_NAMES = ("noop", "norm", "attention", "depthwise", "conv_light", "conv_heavy")
 TRANSFORMER_NAMES = ("noop", "norm", "lora", "attention", "mlp")
+MLP_NAMES = ("noop", "norm", "lowrank")
 
 
 def test_builtin_catalog() -> None:
     assert names("cnn") == CNN_NAMES
     assert names("transformer") == TRANSFORMER_NAMES
+    assert names("mlp") == MLP_NAMES
     assert all(get("cnn", name).description for name in CNN_NAMES)
     assert list(create("cnn", "noop", 8).parameters()) == []
 

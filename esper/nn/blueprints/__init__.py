@@ -3,12 +3,12 @@
 Each blueprint declares the feature layouts it supports (``"cnn"``
 ``[B, C, H, W]``, ``"transformer"`` ``[B, T, C]``, ``"mlp"`` ``[B, C]``), and
 the catalog is looked up per layout. Importing this package registers the
-built-in CNN and transformer blueprints (the ``mlp`` catalog is
-still empty).
+built-in CNN, transformer and MLP blueprints.
 May import: ``esper.errors``, ``esper.leyline`` and torch.
 """
 
 from . import cnn as cnn
+from . import mlp as mlp
 from . import transformer as transformer
 from .norm import group_norm as group_norm
 from .probe import LAYOUT_SHAPES as LAYOUT_SHAPES
@@ -27,5 +27,5 @@ from .registry import register as register
 from .registry import unregister as unregister
 
 __all__ = ["LAYOUT_SHAPES", "BlueprintSpec", "SeedFactory", "build", "check_seed", "cnn",
-           "create", "default_probe", "feature_probe", "fits_layout", "get", "group_norm",
+           "create", "default_probe", "feature_probe", "fits_layout", "get", "group_norm", "mlp",
            "names", "register", "transformer", "unregister", "validate_seed"]
