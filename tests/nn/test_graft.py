@@ -266,3 +266,31 @@ def test_graft_on_a_device_and_the_root_exports() -> None:
     assert MorphogeneticModel is esper.nn.MorphogeneticModel
     assert list(MorphogeneticModel(CNNHost(base_channels=4), slots=("mid",)).seed_slots) == [
         "mid"]
+
+
+def test_slot_dict_speaks_real_names_and_stores_escaped_keys() -> None:
+    from esper.nn.slot_dict import SlotDict
+
+    slots = SlotDict([("layer3.0", nn.Identity()), ("mid", nn.ReLU())])
+    assert list(slots) == list(slots.keys()) == ["layer3.0", "mid"] and len(slots) == 2
+    assert "layer3.0" in slots and "layer3-0" not in slots
+    assert [name for name, _ in slots.items()] == ["layer3.0", "mid"]
+    assert list(slots._modules) == ["layer3-0", "mid"] and slots.key_of("layer3.0") == "layer3-0"
+    assert isinstance(slots["layer3.0"], nn.Identity) and len(slots.values()) == 2
+    with pytest.raises(ValueError, match="both escape"):
+        slots["layer3-0"] = nn.Identity()
+    del slots["layer3.0"]
+    assert list(slots) == ["mid"] and list(slots._modules) == ["mid"]
+    with pytest.raises(KeyError):
+        slots["layer3.0"]
+
+
+def test_isolation_defaults_by_layout_and_overrides_in_the_core() -> None:
+    from esper.kasmina import SlotState
+    from esper.leyline import TaskConfig
+
+    assert TaskConfig(topology="mlp").isolate_while_blending is True
+    assert SlotState.dormant("a", channels=4, task=TaskConfig(topology="mlp")).isolate is True
+    assert SlotState.dormant("a", channels=4, isolate=False).isolate is False
+    with pytest.raises(TypeError, match="isolate"):
+        SlotState.dormant("a", channels=4, isolate=1)  # type: ignore[arg-type]
