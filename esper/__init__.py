@@ -1,22 +1,34 @@
-"""Esper: networks that grow while they train. The root holds the exceptions and the version.
+"""Esper: networks that grow while they train. The root holds the exceptions, the version and
+:func:`graft` (with :class:`GraftPoint`).
 
-May import: ``esper.errors`` and ``esper._version`` only, so ``import esper`` stays cheap.
+May import: ``esper.errors`` and ``esper._version`` eagerly; ``esper.nn`` lazily (``graft``
+and ``GraftPoint`` are loaded on first use, by ``__getattr__``), so ``import esper`` stays
+cheap: it does not import torch.
 """
+
+from typing import TYPE_CHECKING, Any
 
 from . import errors
 from ._version import __version__ as __version__
 from .errors import AlphaShapeError as AlphaShapeError
 from .errors import AlphaValueError as AlphaValueError
+from .errors import AlreadyGraftedError as AlreadyGraftedError
 from .errors import CheckpointError as CheckpointError
 from .errors import CommandSourceError as CommandSourceError
 from .errors import DatasetError as DatasetError
 from .errors import DistributedTimeoutError as DistributedTimeoutError
 from .errors import EsperError as EsperError
+from .errors import ExampleInputError as ExampleInputError
 from .errors import FossilizedSeedError as FossilizedSeedError
+from .errors import GraftCallCountError as GraftCallCountError
+from .errors import GraftOutputError as GraftOutputError
+from .errors import GraftPointError as GraftPointError
+from .errors import GraftShapeError as GraftShapeError
 from .errors import InputDtypeError as InputDtypeError
 from .errors import InputShapeError as InputShapeError
 from .errors import InvalidTransitionError as InvalidTransitionError
 from .errors import MalformedCommandError as MalformedCommandError
+from .errors import NestedGraftPointError as NestedGraftPointError
 from .errors import NoLiveSeedError as NoLiveSeedError
 from .errors import ResumeConflictError as ResumeConflictError
 from .errors import RunDirectoryExistsError as RunDirectoryExistsError
@@ -31,7 +43,27 @@ from .errors import TelemetryTypeError as TelemetryTypeError
 from .errors import TelemetryValueError as TelemetryValueError
 from .errors import TopologyMismatchError as TopologyMismatchError
 from .errors import UnknownBlueprintError as UnknownBlueprintError
+from .errors import UnknownGraftPointError as UnknownGraftPointError
 from .errors import UnknownSlotError as UnknownSlotError
 from .errors import WeakCommandKeyError as WeakCommandKeyError
 
-__all__ = [*errors.__all__, "__version__"]
+if TYPE_CHECKING:
+    from .nn.graft import graft as graft
+    from .nn.graft_points import GraftPoint as GraftPoint
+
+
+
+def __getattr__(name: str) -> Any:
+    """``esper.graft`` and ``esper.GraftPoint``, imported from :mod:`esper.nn` on first use."""
+    if name == "graft":
+        from .nn.graft import graft
+
+        return graft
+    if name == "GraftPoint":
+        from .nn.graft_points import GraftPoint
+
+        return GraftPoint
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = [*errors.__all__, "GraftPoint", "__version__", "graft"]

@@ -188,19 +188,69 @@ class WeakCommandKeyError(EsperError, ValueError):
     one."""
 
 
+# --------------------------------------------------------------------------- grafting
+
+
+class GraftPointError(EsperError, ValueError):
+    """A graft point that cannot take a seed slot; the message names the module. Nothing was
+    grafted: the model is as it was. Each problem has its own subclass."""
+
+
+class UnknownGraftPointError(GraftPointError):
+    """A graft point that names no submodule of the model (the message lists close matches)."""
+
+
+class NestedGraftPointError(GraftPointError):
+    """Two graft points where one module lies inside the other; graft one of them."""
+
+
+class GraftCallCountError(GraftPointError):
+    """A graft point whose module runs other than exactly once in the example forward: never
+    (it is not on the forward's path) or more than once (a shared module, whose calls one slot
+    cannot tell apart); graft a module that runs once."""
+
+
+class GraftOutputError(GraftPointError, TypeError):
+    """A graft point whose output is not a tensor (a tuple, a dict, ...) and no ``select``
+    picks one, or whose ``select`` fits no element of the output. Also a ``TypeError``."""
+
+
+class GraftShapeError(GraftPointError):
+    """Features at a graft point of a layout no slot supports (not ``[B, C]``, ``[B, T, C]``
+    or ``[B, C, H, W]``), or whose rank or channels changed after the graft (only the
+    other dimensions, a sequence length say, may vary between calls)."""
+
+
+class AlreadyGraftedError(EsperError, RuntimeError):
+    """A model that already carries seed slots was grafted again (or a
+    ``MorphogeneticModel`` given as the model to graft); graft each model once."""
+
+
+class ExampleInputError(EsperError, RuntimeError):
+    """The model's own forward raised on the ``example_input`` of a graft's dry run; its
+    exception is the ``__cause__`` and nothing was grafted."""
+
+
 __all__ = [
     "AlphaShapeError",
     "AlphaValueError",
+    "AlreadyGraftedError",
     "CheckpointError",
     "CommandSourceError",
     "DatasetError",
     "DistributedTimeoutError",
     "EsperError",
+    "ExampleInputError",
     "FossilizedSeedError",
+    "GraftCallCountError",
+    "GraftOutputError",
+    "GraftPointError",
+    "GraftShapeError",
     "InputDtypeError",
     "InputShapeError",
     "InvalidTransitionError",
     "MalformedCommandError",
+    "NestedGraftPointError",
     "NoLiveSeedError",
     "ResumeConflictError",
     "RunDirectoryExistsError",
@@ -215,6 +265,7 @@ __all__ = [
     "TelemetryValueError",
     "TopologyMismatchError",
     "UnknownBlueprintError",
+    "UnknownGraftPointError",
     "UnknownSlotError",
     "WeakCommandKeyError",
 ]

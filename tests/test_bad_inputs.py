@@ -30,11 +30,17 @@ from esper.data import DatasetError, load_task
 from esper.errors import (
     AlphaShapeError,
     AlphaValueError,
+    AlreadyGraftedError,
     EsperError,
+    ExampleInputError,
     FossilizedSeedError,
+    GraftCallCountError,
+    GraftOutputError,
+    GraftShapeError,
     InputDtypeError,
     InputShapeError,
     InvalidTransitionError,
+    NestedGraftPointError,
     NoLiveSeedError,
     ResumeConflictError,
     SeedRaisedError,
@@ -45,6 +51,7 @@ from esper.errors import (
     TelemetryValueError,
     TopologyMismatchError,
     UnknownBlueprintError,
+    UnknownGraftPointError,
     UnknownSlotError,
     WeakCommandKeyError,
 )
@@ -59,6 +66,7 @@ from esper.tolaria.progress import check_progress
 from esper.tolaria.run import grow
 from esper.tolaria.rundir import claim_run_dir
 from tests.broken_modules import RaisingFactory, SeedFailure, Widen, registered
+from tests.graft_models import resnet18
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 SLOTS = ("early", "mid", "late")
@@ -207,7 +215,7 @@ def _shape_changing_seed(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     blueprints.register(blueprints.BlueprintSpec("widen", "cnn", Widen))
     try:
         with unchanged(model):
-            expect(SeedShapeError, "(2, 8, 8, 8), output (2, 9, 8, 8)",
+            expect(SeedShapeError, "input (2, 8, 4, 4), output (2, 9, 4, 4)",
                    lambda: model.germinate_seed("widen", "s1", slot="mid"))
     finally:
         blueprints.unregister("cnn", "widen")
@@ -470,6 +478,115 @@ def _mismatched_state_dict(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     with unchanged(model):
         expect(StateDictMismatchError, "nothing was loaded",
                lambda: model.load_state_dict(other.state_dict()))
+
+
+# --------------------------------------------------------------------------- grafting
+
+
+@contextlib.contextmanager
+def untouched(model: nn.Module) -> Iterator[None]:
+    """As :func:`unchanged`, and no module gained or lost a hook or changed its mode."""
+    hooks = {name: list(m._forward_hooks) for name, m in model.named_modules()}
+    modes = {name: m.training for name, m in model.named_modules()}
+    with unchanged(model):
+        yield
+    assert {name: list(m._forward_hooks) for name, m in model.named_modules()} == hooks
+    assert {name: m.training for name, m in model.named_modules()} == modes
+
+
+def resnet_images() -> Tensor:
+    return torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+
+
+@case("graft-unknown-point", "UnknownGraftPointError", "ValueError")
+def _graft_unknown_point(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    net = resnet18()
+    with untouched(net):
+        message = expect(UnknownGraftPointError, "close matches",
+                         lambda: esper.graft(net, ["layer3.0", "layer5"],
+                                             example_input=resnet_images()))
+    assert "'layer5'" in message and "'layer1'" in message
+
+
+@case("graft-non-tensor-output", "GraftOutputError", "TypeError")
+def _graft_non_tensor_output(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    class Recurrent(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.rnn = nn.LSTM(4, 8, batch_first=True)
+
+        def forward(self, x: Tensor) -> Tensor:
+            return self.rnn(x)[0].sum(dim=1)
+
+    net, x = Recurrent(), torch.randn(2, 5, 4)
+    with untouched(net):
+        message = expect(GraftOutputError, "GraftPoint(select=",
+                         lambda: esper.graft(net, ["rnn"], example_input=x))
+        expect(GraftOutputError, "fits no element",
+               lambda: esper.graft(net, {"rnn": esper.GraftPoint(select=2)}, example_input=x))
+    assert "'rnn'" in message and "tuple of (Tensor, tuple)" in message
+
+
+@case("graft-nested-points", "NestedGraftPointError", "ValueError")
+def _graft_nested_points(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    net = resnet18()
+    with untouched(net):
+        message = expect(NestedGraftPointError, "graft one of them",
+                         lambda: esper.graft(net, ["layer3", "layer3.0"],
+                                             example_input=resnet_images()))
+    assert "'layer3.0' lies inside 'layer3'" in message
+
+
+@case("graft-call-count", "GraftCallCountError", "ValueError")
+def _graft_call_count(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    net = resnet18()
+    with untouched(net):
+        expect(GraftCallCountError, "'layer1.0.relu' runs 2 times",
+               lambda: esper.graft(net, ["layer1.0.relu"], example_input=resnet_images()))
+
+
+@case("graft-unsupported-rank", "GraftShapeError", "ValueError")
+def _graft_unsupported_rank(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    net, x = nn.Sequential(nn.Linear(6, 4), nn.Flatten(0)), torch.randn(2, 6)
+    with untouched(net):
+        message = expect(GraftShapeError, "[B, C] (mlp)",
+                         lambda: esper.graft(net, ["1"], example_input=x))
+    assert "'1'" in message and "(8,)" in message
+
+
+@case("graft-shape-changed", "GraftShapeError", "ValueError")
+def _graft_shape_changed(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    model = esper.graft(nn.Sequential(nn.Identity(), nn.Flatten(1)), ["0"],
+                        example_input=torch.randn(2, 6))
+    assert model(torch.randn(5, 6)).shape == (5, 6)  # another batch size is fine
+    wider, deeper = torch.randn(2, 7), torch.randn(2, 3, 6)
+    with unchanged(model):
+        message = expect(GraftShapeError, "only the dimensions other than the channels",
+                         lambda: model(wider))
+        expect(GraftShapeError, "6 channels", lambda: model(deeper))
+    assert "graft point '0'" in message and "(2, 7)" in message
+
+
+@case("graft-twice", "AlreadyGraftedError", "RuntimeError")
+def _graft_twice(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    net = resnet18()
+    model = esper.graft(net, ["layer2"], example_input=resnet_images())
+    with untouched(model):
+        expect(AlreadyGraftedError, "graft it once",
+               lambda: esper.graft(net, ["layer3"], example_input=resnet_images()))
+        expect(AlreadyGraftedError, "graft the original module once",
+               lambda: esper.graft(model, ["host.layer3"], example_input=resnet_images()))
+
+
+@case("graft-failing-example", "ExampleInputError", "RuntimeError")
+def _graft_failing_example(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    net, wrong = resnet18().train(), torch.randn(2, 4, 32, 32)
+    with untouched(net):
+        with pytest.raises(ExampleInputError) as info:
+            esper.graft(net, ["layer2"], example_input=wrong)
+    assert "ResNet's forward raised on example_input" in str(info.value)
+    assert isinstance(info.value.__cause__, RuntimeError)
+    assert "nothing was grafted" in str(info.value)
 
 
 # --------------------------------------------------------------------------- CLI and data

@@ -149,8 +149,16 @@ class SlotState:
         gates: QualityGates | None = None,
         alpha_mode: AlphaMode = "scalar",
         device: torch.device | str = "cpu",
+        isolate: bool | None = None,
     ) -> SlotState:
-        """An empty slot ready for germination."""
+        """An empty slot ready for germination.
+
+        ``isolate`` is whether the seed's input stays detached from the host
+        while it is blended in (BLENDING, HOLDING); ``None`` takes the task's
+        default (:attr:`TaskConfig.isolate_while_blending`).
+        """
+        if isolate is not None and not isinstance(isolate, bool):
+            raise TypeError(f"isolate must be a bool or None, got {isolate!r}")
         if alpha_mode not in ALPHA_MODES:
             raise ValueError(f"alpha_mode must be one of {ALPHA_MODES}, got {alpha_mode!r}")
         check_int("channels", channels, minimum=1)
@@ -160,7 +168,8 @@ class SlotState:
             slot_id=slot_id, channels=channels,
             alpha=torch.zeros(shape, dtype=torch.float32, device=device),
             b=_scalar(0.0, device), g=_scalar(1.0, device),
-            isolate=task.isolate_while_blending, alpha_mode=alpha_mode, task=task,
+            isolate=task.isolate_while_blending if isolate is None else isolate,
+            alpha_mode=alpha_mode, task=task,
             gates=gates if gates is not None else QualityGates(),
         )
 

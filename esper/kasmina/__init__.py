@@ -21,6 +21,8 @@ from ..core.state import TransitionRecord as TransitionRecord
 from ..nn import blueprints as blueprints
 from ..nn.blending import GatedBlend as GatedBlend
 from ..nn.blending import create_blend as create_blend
+from ..nn.graft import graft as graft
+from ..nn.graft_points import GraftPoint as GraftPoint
 from ..nn.host import CNNHost as CNNHost
 from ..nn.host import TransformerHost as TransformerHost
 from ..nn.model import MorphogeneticModel as MorphogeneticModel
@@ -49,6 +51,7 @@ __all__ = [
     "GradientEMA",
     "GradientReport",
     "GradientStats",
+    "GraftPoint",
     "HostProtocol",
     "IsolationReport",
     "MorphogeneticModel",
@@ -68,6 +71,7 @@ __all__ = [
     "events",
     "fossilize",
     "germinate",
+    "graft",
     "isolate",
     "isolation_probe",
     "materialize",

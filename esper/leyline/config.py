@@ -74,8 +74,8 @@ class TaskConfig:
     """Timing of the lifecycle for one task.
 
     Attributes:
-        topology: ``"cnn"`` (seeds isolated while blending) or ``"transformer"``
-            (host and seed co-adapt while blending).
+        topology: ``"cnn"`` or ``"mlp"`` (seeds isolated while blending) or
+            ``"transformer"`` (host and seed co-adapt while blending).
         max_epochs: planned length of the run; the dwell and timeout scale with it.
         train_to_blend_fraction: share of ``max_epochs`` a seed trains before G2.
         blending_steps: epochs of the alpha ramp from 0 to 1.
@@ -111,5 +111,9 @@ class TaskConfig:
 
     @property
     def isolate_while_blending(self) -> bool:
-        """Whether the seed input stays detached from the host in BLENDING and HOLDING."""
-        return self.topology == "cnn"
+        """Whether the seed input stays detached from the host in BLENDING and HOLDING.
+
+        ``cnn`` and ``mlp`` features are isolated; ``transformer`` host and seed co-adapt
+        (the residual stream is shared by every later layer). A slot may override it.
+        """
+        return self.topology != "transformer"

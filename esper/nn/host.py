@@ -1,7 +1,10 @@
 """Host networks with named injection points: a CNN and a GPT-style decoder.
 
-Both are chains of segments (see :mod:`esper.nn.protocol`); injection
-point ``name`` sits at the end of segment ``name``.
+Both are plain modules whose forward runs a chain of segments; injection point
+``name`` sits at the end of segment ``name``, on the output of the module that
+:meth:`~_SegmentedHost.injection_points` names (see :mod:`esper.nn.protocol`).
+A :class:`~esper.nn.model.MorphogeneticModel` grafts its slots there with
+forward hooks, as it grafts any module.
 
 Injection-point naming: a CNN has one point after *every* block (block i has
 ``base_channels * 2**i`` channels and includes its max-pool), so the default
@@ -25,13 +28,14 @@ from torch import Tensor, nn
 
 from ..errors import InputDtypeError, InputShapeError
 from ..leyline import Topology
-from ..validation import check_int, is_int, is_real
+from ..validation import check_int, is_int
 
-if TYPE_CHECKING:  # at run time the re-export is lazy: see __getattr__ at the end
+if TYPE_CHECKING:  # at run time the re-exports are lazy: see __getattr__ at the end
+    from .host_config import build_host
     from .model import MorphogeneticModel
 
 _THREE_POINTS = ("early", "mid", "late")
-_FORMAT_NAMES = {torch.channels_last: "channels_last", torch.contiguous_format: "contiguous_format"}
+FORMAT_NAMES = {torch.channels_last: "channels_last", torch.contiguous_format: "contiguous_format"}
 
 
 def point_names(count: int, prefix: str) -> tuple[str, ...]:
@@ -44,6 +48,7 @@ class _SegmentedHost(nn.Module, abc.ABC):
 
     topology: Topology
     _specs: dict[str, int]  # point name -> channels, in forward order; set by subclasses
+    _points: dict[str, str]  # point name -> module path, in forward order; set by subclasses
 
     _config: dict[str, Any]  # constructor arguments as JSON types; set by subclasses
 
@@ -58,6 +63,14 @@ class _SegmentedHost(nn.Module, abc.ABC):
     def segment_names(self) -> tuple[str, ...]:
         """Injection point names in forward order."""
         return tuple(self._specs)
+
+    def injection_points(self) -> dict[str, str]:
+        """Injection point name -> the path of the module whose output it is, in forward order."""
+        return dict(self._points)
+
+    @abc.abstractmethod
+    def example_input(self) -> Tensor:
+        """A small input of zeros the host runs on (for a graft's dry run)."""
 
     @abc.abstractmethod
     def run_segment(self, name: str, h: Tensor) -> Tensor:
@@ -151,13 +164,14 @@ class CNNHost(_SegmentedHost):
         self.min_side = 2**pool_layers  # each pooling block halves the side
         self._config = {"num_classes": num_classes, "n_blocks": n_blocks,
                         "base_channels": base_channels, "pool_layers": pool_layers,
-                        "memory_format": _FORMAT_NAMES[memory_format], "in_channels": in_channels}
+                        "memory_format": FORMAT_NAMES[memory_format], "in_channels": in_channels}
         widths = [base_channels * 2**i for i in range(n_blocks)]
         self.blocks = nn.ModuleList(
             ConvBlock(c_in, c_out, pool=i < pool_layers)
             for i, (c_in, c_out) in enumerate(zip([in_channels, *widths], widths, strict=False)))
         self.head = nn.Linear(widths[-1], num_classes)
         self._specs = dict(zip(point_names(n_blocks, "block"), widths, strict=True))
+        self._points = {name: f"blocks.{i}" for i, name in enumerate(self._specs)}
         # Conv weights in the activations' layout: no weight reorder on every step.
         self.blocks.to(memory_format=memory_format)
 
@@ -177,8 +191,18 @@ class CNNHost(_SegmentedHost):
             h = h.contiguous(memory_format=self.memory_format)
         return self.blocks[index](h)
 
+    def example_input(self) -> Tensor:
+        """Zeros ``[2, in_channels, S, S]``, ``S`` twice the smallest side (no 1x1 features)."""
+        weight = self.blocks[0][0].weight
+        side = 2 * max(4, self.min_side)
+        return torch.zeros(2, self.in_channels, side, side, dtype=weight.dtype,
+                           device=weight.device)
+
     def _check_input(self, x: Tensor) -> None:
         """Static checks of shape and dtype only: free under ``torch.compile``."""
+        if not isinstance(x, Tensor):
+            raise InputDtypeError(f"the model's input must be a tensor, got {type(x).__name__}: "
+                                  "convert it with torch.as_tensor")
         side = self.min_side
         if x.dim() != 4 or x.shape[1] != self.in_channels or min(x.shape[2:]) < side:
             raise InputShapeError(
@@ -264,6 +288,7 @@ class TransformerHost(_SegmentedHost):
         names = point_names(num_segments, "seg")
         self._layer_ranges = dict(zip(names, itertools.pairwise(edges), strict=True))
         self._specs = dict.fromkeys(names, n_embd)
+        self._points = {name: f"layers.{end - 1}" for name, (_, end) in self._layer_ranges.items()}
         self.apply(self._init_weights)
         for block in self.layers:  # GPT-2: scale residual projections by depth
             for proj in (block.attn.proj, block.mlp[2]):
@@ -276,7 +301,15 @@ class TransformerHost(_SegmentedHost):
         if isinstance(module, nn.Linear) and module.bias is not None:
             nn.init.zeros_(module.bias)
 
+    def example_input(self) -> Tensor:
+        """Zero token ids ``[2, min(8, block_size)]``."""
+        return torch.zeros(2, min(8, self.block_size), dtype=torch.int64,
+                           device=self.wte.weight.device)
+
     def _embed(self, idx: Tensor) -> Tensor:
+        if not isinstance(idx, Tensor):
+            raise InputDtypeError(f"the model's input must be a tensor, got {type(idx).__name__}: "
+                                  "convert it with torch.as_tensor")
         if idx.dtype != torch.int64:
             raise InputDtypeError(f"TransformerHost expects int64 token ids, got {idx.dtype}: "
                                   "convert them with .long()")
@@ -301,73 +334,17 @@ class TransformerHost(_SegmentedHost):
         return self.lm_head(self.ln_f(h))
 
 
-_HOST_ARGS: dict[str, dict[str, type]] = {
-    "cnn": {"num_classes": int, "n_blocks": int, "base_channels": int, "pool_layers": int,
-            "memory_format": str, "in_channels": int},
-    "transformer": {"vocab_size": int, "n_embd": int, "n_head": int, "n_layer": int,
-                    "block_size": int, "dropout": float, "num_segments": int},
-}
-
-
-def _has_type(value: object, kind: type) -> bool:
-    """Whether ``value`` is a ``kind`` (an int counts as a float; a bool as neither)."""
-    if kind is float:
-        return is_real(value)
-    return is_int(value) if kind is int else isinstance(value, kind)
-
-
-def build_host(config: dict[str, Any]) -> nn.Module:
-    """Rebuild a host from what its :meth:`config` returned (fresh weights).
-
-    Arguments:
-        config: ``{"kind": "cnn" | "transformer", **constructor arguments}``;
-            omitted arguments take their defaults.
-
-    Returns:
-        A new :class:`CNNHost` or :class:`TransformerHost`.
-
-    Raises:
-        ValueError: not a dict, an unknown kind, an unknown argument, a value
-            of the wrong type, or one the constructor rejects.
-    """
-    if not isinstance(config, dict) or config.get("kind") not in _HOST_ARGS:
-        kind = config.get("kind") if isinstance(config, dict) else config
-        raise ValueError(f"unknown host kind {kind!r}; known kinds: {list(_HOST_ARGS)}")
-    args = {k: v for k, v in config.items() if k != "kind"}
-    types = _HOST_ARGS[config["kind"]]
-    for name, value in args.items():
-        if name not in types:
-            raise ValueError(f"unknown {config['kind']} host argument {name!r}; "
-                             f"known: {list(types)}")
-        if not _has_type(value, types[name]):
-            if not (name == "pool_layers" and value is None):
-                raise ValueError(f"{config['kind']} host argument {name!r} must be "
-                                 f"{types[name].__name__}, got {value!r}")
-    if "memory_format" in args:
-        formats = {v: k for k, v in _FORMAT_NAMES.items()}
-        if args["memory_format"] not in formats:
-            raise ValueError(f"unknown memory_format {args['memory_format']!r}; "
-                             f"known: {list(formats)}")
-        args["memory_format"] = formats[args["memory_format"]]
-    if config["kind"] == "transformer":
-        for name, value in args.items():
-            if name != "dropout" and value < 1:
-                raise ValueError(f"transformer host argument {name!r} must be >= 1, got {value}")
-        if not 0.0 <= args.get("dropout", 0.0) < 1.0:
-            raise ValueError(f"transformer host dropout must lie in [0, 1), got {args['dropout']}")
-    try:
-        return TransformerHost(**args) if config["kind"] == "transformer" else CNNHost(**args)
-    except TypeError as error:  # a required argument is missing
-        raise ValueError(f"bad {config['kind']} host config: {error}") from error
-
-
 def __getattr__(name: str) -> Any:
-    """``MorphogeneticModel``, re-exported here on first use (``from esper.nn.host import
-    CNNHost, MorphogeneticModel``); lazily, because :mod:`esper.nn.model` builds on hosts."""
+    """``MorphogeneticModel`` and ``build_host``, re-exported here on first use (``from
+    esper.nn.host import CNNHost, MorphogeneticModel``); lazily, because both build on hosts."""
     if name == "MorphogeneticModel":
         from .model import MorphogeneticModel
 
         return MorphogeneticModel
+    if name == "build_host":
+        from .host_config import build_host
+
+        return build_host
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

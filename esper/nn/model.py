@@ -10,30 +10,35 @@ from torch import Tensor, nn
 
 from ..core.alpha import check_alpha
 from ..core.state import AlphaMode, SlotState
-from ..errors import (
-    InputDtypeError,
-    StateDictMismatchError,
-    TelemetryTypeError,
-    UnknownSlotError,
-)
+from ..errors import StateDictMismatchError, TelemetryTypeError, UnknownSlotError
 from ..leyline import QualityGates, SlotTelemetry, TaskConfig
 from ..leyline.constants import DEFAULT_BLEND_ALGORITHM
 from ..ops.health import SeedHealth
 from ..ops.isolation import IsolationReport, ProbeSquares, probe_squares
 from ..ops.telemetry import GradientCapture, GradientEMA, GradientStats, materialize
+from .graft_hooks import Frame, GraftContext, attach, detach
+from .graft_points import GraftPoint
+from .graft_record import (
+    as_args,
+    device_of,
+    record_points,
+    resolve_points,
+    takes_one_input,
+    task_for,
+)
+from .model_state import restore, snapshot_tensors
 from .protocol import HostProtocol
-from .slot import SeedSlot, SlotContents, TelemetryCallback
+from .slot import SeedSlot, TelemetryCallback
+from .slot_dict import SlotDict
 
 _COMPILED_PREFIX = "_orig_mod."
-# (module, "_parameters" or "_buffers", name, the tensor object, a copy of its values)
-_TensorSnapshot = list[tuple[nn.Module, str, str, Tensor, Tensor]]
 
 
 class ForwardOutput(NamedTuple):
     """A forward's logits and what it saw at the seeded slots (``aux=True``).
 
     Attributes:
-        logits: the host head's output, as ``model(x)`` returns it.
+        logits: the host's output, as ``model(x)`` returns it.
         features: slot name -> the host features arriving at each slot that
             holds a seed (part of the graph).
         health: slot name -> the :class:`~esper.ops.health.SeedHealth` of each
@@ -41,23 +46,40 @@ class ForwardOutput(NamedTuple):
             blown-up blend (device tensors; no host sync).
     """
 
-    logits: Tensor
+    logits: Any
     features: dict[str, Tensor]
     health: dict[str, SeedHealth]
 
 
 class MorphogeneticModel(nn.Module):
-    """A host plus one :class:`SeedSlot` per chosen injection point.
+    """A host module plus one :class:`SeedSlot` per graft point.
+
+    The host keeps its structure and its parameter names (``host.<name>``):
+    each slot sits in a forward hook on the module whose output it takes
+    (see :mod:`esper.nn.graft_hooks`), and the host's own forward runs as
+    written. :func:`esper.graft` builds one from any module by module paths;
+    a built-in host names its points itself.
 
     Arguments:
-        host: a network satisfying :class:`~esper.nn.protocol.HostProtocol`.
-        device: where the host, seeds and slot states live.
-        slots: injection point names to attach slots to (see ``host.injection_specs()``).
-        task_config: lifecycle timing; defaults to the host's topology with defaults.
+        host: any ``nn.Module``; with :class:`~esper.nn.protocol.HostProtocol`
+            (``CNNHost``, ``TransformerHost``) its points go by name.
+        device: where the host, seeds and slot states live (``None``: where the
+            host's parameters are).
+        slots: on a :class:`HostProtocol` host, its point names (see
+            ``host.injection_points()``); on any other module (or as a mapping)
+            module paths -> :class:`~esper.nn.graft_points.GraftPoint` options.
+        task_config: lifecycle timing; its topology becomes each point's layout.
         fast_mode: skip event delivery.
         on_telemetry: called with every lifecycle event of every slot.
         gates: gate thresholds shared by the slots.
         alpha_mode: ``"scalar"`` or ``"channel"`` blending for every slot.
+        example_input: the input of the dry run that measures each point (a
+            tensor, or a tuple of positional arguments); a ``HostProtocol`` host
+            brings its own.
+
+    Raises:
+        UnknownSlotError, GraftPointError (and its subclasses), AlreadyGraftedError,
+        ExampleInputError: see the README's "Bad input" table; nothing is changed.
 
     Example:
         >>> model = MorphogeneticModel(CNNHost(), slots=("mid",))
@@ -68,58 +90,65 @@ class MorphogeneticModel(nn.Module):
     def __init__(
         self,
         host: nn.Module,
-        device: torch.device | str = "cpu",
-        slots: Sequence[str] = ("mid",),
+        device: torch.device | str | None = "cpu",
+        slots: Sequence[str] | Mapping[str, GraftPoint | None] = ("mid",),
         task_config: TaskConfig | None = None,
         fast_mode: bool = False,
         on_telemetry: TelemetryCallback | None = None,
         gates: QualityGates | None = None,
         alpha_mode: AlphaMode = "scalar",
+        *,
+        example_input: Any = None,
     ) -> None:
         super().__init__()
-        if not isinstance(host, HostProtocol):
-            raise TypeError(f"host must satisfy HostProtocol (injection_specs, segment_names, "
-                            f"run_segment, run_head, ...), got {type(host).__name__}")
-        specs = host.injection_specs()
-        if isinstance(slots, str):
-            raise TypeError(f"slots must be a sequence of names, got the string {slots!r}")
-        unknown = [name for name in slots if name not in specs]
-        if unknown or len(set(slots)) != len(slots):
-            problem = f"unknown {unknown}" if unknown else f"duplicates in {list(slots)}"
-            raise UnknownSlotError(f"bad slots: {problem}; this host's injection points are "
-                                   f"{list(specs)}: choose slots among them, each once")
-        task = task_config if task_config is not None else TaskConfig(topology=host.topology)
-        memory_format = getattr(host, "memory_format", torch.contiguous_format)
-        self.host = host.to(device)
-        self.seed_slots = nn.ModuleDict({
-            name: SeedSlot(name, specs[name], topology=host.topology, device=device,
-                           task_config=task, gates=gates, alpha_mode=alpha_mode,
-                           memory_format=memory_format, on_telemetry=on_telemetry,
-                           fast_mode=fast_mode)
-            for name in host.segment_names() if name in slots
-        })
+        named = host.injection_points() if isinstance(host, HostProtocol) else None
+        if named is None and example_input is None:
+            raise TypeError(f"host {type(host).__name__} names no injection points (it does not "
+                            "satisfy HostProtocol: injection_points, example_input): graft any "
+                            "module by module path with esper.graft(model, points, "
+                            "example_input=...)")
+        points = resolve_points(host, slots, named)
+        example = example_input if example_input is not None else host.example_input()
+        specs = record_points(host, points, example)
+        self.host = host if device is None else host.to(device)
+        where = torch.device(device) if device is not None else device_of(self.host)
+        self.seed_slots = SlotDict(
+            (name, SeedSlot(name, spec.channels, topology=spec.layout, device=where,
+                            task_config=task_for(task_config, spec.layout), gates=gates,
+                            alpha_mode=alpha_mode, memory_format=spec.memory_format,
+                            on_telemetry=on_telemetry, fast_mode=fast_mode,
+                            isolate=spec.isolate, feature_shape=spec.feature_shape,
+                            dtype=spec.dtype))
+            for name, spec in specs.items())
         for slot in self.seed_slots.values():
             slot.attach_host(self.host.parameters)
+        self._alpha_mode: AlphaMode = alpha_mode
+        self._points = specs
+        self._context = GraftContext()
+        self._hook_ids = attach(self.host, self._context, self.seed_slots, specs)
+        self._single_input = takes_one_input(host)
 
     # ------------------------------------------------------------------ forward
 
     @overload
-    def forward(self, x: Tensor, alpha_overrides: Mapping[str, float | Tensor] | None = None,
-                *, states: Mapping[str, SlotState] | None = None,
-                aux: Literal[False] = False) -> Tensor: ...
+    def forward(self, *args: Any, alpha_overrides: Mapping[str, float | Tensor] | None = None,
+                states: Mapping[str, SlotState] | None = None,
+                aux: Literal[False] = False, **kwargs: Any) -> Any: ...
 
     @overload
-    def forward(self, x: Tensor, alpha_overrides: Mapping[str, float | Tensor] | None = None,
-                *, states: Mapping[str, SlotState] | None = None,
-                aux: Literal[True]) -> ForwardOutput: ...
+    def forward(self, *args: Any, alpha_overrides: Mapping[str, float | Tensor] | None = None,
+                states: Mapping[str, SlotState] | None = None,
+                aux: Literal[True], **kwargs: Any) -> ForwardOutput: ...
 
-    def forward(self, x: Tensor, alpha_overrides: Mapping[str, float | Tensor] | None = None,
-                *, states: Mapping[str, SlotState] | None = None,
-                aux: bool = False) -> Tensor | ForwardOutput:
-        """Run the host with every slot in place; the logits, or a :class:`ForwardOutput`.
+    def forward(self, *args: Any, alpha_overrides: Mapping[str, float | Tensor] | None = None,
+                states: Mapping[str, SlotState] | None = None, aux: bool = False,
+                **kwargs: Any) -> Any:
+        """Run the host with every slot in place: what it returns, or a :class:`ForwardOutput`.
 
         Arguments:
-            x: the host's input.
+            args, kwargs: the host's inputs, passed to its forward as they are. On
+                a host whose forward takes one input (the built-in ones),
+                ``model(x, overrides)`` still means ``alpha_overrides=overrides``.
             alpha_overrides: slot name -> alpha for this call only (counterfactuals);
                 no state changes. Under ``torch.compile`` prefer
                 :meth:`functional_forward` with ``state.with_alpha(...)``, which
@@ -129,53 +158,50 @@ class MorphogeneticModel(nn.Module):
                 seeded slot (a :class:`ForwardOutput`); the logits are the same.
 
         Raises:
-            InputDtypeError: ``x`` is not a tensor, or not of the dtype the host
-                computes in (a ``TypeError``).
-            InputShapeError: ``x`` has the wrong shape for the host (a ``ValueError``).
+            InputDtypeError, InputShapeError: a built-in host's input checks.
+            GraftShapeError: features at a point changed rank or channels.
             UnknownSlotError: an override names no slot (a ``ValueError``).
             AlphaValueError: an override outside [0, 1] or non-finite (a ``ValueError``).
             AlphaShapeError: an override of the wrong shape (a ``ValueError``).
         """
-        if not isinstance(x, Tensor):
-            raise InputDtypeError(f"the model's input must be a tensor, got {type(x).__name__}: "
-                                  "convert it with torch.as_tensor")
+        if self._single_input and alpha_overrides is None and len(args) == 2 and (
+                args[1] is None or isinstance(args[1], Mapping)):
+            args, alpha_overrides = args[:1], args[1]
+        if not self._hook_ids:
+            raise RuntimeError("this model was ungrafted: its host runs alone; graft it again")
         overrides = self._check_overrides(alpha_overrides) if alpha_overrides else {}
-        features: dict[str, Tensor] = {}
-        health: dict[str, SeedHealth] = {}
-        h = x
-        for name in self.host.segment_names():
-            h = self.host.run_segment(name, h)
-            if name in self.seed_slots:
-                slot = self.seed_slots[name]
-                state = states.get(name) if states is not None else None
-                if aux and slot.seed is not None:
-                    features[name] = h
-                    h, health[name] = slot.checked(h, state, overrides.get(name))
-                else:
-                    h = slot(h, state, overrides.get(name))
-        logits = self.host.run_head(h)
-        return ForwardOutput(logits, features, health) if aux else logits
+        features: dict[str, Tensor] | None = {} if aux else None
+        health: dict[str, SeedHealth] | None = {} if aux else None
+        before = self._context.frame
+        self._context.frame = Frame(states, overrides, features, health)
+        try:
+            out = self.host(*args, **kwargs)
+        finally:
+            self._context.frame = before
+        if features is not None and health is not None:
+            return ForwardOutput(out, features, health)
+        return out
 
     @overload
     def functional_forward(self, params: Mapping[str, Tensor], states: Mapping[str, SlotState],
-                           x: Tensor, buffers: Mapping[str, Tensor] | None = None, *,
-                           aux: Literal[False] = False) -> Tensor: ...
+                           x: Any, buffers: Mapping[str, Tensor] | None = None, *,
+                           aux: Literal[False] = False) -> Any: ...
 
     @overload
     def functional_forward(self, params: Mapping[str, Tensor], states: Mapping[str, SlotState],
-                           x: Tensor, buffers: Mapping[str, Tensor] | None = None, *,
+                           x: Any, buffers: Mapping[str, Tensor] | None = None, *,
                            aux: Literal[True]) -> ForwardOutput: ...
 
     def functional_forward(self, params: Mapping[str, Tensor], states: Mapping[str, SlotState],
-                           x: Tensor, buffers: Mapping[str, Tensor] | None = None, *,
-                           aux: bool = False) -> Tensor | ForwardOutput:
+                           x: Any, buffers: Mapping[str, Tensor] | None = None, *,
+                           aux: bool = False) -> Any:
         """The forward as a pure function of parameters and slot states.
 
         Arguments:
             params: name -> tensor, as from ``dict(model.named_parameters())``
                 (missing names fall back to the module's own tensors).
             states: slot name -> :class:`SlotState` (missing slots use their own state).
-            x: the host's input.
+            x: the host's input (a tuple: its positional arguments).
             buffers: name -> tensor, as from ``dict(model.named_buffers())``. Inside
                 ``torch.func.grad`` pass them as an input of the transformed
                 function: BatchNorm updates its running statistics in place.
@@ -192,7 +218,7 @@ class MorphogeneticModel(nn.Module):
             raise UnknownSlotError(f"states for unknown slots {sorted(unknown)}; slots are "
                                    f"{list(self.seed_slots)}")
         tensors = dict(params) if buffers is None else (dict(params), dict(buffers))
-        return torch.func.functional_call(self, tensors, (x,), {"states": states, "aux": aux})
+        return torch.func.functional_call(self, tensors, as_args(x), {"states": states, "aux": aux})
 
     def slot_states(self) -> dict[str, SlotState]:
         """Every slot's current state, by slot name."""
@@ -310,24 +336,38 @@ class MorphogeneticModel(nn.Module):
         return reports
 
     def _features_at(self, slots: Sequence[str], x: Tensor) -> dict[str, Tensor]:
-        """Host features at each of ``slots`` (no grad, eval mode; stops after the last)."""
-        features: dict[str, Tensor] = {}
+        """Host features at each of ``slots`` that holds a seed (no grad, eval mode)."""
         was_training = self.training
         self.eval()
         try:
             with torch.no_grad():
-                h = x
-                for name in self.host.segment_names():
-                    if len(features) == len(slots):
-                        break
-                    h = self.host.run_segment(name, h)
-                    if name in self.seed_slots:
-                        if name in slots:
-                            features[name] = h
-                        h = self.seed_slots[name](h)
+                features = self(x, aux=True).features
         finally:
             self.train(was_training)
-        return features
+        return {name: features[name] for name in slots if name in features}
+
+    # ------------------------------------------------------------------ the graft
+
+    def graft_description(self) -> dict[str, Any]:
+        """The graft as JSON types: ``alpha_mode`` and, per slot in forward order, its module
+        path, ``select``, ``isolate``, ``layout``, ``channels``, ``feature_shape``, ``dtype``
+        and ``memory_format`` (what re-grafting a fresh copy of the host needs)."""
+        points = {}
+        for name, spec in self._points.items():
+            points[name] = {
+                "module": spec.path, "select": spec.select,
+                "isolate": self.seed_slots[name].state.isolate, "layout": spec.layout,
+                "channels": spec.channels, "feature_shape": list(spec.feature_shape),
+                "dtype": str(spec.dtype).removeprefix("torch."),
+                "memory_format": str(spec.memory_format).removeprefix("torch.")}
+        return {"alpha_mode": self._alpha_mode, "points": points}
+
+    def ungraft(self) -> nn.Module:
+        """Remove the slots' hooks and return the host, which then runs alone (and may be
+        grafted again); this model refuses to run afterwards. Seeds are not folded in."""
+        detach(self.host, self._points, self._hook_ids)
+        self._hook_ids = {}
+        return self.host
 
     # ------------------------------------------------------------------ persistence
 
@@ -345,29 +385,12 @@ class MorphogeneticModel(nn.Module):
         """
         cleaned = {k.replace(_COMPILED_PREFIX, ""): v for k, v in state_dict.items()}
         slots = {slot: slot.contents() for slot in self.seed_slots.values()}
-        tensors = self._snapshot_tensors()
+        tensors = snapshot_tensors(self)
         try:
             return super().load_state_dict(cleaned, strict=strict, assign=assign)
         except (RuntimeError, ValueError, TypeError, KeyError) as error:
-            self._restore(slots, tensors)
+            restore(slots, tensors)
             raise StateDictMismatchError(
                 f"state_dict does not fit this model, nothing was loaded: "
                 f"{str(error).strip().rstrip('.')}; build the model with the host and slots "
                 "of the one that saved it") from error
-
-    def _snapshot_tensors(self) -> _TensorSnapshot:
-        """Every parameter and buffer of every submodule, with a copy of its values."""
-        with torch.no_grad():
-            return [(module, kind, name, tensor, tensor.detach().clone())
-                    for module in self.modules()
-                    for kind in ("_parameters", "_buffers")
-                    for name, tensor in getattr(module, kind).items() if tensor is not None]
-
-    def _restore(self, slots: dict[SeedSlot, SlotContents], tensors: _TensorSnapshot) -> None:
-        """Undo a failed load: seeds, gates and states, then each tensor's object and values."""
-        for slot, contents in slots.items():
-            slot.restore_contents(contents)
-        with torch.no_grad():
-            for module, kind, name, tensor, values in tensors:
-                getattr(module, kind)[name] = tensor
-                tensor.copy_(values)

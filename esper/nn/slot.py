@@ -40,14 +40,14 @@ class SlotContents:
     gate: nn.Module | None
     state: SlotState
 
-
 class SeedSlot(nn.Module):
     """One injection slot: its state, its seed module and its optional gate network.
 
     Arguments:
         slot_id: the injection point's name (``"mid"``).
         channels: feature channels at the injection point.
-        topology: ``"cnn"`` or ``"transformer"`` (blueprints and isolation follow it).
+        topology: the feature layout, ``"cnn"`` ``[B, C, H, W]``, ``"transformer"``
+            ``[B, T, C]`` or ``"mlp"`` ``[B, C]`` (blueprints follow it).
         device: where seeds and state tensors live.
         task_config: lifecycle timing (its topology must match ``topology``).
         gates: gate thresholds.
@@ -55,6 +55,9 @@ class SeedSlot(nn.Module):
         memory_format: layout of 4-D seed weights (match the host's).
         on_telemetry: called with each :class:`~esper.leyline.TelemetryEvent`.
         fast_mode: skip event delivery (for throughput runs).
+        isolate: keep the seed's input detached from the host while blended; ``None``:
+            the layout's default (``TaskConfig.isolate_while_blending``).
+        feature_shape, dtype: the features at the slot (batch first) as a graft recorded them.
     """
 
     def __init__(
@@ -70,6 +73,9 @@ class SeedSlot(nn.Module):
         memory_format: torch.memory_format = torch.contiguous_format,
         on_telemetry: TelemetryCallback | None = None,
         fast_mode: bool = False,
+        isolate: bool | None = None,
+        feature_shape: tuple[int, ...] | None = None,
+        dtype: torch.dtype = torch.float32,
     ) -> None:
         super().__init__()
         task = task_config if task_config is not None else TaskConfig(topology=topology)
@@ -82,12 +88,15 @@ class SeedSlot(nn.Module):
         self.topology: Topology = topology
         self.device = torch.device(device)
         self.memory_format = memory_format
+        self.feature_shape = None if feature_shape is None else tuple(feature_shape)
+        self.dtype = dtype
         self.on_telemetry = on_telemetry
         self.fast_mode = fast_mode
         self.seed: nn.Module | None = None
         self.gate: nn.Module | None = None
         self._state = SlotState.dormant(slot_id, channels=channels, task=task, gates=gates,
-                                        alpha_mode=alpha_mode, device=self.device)
+                                        alpha_mode=alpha_mode, device=self.device,
+                                        isolate=isolate)
         self._forced = 0
         self._host_parameters: Callable[[], Iterable[nn.Parameter]] | None = None
 
@@ -138,9 +147,10 @@ class SeedSlot(nn.Module):
 
     @property
     def site(self) -> SeedSite:
-        """Where this slot's seeds are planted (topology, channels, device, layout)."""
+        """Where this slot's seeds are planted (topology, channels, device, layout, and the
+        feature shape and dtype a graft recorded)."""
         return SeedSite(self.slot_id, self.topology, self.channels, self.device,
-                        self.memory_format)
+                        self.memory_format, self.feature_shape, self.dtype)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -195,8 +205,7 @@ class SeedSlot(nn.Module):
     cull = prune
 
     def _drop_seed(self) -> None:
-        self.seed = None
-        self.gate = None
+        self.seed = self.gate = None
 
     def advance_stage(self, target: SeedStage | str,
                       telemetry: SlotTelemetry | None = None) -> GateResult:
@@ -248,13 +257,9 @@ class SeedSlot(nn.Module):
         """Where the host's parameters are (``MorphogeneticModel`` calls this)."""
         self._host_parameters = parameters
 
-    def capture_gradient_telemetry(
-        self,
-        host_parameters: Iterable[nn.Parameter] | None = None,
-        host_features: Tensor | None = None,
-        *,
-        generator: torch.Generator | None = None,
-    ) -> GradientReport:
+    def capture_gradient_telemetry(self, host_parameters: Iterable[nn.Parameter] | None = None,
+                                   host_features: Tensor | None = None, *,
+                                   generator: torch.Generator | None = None) -> GradientReport:
         """Measure the seed's gradient activity (and isolation) and record it in the metrics.
 
         Call after ``backward``. ``None`` gradients are skipped. The isolation
@@ -282,9 +287,8 @@ class SeedSlot(nn.Module):
             host_parameters = self._host_parameters()
         sample = capture(host_parameters, {self.slot_id: self.parameters()})
         gradients = materialize(sample)[self.slot_id]
-        probe = None
-        if host_features is not None:
-            probe = self.probe_isolation(host_features, generator)
+        probe = (self.probe_isolation(host_features, generator)
+                 if host_features is not None else None)
         self.record(seed_gradient_norm_ratio=gradients.ratio,
                     isolation_violations=int(probe is not None and probe.violated))
         return GradientReport(gradients, probe)
