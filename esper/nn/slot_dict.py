@@ -2,10 +2,11 @@
 
 A grafted slot is named by its module path (``"layer3.0"``), but a module's
 child name cannot hold a ``"."``. :class:`SlotDict` stores each slot under an
-escaped key (``"."`` -> ``"-"``: ``seed_slots.layer3-0.seed.weight`` in the
-``state_dict``) and speaks the real names everywhere else: ``slots["layer3.0"]``,
-``in``, iteration, ``keys()``, ``items()``, ``values()``, ``len``. Names without
-a dot (``"mid"``) are stored as they are, so built-in hosts' keys are unchanged.
+escaped key (:func:`~esper.leyline.names.slot_key`: ``"."`` -> ``"-"``,
+``seed_slots.layer3-0.seed.weight`` in the ``state_dict``) and speaks the real
+names everywhere else: ``slots["layer3.0"]``, ``in``, iteration, ``keys()``,
+``items()``, ``values()``, ``len``. Names without a dot (``"mid"``) are stored
+as they are, so built-in hosts' keys are unchanged.
 """
 
 from __future__ import annotations
@@ -15,10 +16,7 @@ from typing import Any
 
 from torch import nn
 
-
-def escape(name: str) -> str:
-    """The child-module key of slot ``name``: its dots become dashes."""
-    return name.replace(".", "-")
+from ..leyline.names import slot_key
 
 
 class SlotDict(nn.ModuleDict):
@@ -40,11 +38,7 @@ class SlotDict(nn.ModuleDict):
         return self._modules[self._keys[name]]
 
     def __setitem__(self, name: str, module: nn.Module) -> None:
-        key = escape(name)
-        owner = next((real for real, k in self._keys.items() if k == key), name)
-        if owner != name:
-            raise ValueError(f"slot names {owner!r} and {name!r} both escape to {key!r}: "
-                             "rename one of them")
+        key = slot_key(name)
         self._keys[name] = key
         self.add_module(key, module)
 
@@ -82,4 +76,4 @@ class SlotDict(nn.ModuleDict):
         return self._keys[name]
 
 
-__all__ = ["SlotDict", "escape"]
+__all__ = ["SlotDict"]

@@ -21,17 +21,16 @@ from ..leyline.constants import (
     DEFAULT_WEIGHT_DECAY,
     MAX_LEARNING_RATE,
 )
+from ..leyline.names import slot_of
 from ..validation import check_finite
 
 HOST_GROUP = "host"
-SLOT_PREFIX = "seed_slots."
 
 
 def group_of(parameter_name: str) -> str:
     """The optimizer group of a model parameter: ``"host"`` or its slot's name."""
-    if parameter_name.startswith(SLOT_PREFIX):
-        return parameter_name[len(SLOT_PREFIX):].split(".", 1)[0]
-    return HOST_GROUP
+    slot = slot_of(parameter_name)
+    return HOST_GROUP if slot is None else slot
 
 
 @dataclass(frozen=True)

@@ -100,3 +100,35 @@ def test_compiled_model_and_backward_is_one_graph_for_the_whole_life(layout: str
         model.zero_grad()
     assert cnt.frame_count == 1
     assert not counters["graph_break"], dict(counters["graph_break"])
+
+
+@pytest.mark.parametrize("layout", CASES)
+def test_the_product_step_trains_a_grafted_model_in_one_graph(layout: str) -> None:
+    """``esper grow``'s step (``train_step`` through ``build_step``) on a grafted model: its
+    optimizer groups are named by module path, every stage reuses one graph and updates
+    the host and the seed."""
+    from esper.optim import OptimizerState
+    from esper.tolaria.compiled import build_step
+    from esper.tolaria.inputs import StepInputs
+
+    model, x, point = seeded(layout)
+    logits = model(x)
+    y = torch.randint(0, logits.shape[-1], logits.shape[:-1],
+                      generator=torch.Generator().manual_seed(0))
+    optimizer = OptimizerState().synced(model)
+    assert point in optimizer.groups and all(n.startswith("seed_slots.") for n in
+                                             optimizer.groups[point])
+    counter = CompileCounterWithBackend("aot_eager")
+    step = build_step(compile=True, counter=counter)
+    inputs = StepInputs.of(model, optimizer)
+    state = inputs.states[point]
+    counters.clear()
+    for stage in STAGES:
+        state = transition(state, stage)
+        states = {**inputs.states, point: state}
+        before = {k: v.clone() for k, v in model.host.named_parameters()}
+        result = step(model, StepInputs(**{**vars(inputs), "states": states}), x, y)
+        assert bool(result.updated.all()) and bool(result.loss.isfinite())
+        assert any(not torch.equal(before[k], v) for k, v in model.host.named_parameters())
+    assert counter.frame_count == 1
+    assert sum(counters["graph_break"].values()) == 0

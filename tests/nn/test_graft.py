@@ -281,7 +281,7 @@ def test_slot_dict_speaks_real_names_and_stores_escaped_keys() -> None:
     assert [name for name, _ in slots.items()] == ["layer3.0", "mid"]
     assert list(slots._modules) == ["layer3-0", "mid"] and slots.key_of("layer3.0") == "layer3-0"
     assert isinstance(slots["layer3.0"], nn.Identity) and len(slots.values()) == 2
-    with pytest.raises(ValueError, match="both escape"):
+    with pytest.raises(ValueError, match="without '-'"):
         slots["layer3-0"] = nn.Identity()
     del slots["layer3.0"]
     assert list(slots) == ["mid"] and list(slots._modules) == ["mid"]
