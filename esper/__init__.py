@@ -1,9 +1,9 @@
-"""Esper: networks that grow while they train. The root holds the exceptions, the version and
-:func:`graft` (with :class:`GraftPoint`).
+"""Esper: networks that grow while they train. The root holds the exceptions, the version,
+:func:`graft` (with :class:`GraftPoint`), :func:`save` and :func:`load`.
 
-May import: ``esper.errors`` and ``esper._version`` eagerly; ``esper.nn`` lazily (``graft``
-and ``GraftPoint`` are loaded on first use, by ``__getattr__``), so ``import esper`` stays
-cheap: it does not import torch.
+May import: ``esper.errors`` and ``esper._version`` eagerly; ``esper.nn`` and
+``esper.checkpoint`` lazily (``graft``, ``GraftPoint``, ``save`` and ``load`` are loaded on
+first use, by ``__getattr__``), so ``import esper`` stays cheap: it does not import torch.
 """
 
 from typing import TYPE_CHECKING, Any
@@ -21,6 +21,7 @@ from .errors import EsperError as EsperError
 from .errors import ExampleInputError as ExampleInputError
 from .errors import FossilizedSeedError as FossilizedSeedError
 from .errors import GraftCallCountError as GraftCallCountError
+from .errors import GraftMismatchError as GraftMismatchError
 from .errors import GraftOutputError as GraftOutputError
 from .errors import GraftPointError as GraftPointError
 from .errors import GraftShapeError as GraftShapeError
@@ -48,13 +49,16 @@ from .errors import UnknownSlotError as UnknownSlotError
 from .errors import WeakCommandKeyError as WeakCommandKeyError
 
 if TYPE_CHECKING:
+    from .checkpoint.api import load as load
+    from .checkpoint.api import save as save
     from .nn.graft import graft as graft
     from .nn.graft_points import GraftPoint as GraftPoint
 
 
 
 def __getattr__(name: str) -> Any:
-    """``esper.graft`` and ``esper.GraftPoint``, imported from :mod:`esper.nn` on first use."""
+    """``esper.graft``, ``esper.GraftPoint``, ``esper.save`` and ``esper.load``, imported on
+    first use (so ``import esper`` stays cheap)."""
     if name == "graft":
         from .nn.graft import graft
 
@@ -63,7 +67,11 @@ def __getattr__(name: str) -> Any:
         from .nn.graft_points import GraftPoint
 
         return GraftPoint
+    if name in ("save", "load"):
+        from .checkpoint import api
+
+        return getattr(api, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = [*errors.__all__, "GraftPoint", "__version__", "graft"]
+__all__ = [*errors.__all__, "GraftPoint", "__version__", "graft", "load", "save"]

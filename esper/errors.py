@@ -231,6 +231,14 @@ class ExampleInputError(EsperError, RuntimeError):
     exception is the ``__cause__`` and nothing was grafted."""
 
 
+class GraftMismatchError(CheckpointError):
+    """A checkpoint of a grafted model does not fit the base model given to
+    :func:`esper.load`: its points, their layouts, channels or shapes differ.
+
+    The base model is given back as it was: not grafted, its weights untouched.
+    """
+
+
 __all__ = [
     "AlphaShapeError",
     "AlphaValueError",
@@ -243,6 +251,7 @@ __all__ = [
     "ExampleInputError",
     "FossilizedSeedError",
     "GraftCallCountError",
+    "GraftMismatchError",
     "GraftOutputError",
     "GraftPointError",
     "GraftShapeError",

@@ -35,6 +35,7 @@ from esper.errors import (
     ExampleInputError,
     FossilizedSeedError,
     GraftCallCountError,
+    GraftMismatchError,
     GraftOutputError,
     GraftShapeError,
     InputDtypeError,
@@ -587,6 +588,17 @@ def _graft_failing_example(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     assert "ResNet's forward raised on example_input" in str(info.value)
     assert isinstance(info.value.__cause__, RuntimeError)
     assert "nothing was grafted" in str(info.value)
+
+
+@case("graft-checkpoint-mismatch", "GraftMismatchError", "CheckpointError")
+def _graft_checkpoint_mismatch(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    model = esper.graft(resnet18(), ["layer3.0"], example_input=resnet_images())
+    model.germinate_seed("norm", "s1", slot="layer3.0")
+    esper.save(model, tmp_path / "ckpt")
+    other = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU())  # not the ResNet that was grafted
+    with untouched(other):
+        expect(GraftMismatchError, "point 'layer3.0' names no submodule of Sequential",
+               lambda: esper.load(other, tmp_path / "ckpt"))
 
 
 # --------------------------------------------------------------------------- CLI and data

@@ -37,7 +37,7 @@ MAY_IMPORT: dict[str, set[str]] = {
     "esper.cli": CONTRACTS | {"esper.tolaria", "esper.demo"},
     "esper.__main__": {"esper.cli"},
     "esper.kasmina": {"esper.core", "esper.ops", "esper.nn"},
-    "esper": BASE | {"esper.nn"},  # esper.graft, esper.GraftPoint: lazily, on first use
+    "esper": BASE | {"esper.nn", "esper.checkpoint"},  # graft, GraftPoint, save, load: lazily
 }
 PURE = ("esper.core", "esper.ops", "esper.leyline", "esper.tamiyo")
 

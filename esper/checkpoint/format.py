@@ -21,8 +21,11 @@ from ..optim.sgd import OptimizerState
 from .errors import CheckpointError
 
 FORMAT = "esper-checkpoint"
+# 3: the host section may be a graft's ({"kind": "grafted", ...}: esper.load);
 # 2: the document carries its own checksum ("checksum"); 1 (no checksum) still loads.
-SCHEMA_VERSION = 2
+# A built-in host's checkpoint is still written as 2, so an older Esper reads it.
+SCHEMA_VERSION = 3
+SCHEMA_VERSION_BUILT_IN = 2
 CHECKSUM_KEY = "checksum"
 # Bounds checked before a document is parsed: its size, and how deep its JSON nests.
 MAX_DOCUMENT_BYTES = 64 << 20
@@ -119,6 +122,7 @@ __all__ = [
     "MODEL_PREFIX",
     "OPTIM_PREFIX",
     "SCHEMA_VERSION",
+    "SCHEMA_VERSION_BUILT_IN",
     "WEIGHTS_FILE",
     "check_optimizer",
     "document_checksum",

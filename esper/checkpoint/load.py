@@ -10,12 +10,13 @@ from typing import Any
 import safetensors
 import safetensors.torch
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from ..core.serialize import dataclass_kwargs
 from ..leyline import QualityGates, TaskConfig
 from ..nn.host import build_host
 from ..nn.model import MorphogeneticModel
+from ..nn.model_state import restore, snapshot_tensors
 from ..optim.sgd import OptimizerState, SGDConfig
 from . import layout
 from .document import exact, read_document, reading
@@ -30,6 +31,7 @@ from .format import (
     file_digest,
     model_tensors,
 )
+from .grafted import graft_base, is_grafted
 
 _RESTORE = "restore both files from the same save, or save the checkpoint again"
 
@@ -46,7 +48,8 @@ class Checkpoint:
 
 
 def load_checkpoint(directory: str | os.PathLike[str], *,
-                    device: torch.device | str = "cpu") -> Checkpoint:
+                    device: torch.device | str | None = None,
+                    base_model: nn.Module | None = None) -> Checkpoint:
     """Rebuild the model, optimizer state and trainer state saved in ``directory``.
 
     Never unpickles: tensors come from safetensors, everything else from JSON.
@@ -58,7 +61,12 @@ def load_checkpoint(directory: str | os.PathLike[str], *,
         directory: a checkpoint root as :func:`save_checkpoint` wrote it (its
             current version loads), one version directory in it, or a root
             written before versions existed.
-        device: where the model and momentum buffers go.
+        device: where the model and momentum buffers go (``None``: the CPU for a
+            built-in host, where ``base_model`` is for a grafted one).
+        base_model: for a checkpoint of a grafted model (:func:`esper.save`), a
+            freshly built copy of the module that was grafted; it is grafted the
+            same way and receives the saved weights (see :mod:`.grafted`). A
+            built-in host's checkpoint rebuilds its host and takes none.
 
     Returns:
         A :class:`Checkpoint` of new objects.
@@ -66,15 +74,24 @@ def load_checkpoint(directory: str | os.PathLike[str], *,
     Raises:
         CheckpointError: anything missing, malformed, inconsistent or written
             by a newer Esper; the message names the file and the problem.
+        GraftMismatchError: ``base_model`` does not fit the saved graft (a
+            ``CheckpointError``); it is left as it was, as on every error.
     """
     directory = layout.resolve(Path(directory))
     doc_path, weights_path = directory / JSON_FILE, directory / WEIGHTS_FILE
     document = read_document(doc_path)
     tensors = _read_weights(weights_path, document, doc_path)
+    kept = snapshot_tensors(base_model) if base_model is not None else []
     with torch.random.fork_rng(devices=[]):  # fresh modules' init must not move the caller's RNG
-        model = _build_model(document, doc_path, device)
-    _copy_weights(model, tensors, document["tied"], weights_path)
-    optimizer = _optimizer(document["optimizer"], model, tensors, doc_path)
+        model = _build_model(document, doc_path, device, base_model)
+    try:
+        _copy_weights(model, tensors, document["tied"], weights_path)
+        optimizer = _optimizer(document["optimizer"], model, tensors, doc_path)
+    except BaseException:
+        if base_model is not None:  # the caller's module goes back as it was given
+            model.ungraft()
+            restore({}, kept)
+        raise
     return Checkpoint(model, optimizer, document["trainer"], document["esper_version"],
                       document["schema_version"])
 
@@ -122,24 +139,43 @@ def _read_weights(path: Path, document: dict[str, Any], doc_path: Path) -> dict[
     return tensors
 
 
-def _build_model(document: dict[str, Any], doc_path: Path,
-                 device: torch.device | str) -> MorphogeneticModel:
-    with reading(doc_path, "host"):
-        host = build_host(document["host"])
+def _build_model(document: dict[str, Any], doc_path: Path, device: torch.device | str | None,
+                 base_model: nn.Module | None) -> MorphogeneticModel:
+    grafted = is_grafted(document["host"])
+    if grafted != (base_model is not None):
+        raise CheckpointError(
+            f"{doc_path}: a checkpoint of a grafted model needs the base model it was grafted on: "
+            "esper.load(base_model, path)" if grafted else
+            f"{doc_path}: a built-in host's checkpoint rebuilds its host; pass no base model")
     with reading(doc_path, "model"):
         spec = exact(document["model"], {"slots", "task", "gates", "alpha_mode"}, "model")
         task = TaskConfig(**exact(spec["task"], TaskConfig, "task"))
         gates = QualityGates(**dataclass_kwargs("gates", spec["gates"], QualityGates))
-        model = MorphogeneticModel(host, device, list(spec["slots"]), task, gates=gates,
-                                   alpha_mode=spec["alpha_mode"])
-    states = document["slots"]
+    if base_model is not None:
+        model = graft_base(base_model, document["host"], task, gates, spec["alpha_mode"],
+                           device, doc_path)
+    else:
+        with reading(doc_path, "host"):
+            host = build_host(document["host"])
+        with reading(doc_path, "model"):
+            model = MorphogeneticModel(host, device or "cpu", list(spec["slots"]), task,
+                                       gates=gates, alpha_mode=spec["alpha_mode"])
+    try:
+        _set_states(model, document["slots"], doc_path)
+    except BaseException:
+        if base_model is not None:
+            model.ungraft()
+        raise
+    return model
+
+
+def _set_states(model: MorphogeneticModel, states: dict[str, Any], doc_path: Path) -> None:
     if set(states) != set(model.seed_slots):
         raise CheckpointError(f"{doc_path}: slot states for {sorted(states)}, but the model's "
                               f"slots are {sorted(model.seed_slots)}")
     for name, slot in model.seed_slots.items():
         with reading(doc_path, f"slot {name!r}"):
             slot.set_extra_state({"state": states[name]})  # re-creates the seed from its blueprint
-    return model
 
 
 def _copy_weights(model: MorphogeneticModel, tensors: dict[str, Tensor], tied: dict[str, str],

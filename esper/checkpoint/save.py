@@ -28,7 +28,7 @@ from .format import (
     JSON_FILE,
     MODEL_PREFIX,
     OPTIM_PREFIX,
-    SCHEMA_VERSION,
+    SCHEMA_VERSION_BUILT_IN,
     WEIGHTS_FILE,
     check_optimizer,
     document_checksum,
@@ -36,6 +36,7 @@ from .format import (
     manifest_entry,
     model_tensors,
 )
+from .grafted import host_section
 from .layout import DEFAULT_KEEP
 
 
@@ -62,7 +63,8 @@ def save_checkpoint(directory: str | os.PathLike[str], *, model: MorphogeneticMo
         The checkpoint root (what :func:`~esper.checkpoint.load_checkpoint` takes).
 
     Raises:
-        CheckpointError: a host without ``config()``, an optimizer that does not
+        CheckpointError: a grafted model whose example input was not all
+            tensors, an optimizer that does not
             match the model, a trainer state that is not JSON, or a write that
             failed (a full disk, say; the previous checkpoint is intact and the
             next save tries again).
@@ -116,13 +118,12 @@ def _write_version(directory: Path, document: dict[str, Any], tensors: dict[str,
 
 def _encode(model: MorphogeneticModel, optimizer: OptimizerState | None,
             trainer_state: dict[str, Any], where: Path) -> tuple[dict[str, Any], dict[str, Tensor]]:
-    config = getattr(model.host, "config", None)
-    if not callable(config):
-        raise CheckpointError(f"{where}: host {type(model.host).__name__} has no config(); only "
-                              "hosts that esper.nn.host.build_host rebuilds can be saved")
+    host, version = host_section(model, where)
+    if version is None:
+        host, version = model.host.config(), SCHEMA_VERSION_BUILT_IN
     slots = model.slot_states()
     first = next(iter(slots.values()), None)
-    task = first.task if first else TaskConfig(topology=model.host.topology)
+    task = first.task if first else TaskConfig(topology=getattr(model.host, "topology", "cnn"))
     tensors = {MODEL_PREFIX + k: v for k, v in model_tensors(model).items()}
     optim_doc = None
     if optimizer is not None:
@@ -139,8 +140,8 @@ def _encode(model: MorphogeneticModel, optimizer: OptimizerState | None,
         raise CheckpointError(f"{where}: trainer_state must be a dict, "
                               f"got {type(trainer).__name__}")
     document = {
-        "format": FORMAT, "schema_version": SCHEMA_VERSION, "esper_version": __version__,
-        "host": config(),
+        "format": FORMAT, "schema_version": version, "esper_version": __version__,
+        "host": host,
         "model": {"slots": list(slots), "task": dataclasses.asdict(task),
                   "gates": dataclasses.asdict(first.gates if first else QualityGates()),
                   "alpha_mode": first.alpha_mode if first else "scalar"},

@@ -16,6 +16,7 @@ from ..leyline.constants import DEFAULT_BLEND_ALGORITHM
 from ..ops.health import SeedHealth
 from ..ops.isolation import IsolationReport, ProbeSquares, probe_squares
 from ..ops.telemetry import GradientCapture, GradientEMA, GradientStats, materialize
+from .graft_description import describe, input_spec
 from .graft_hooks import Frame, GraftContext, attach, detach
 from .graft_points import GraftPoint
 from .graft_record import (
@@ -110,6 +111,7 @@ class MorphogeneticModel(nn.Module):
         points = resolve_points(host, slots, named)
         example = example_input if example_input is not None else host.example_input()
         specs = record_points(host, points, example)
+        self._example = input_spec(example)
         self.host = host if device is None else host.to(device)
         where = torch.device(device) if device is not None else device_of(self.host)
         self.seed_slots = SlotDict(
@@ -349,18 +351,11 @@ class MorphogeneticModel(nn.Module):
     # ------------------------------------------------------------------ the graft
 
     def graft_description(self) -> dict[str, Any]:
-        """The graft as JSON types: ``alpha_mode`` and, per slot in forward order, its module
+        """The graft as JSON types: ``alpha_mode``, the ``example_input``'s shapes and dtypes
+        (``None`` if an argument was not a tensor) and, per slot in forward order, its module
         path, ``select``, ``isolate``, ``layout``, ``channels``, ``feature_shape``, ``dtype``
         and ``memory_format`` (what re-grafting a fresh copy of the host needs)."""
-        points = {}
-        for name, spec in self._points.items():
-            points[name] = {
-                "module": spec.path, "select": spec.select,
-                "isolate": self.seed_slots[name].state.isolate, "layout": spec.layout,
-                "channels": spec.channels, "feature_shape": list(spec.feature_shape),
-                "dtype": str(spec.dtype).removeprefix("torch."),
-                "memory_format": str(spec.memory_format).removeprefix("torch.")}
-        return {"alpha_mode": self._alpha_mode, "points": points}
+        return describe(self._points, self.seed_slots, self._alpha_mode, self._example)
 
     def ungraft(self) -> nn.Module:
         """Remove the slots' hooks and return the host, which then runs alone (and may be

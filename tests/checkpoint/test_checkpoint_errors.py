@@ -13,9 +13,8 @@ import safetensors.torch
 import torch
 from checkpoint_support import grown_cnn, tamper
 
+import esper
 from esper.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from esper.nn.host import CNNHost
-from esper.nn.model import MorphogeneticModel
 
 BIAS = "model/host.head.bias"  # 10 float32 values
 MOMENTUM = "optim/host.head.bias"
@@ -56,8 +55,8 @@ CASES: dict[str, tuple[dict[str, Any], str, str]] = {
                              JSON, r"slot 'mid': .*missing keys \['epoch'\]"),
     "slot states do not match slots": ({"document": lambda d: d["slots"].pop("late")}, JSON,
                                        r"slot states for \['early', 'mid'\], but the model's"),
-    "future schema": ({"document": lambda d: d.update(schema_version=3)}, JSON,
-                      r"schema version 3 was written by a newer Esper"),
+    "future schema": ({"document": lambda d: d.update(schema_version=4)}, JSON,
+                      r"schema version 4 was written by a newer Esper"),
     "schema not an int": ({"document": lambda d: d.update(schema_version="1")}, JSON,
                           r"schema_version must be an int >= 1, got '1'"),
     "no format key": ({"document": lambda d: d.pop("format")}, JSON,
@@ -146,11 +145,17 @@ def test_save_refuses_what_it_cannot_restore(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match=r"optimizer group 'mid' names parameter"):
         save_checkpoint(target, model=model, optimizer=optimizer)
 
-    class Opaque(CNNHost):
-        config = None
+    class Scaled(torch.nn.Module):  # a forward with a number among its arguments
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = torch.nn.Linear(4, 4)
 
-    with pytest.raises(CheckpointError, match=r"host Opaque has no config\(\)"):
-        save_checkpoint(target, model=MorphogeneticModel(Opaque(base_channels=4)))
+        def forward(self, x: torch.Tensor, scale: float) -> torch.Tensor:
+            return self.lin(x) * scale
+
+    grafted = esper.graft(Scaled(), ["lin"], example_input=(torch.randn(2, 4), 2.0))
+    with pytest.raises(CheckpointError, match="example input that is not all tensors"):
+        save_checkpoint(target, model=grafted)
     with pytest.raises(TypeError, match="MorphogeneticModel"):
         save_checkpoint(target, model=torch.nn.Linear(2, 2))  # type: ignore[arg-type]
     assert not target.exists()  # nothing was written
