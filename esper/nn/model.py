@@ -127,7 +127,8 @@ class MorphogeneticModel(nn.Module):
         self._alpha_mode: AlphaMode = alpha_mode
         self._points = specs
         self._context = GraftContext()
-        self._hook_ids = attach(self.host, self._context, self.seed_slots, specs)
+        self._hook_ids: dict[str, int] | None = attach(self.host, self._context,
+                                                       self.seed_slots, specs)
         self._single_input = takes_one_input(host)
 
     # ------------------------------------------------------------------ forward
@@ -169,7 +170,7 @@ class MorphogeneticModel(nn.Module):
         if self._single_input and alpha_overrides is None and len(args) == 2 and (
                 args[1] is None or isinstance(args[1], Mapping)):
             args, alpha_overrides = args[:1], args[1]
-        if not self._hook_ids:
+        if self._hook_ids is None:
             raise RuntimeError("this model was ungrafted: its host runs alone; graft it again")
         overrides = self._check_overrides(alpha_overrides) if alpha_overrides else {}
         features: dict[str, Tensor] | None = {} if aux else None
@@ -360,8 +361,9 @@ class MorphogeneticModel(nn.Module):
     def ungraft(self) -> nn.Module:
         """Remove the slots' hooks and return the host, which then runs alone (and may be
         grafted again); this model refuses to run afterwards. Seeds are not folded in."""
-        detach(self.host, self._points, self._hook_ids)
-        self._hook_ids = {}
+        if self._hook_ids is not None:
+            detach(self.host, self._points, self._hook_ids)
+        self._hook_ids = None
         return self.host
 
     # ------------------------------------------------------------------ persistence

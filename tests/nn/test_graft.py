@@ -298,3 +298,19 @@ def test_isolation_defaults_by_layout_and_overrides_in_the_core() -> None:
     assert SlotState.dormant("a", channels=4, isolate=False).isolate is False
     with pytest.raises(TypeError, match="isolate"):
         SlotState.dormant("a", channels=4, isolate=1)  # type: ignore[arg-type]
+
+
+def test_a_model_without_slots_runs_until_it_is_ungrafted() -> None:
+    """``esper grow --max-seeds 0`` trains a model with no slots: it is grafted (no points),
+    not ungrafted, so it runs as its host does; after ``ungraft()`` it refuses."""
+    from esper.nn.host import CNNHost
+
+    torch.manual_seed(0)
+    host = CNNHost(base_channels=4).eval()
+    x = torch.randn(2, 3, 32, 32)
+    expected = host(x)
+    model = MorphogeneticModel(host, slots=())
+    assert len(model.seed_slots) == 0 and torch.equal(model(x), expected)
+    model.ungraft()
+    with pytest.raises(RuntimeError, match="ungrafted"):
+        model(x)
