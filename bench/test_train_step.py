@@ -115,20 +115,6 @@ def _batch(size: int = BATCH) -> tuple[Tensor, Tensor]:
 X, Y = _batch()
 
 
-def _without_slots(host: nn.Module) -> MorphogeneticModel:
-    """``MorphogeneticModel(host, slots=())``, the bare host as the product step trains it.
-
-    Works around ``MorphogeneticModel.forward`` refusing a model with no slot as
-    if it were ungrafted (it tests ``not self._hook_ids``, empty in both cases):
-    the model is marked as grafted with no hook. Remove once the model tells
-    the two apart.
-    """
-    model = MorphogeneticModel(host, slots=())
-    if not model._hook_ids:
-        model._hook_ids = {"(no slot)": -1}  # no module holds this hook id
-    return model
-
-
 def _model(case: str, mode: str) -> nn.Module:
     """The bare host (eager: the plain module; compiled: the model without slots), the host
     with dormant slots, or with a GERMINATED ``norm`` seed."""
@@ -136,7 +122,7 @@ def _model(case: str, mode: str) -> nn.Module:
     if case == "bare" and mode == "eager":
         return CNNHost()
     if case == "bare":
-        return _without_slots(CNNHost())
+        return MorphogeneticModel(CNNHost(), slots=())
     model = MorphogeneticModel(CNNHost(), slots=SLOTS)
     if case in SEEDED:
         model.germinate_seed("norm", "bench", slot=SEED_SLOT)
@@ -174,7 +160,7 @@ def _resnet_model(case: str, mode: str) -> nn.Module:
         return resnet18()
     if case == "bare":
         torch.manual_seed(0)  # as resnet18() initialises
-        return _without_slots(_ResNetHost())
+        return MorphogeneticModel(_ResNetHost(), slots=())
     model = esper.graft(resnet18(), RESNET_POINTS, example_input=RX)
     if case in SEEDED:
         model.germinate_seed("norm", "bench", slot=RESNET_SEED_POINT)
