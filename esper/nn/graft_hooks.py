@@ -49,13 +49,15 @@ class GraftHook:
 
     Arguments:
         context: the model's context, read at every call.
-        slot: the :class:`~esper.nn.slot.SeedSlot` (an ``nn.Module``) it runs.
+        slots: the model's slots; the hook runs the one named ``spec.name``, looked up
+            at every call (a slot replaced in ``model.seed_slots`` takes effect).
         spec: the point as the dry run measured it (the rank and channels are
             checked at every call; other dimensions may change).
     """
 
-    def __init__(self, context: GraftContext, slot: nn.Module, spec: PointSpec) -> None:
-        self.context, self.slot, self.spec = context, slot, spec
+    def __init__(self, context: GraftContext, slots: Mapping[str, nn.Module],
+                 spec: PointSpec) -> None:
+        self.context, self.slots, self.spec = context, slots, spec
 
     def __call__(self, module: nn.Module, args: Any, output: Any) -> Any:
         frame = self.context.frame
@@ -69,7 +71,8 @@ class GraftHook:
                 f"was grafted on {spec.layout} features of {spec.channels} channels (dry run: "
                 f"{spec.feature_shape}); only the dimensions other than the channels (the "
                 "batch, a sequence length, the image size) may change between calls")
-        name, slot = spec.name, self.slot
+        name = spec.name
+        slot = self.slots[name]
         state = frame.states.get(name) if frame.states is not None else None
         alpha = frame.overrides.get(name)
         if frame.features is not None and frame.health is not None and slot.seed is not None:
@@ -86,7 +89,7 @@ def attach(host: nn.Module, context: GraftContext, slots: Mapping[str, nn.Module
     ids: dict[str, int] = {}
     for name, spec in specs.items():
         handle = host.get_submodule(spec.path).register_forward_hook(
-            GraftHook(context, slots[name], spec))
+            GraftHook(context, slots, spec))
         ids[name] = handle.id
     return ids
 
