@@ -36,6 +36,8 @@ class Case:
 CASES = {
     "resnet": Case(resnet18, images, ("layer1", "layer2", "layer3.0", "layer4"), "cnn",
                    "conv_light"),
+    "resnet-stages": Case(resnet18, images, ("layer1", "layer2", "layer3", "layer4"), "cnn",
+                          "norm"),  # layer3 itself: points may not nest, so a graft of its own
     "mlp": Case(mlp, vectors, ("1", "3"), "mlp", "lowrank"),
     "gpt": Case(gpt, tokens, ("transformer.h.0", "transformer.h.1", "transformer.h.2.mlp"),
                 "transformer", "lora"),
