@@ -19,12 +19,14 @@ from .errors import DatasetError as DatasetError
 from .errors import DistributedTimeoutError as DistributedTimeoutError
 from .errors import EsperError as EsperError
 from .errors import ExampleInputError as ExampleInputError
+from .errors import FastModeBindError as FastModeBindError
 from .errors import FossilizedSeedError as FossilizedSeedError
 from .errors import GraftCallCountError as GraftCallCountError
 from .errors import GraftMismatchError as GraftMismatchError
 from .errors import GraftOutputError as GraftOutputError
 from .errors import GraftPointError as GraftPointError
 from .errors import GraftShapeError as GraftShapeError
+from .errors import HostNotInOptimizerError as HostNotInOptimizerError
 from .errors import InputDtypeError as InputDtypeError
 from .errors import InputShapeError as InputShapeError
 from .errors import InvalidTransitionError as InvalidTransitionError
@@ -37,6 +39,7 @@ from .errors import RunDirectoryLockedError as RunDirectoryLockedError
 from .errors import RunLogError as RunLogError
 from .errors import SeedRaisedError as SeedRaisedError
 from .errors import SeedShapeError as SeedShapeError
+from .errors import SharedParameterError as SharedParameterError
 from .errors import SlotOccupiedError as SlotOccupiedError
 from .errors import StageError as StageError
 from .errors import StateDictMismatchError as StateDictMismatchError

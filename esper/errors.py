@@ -239,6 +239,26 @@ class GraftMismatchError(CheckpointError):
     """
 
 
+class SharedParameterError(EsperError, ValueError):
+    """:func:`esper.optim.bind` would put a parameter in two places: a seed's parameters are
+    already in the optimizer (in the host's group, say), or the model is already bound.
+
+    Build the optimizer from the host's parameters only (``model.get_host_parameters()``, or
+    ``model.parameters()`` before any seed germinates); :func:`~esper.optim.bind` adds the
+    seeds. Nothing was changed.
+    """
+
+
+class HostNotInOptimizerError(EsperError, ValueError):
+    """:func:`esper.optim.bind` was given an optimizer that does not hold every parameter of
+    the model's host; the message says how many are missing. Nothing was changed."""
+
+
+class FastModeBindError(EsperError, ValueError):
+    """:func:`esper.optim.bind` was given a ``fast_mode`` model: its slots deliver no lifecycle
+    events, so a binding could not follow germinations and prunes. Nothing was changed."""
+
+
 __all__ = [
     "AlphaShapeError",
     "AlphaValueError",
@@ -249,12 +269,14 @@ __all__ = [
     "DistributedTimeoutError",
     "EsperError",
     "ExampleInputError",
+    "FastModeBindError",
     "FossilizedSeedError",
     "GraftCallCountError",
     "GraftMismatchError",
     "GraftOutputError",
     "GraftPointError",
     "GraftShapeError",
+    "HostNotInOptimizerError",
     "InputDtypeError",
     "InputShapeError",
     "InvalidTransitionError",
@@ -267,6 +289,7 @@ __all__ = [
     "RunLogError",
     "SeedRaisedError",
     "SeedShapeError",
+    "SharedParameterError",
     "SlotOccupiedError",
     "StageError",
     "StateDictMismatchError",
