@@ -33,11 +33,13 @@ from esper.errors import (
     AlreadyGraftedError,
     EsperError,
     ExampleInputError,
+    FastModeBindError,
     FossilizedSeedError,
     GraftCallCountError,
     GraftMismatchError,
     GraftOutputError,
     GraftShapeError,
+    HostNotInOptimizerError,
     InputDtypeError,
     InputShapeError,
     InvalidTransitionError,
@@ -46,6 +48,7 @@ from esper.errors import (
     ResumeConflictError,
     SeedRaisedError,
     SeedShapeError,
+    SharedParameterError,
     SlotOccupiedError,
     StateDictMismatchError,
     TelemetryTypeError,
@@ -61,13 +64,14 @@ from esper.leyline import EventType, SeedStage, SlotTelemetry, TaskConfig
 from esper.nn.host import CNNHost, TransformerHost
 from esper.nn.model import MorphogeneticModel
 from esper.nn.slot import SeedSlot
+from esper.optim import bind
 from esper.tolaria.commands import CommandVerifier, LifecycleCommand, Verdict, sign
 from esper.tolaria.config import GrowConfig
 from esper.tolaria.progress import check_progress
 from esper.tolaria.run import grow
 from esper.tolaria.rundir import claim_run_dir
 from tests.broken_modules import RaisingFactory, SeedFailure, Widen, registered
-from tests.graft_models import resnet18
+from tests.graft_models import mlp, resnet18, vectors
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 SLOTS = ("early", "mid", "late")
@@ -599,6 +603,54 @@ def _graft_checkpoint_mismatch(tmp_path: Path, capsys: pytest.CaptureFixture[str
     with untouched(other):
         expect(GraftMismatchError, "point 'layer3.0' names no submodule of Sequential",
                lambda: esper.load(other, tmp_path / "ckpt"))
+
+
+# --------------------------------------------------------------------------- binding an optimizer
+
+
+@contextlib.contextmanager
+def unbound(model: MorphogeneticModel, optimizer: torch.optim.Optimizer) -> Iterator[None]:
+    """As :func:`unchanged`, and the optimizer's groups and the slots' callbacks as before."""
+    groups = [([id(p) for p in g["params"]], {k: v for k, v in g.items() if k != "params"})
+              for g in optimizer.param_groups]
+    callbacks = {name: slot.on_telemetry for name, slot in model.seed_slots.items()}
+    with unchanged(model):
+        yield
+    assert groups == [([id(p) for p in g["params"]], {k: v for k, v in g.items() if k != "params"})
+                      for g in optimizer.param_groups]
+    assert callbacks == {name: slot.on_telemetry for name, slot in model.seed_slots.items()}
+
+
+@case("bind-shared-parameter", "SharedParameterError", "ValueError")
+def _bind_shared_parameter(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    model = esper.graft(mlp(), ["1", "3"], example_input=vectors())
+    model.germinate_seed("lowrank", "s1", slot="3")
+    optimizer = torch.optim.AdamW(model.parameters())   # the seed in the host's group
+    with unbound(model, optimizer):
+        expect(SharedParameterError, "build the optimizer from model.get_host_parameters()",
+               lambda: bind(optimizer, model))
+    host_only = torch.optim.AdamW(model.get_host_parameters())
+    bind(host_only, model)
+    with unbound(model, host_only):
+        expect(SharedParameterError, "already bound", lambda: bind(host_only, model))
+
+
+@case("bind-missing-host-parameters", "HostNotInOptimizerError", "ValueError")
+def _bind_missing_host_parameters(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    model = esper.graft(mlp(), ["1", "3"], example_input=vectors())
+    optimizer = torch.optim.SGD(model.host[0].parameters(), lr=0.1)   # first layer only
+    with unbound(model, optimizer):
+        expect(HostNotInOptimizerError, "holds 2 of the host's 6 parameters: 4 are missing",
+               lambda: bind(optimizer, model))
+
+
+@case("bind-fast-mode", "FastModeBindError", "ValueError")
+def _bind_fast_mode(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    model = esper.graft(mlp(), ["1", "3"], example_input=vectors(), fast_mode=True)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    with unbound(model, optimizer):
+        expect(FastModeBindError, "build the model with fast_mode=False",
+               lambda: bind(optimizer, model))
 
 
 # --------------------------------------------------------------------------- CLI and data
