@@ -36,6 +36,8 @@ MAX_LR = MAX_LEARNING_RATE
 DEFAULT_COMPILE_BACKEND = C.DEFAULT_COMPILE_BACKEND
 TRANSFORMER_HEADS = C.RUN_TRANSFORMER_HEADS  # the chars host's heads: they must divide --width
 MAX_DIST_TIMEOUT = 86_400  # --dist-timeout, seconds: a day
+# What only the command line needs (the "cli" extra): the display, the report, the digits.
+CLI_EXTRA_MODULES = frozenset({"rich", "matplotlib", "sklearn"})
 
 
 def _positive(text: str) -> int:
@@ -310,6 +312,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.run(args))
     except (ValueError, OSError) as error:  # DatasetError and CheckpointError are ValueErrors
         parser.exit(2, f"esper: error: {error}\n")
+    except ModuleNotFoundError as error:
+        if (error.name or "").split(".")[0] not in CLI_EXTRA_MODULES:
+            raise
+        parser.exit(2, f"esper: error: esper {args.command} needs the command line's extras "
+                       f"(no module {error.name!r}): pip install 'esper[cli]'\n")
 
 
 if __name__ == "__main__":

@@ -1,8 +1,12 @@
-"""Packaging: a range for torch in the metadata, the exact tested pin in constraints.txt."""
+"""Packaging: a torch range in the metadata (the tested pin in constraints.txt), a LICENSE,
+Triton only where it has wheels, and the command line's dependencies in an extra."""
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -39,3 +43,58 @@ def test_the_license_ships_and_the_metadata_names_it() -> None:
     assert (ROOT / "LICENSE").read_text().startswith("MIT License")
     assert PROJECT["license"] == {"file": "LICENSE"}
     assert "License :: OSI Approved :: MIT License" in PROJECT["classifiers"]
+
+
+HIDE_CLI_EXTRAS = r"""
+import importlib.abc, sys
+
+class Hidden(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in {"rich", "matplotlib", "sklearn"}:
+            raise ModuleNotFoundError(f"No module named {name!r} (hidden)", name=name)
+        return None
+
+sys.meta_path.insert(0, Hidden())
+"""
+
+LIBRARY_WITHOUT_EXTRAS = HIDE_CLI_EXTRAS + r"""
+import tempfile
+import torch
+from torch import nn
+import esper, esper.kasmina, esper.optim, esper.checkpoint, esper.nn
+
+net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+x = torch.randn(3, 4)
+model = esper.graft(net, ["1"], example_input=x)
+model.germinate_seed("lowrank", "s1", slot="1")
+with tempfile.TemporaryDirectory() as directory:
+    esper.save(model, directory)
+    fresh = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    assert torch.equal(esper.load(fresh, directory)(x), model(x))
+assert not {"rich", "matplotlib", "sklearn"} & set(sys.modules)
+print("library ok")
+"""
+
+CLI_WITHOUT_EXTRAS = HIDE_CLI_EXTRAS + r"""
+from esper.cli import main
+main(["grow", "--epochs", "1", "--out", sys.argv[1]])
+"""
+
+
+def _python(script: str, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True,
+                          env=env, timeout=300, cwd=ROOT)
+
+
+def test_the_library_needs_none_of_the_cli_extras() -> None:
+    run = _python(LIBRARY_WITHOUT_EXTRAS)
+    assert run.returncode == 0 and "library ok" in run.stdout, run.stderr[-3000:]
+
+
+def test_esper_grow_without_the_cli_extras_says_what_to_install(tmp_path: Path) -> None:
+    run = _python(CLI_WITHOUT_EXTRAS, str(tmp_path / "run"))
+    assert run.returncode == 2, run.stderr[-3000:]
+    assert "needs the command line's extras" in run.stderr
+    assert "pip install 'esper[cli]'" in run.stderr and "Traceback" not in run.stderr
+    assert not (tmp_path / "run").exists()
