@@ -606,14 +606,17 @@ def test_germinate_refused_during_embargo(slot_at):
 
 
 def test_docstring_example_dormant_to_fossilized():
-    state = SlotState.dormant("mid", channels=64, task=TaskConfig(max_epochs=5))
-    state = germinate(state, "norm", "seed-1")
-    for accuracy in (50.0, 51.0, 52.0, 53.0, 54.0, 55.0, 56.0, 57.0):
-        state = step(state, SlotTelemetry(accuracy, seed_gradient_norm_ratio=0.5,
-                                          probe_loss_reduction=0.01))
-    # HOLDING at alpha 1.0: an epoch whose counterfactual step records for G5.
-    state = step(state, SlotTelemetry(58.0, counterfactual_contribution=2.0))
-    state, result = fossilize(state, SlotTelemetry(58.0, counterfactual_contribution=2.0))
+    """The module docstring's example, run as written (so the two cannot drift apart)."""
+    import textwrap
+
+    from esper.core import lifecycle
+
+    doc = lifecycle.__doc__ or ""
+    example = textwrap.dedent(doc.split("Example (DORMANT to FOSSILIZED)::", 1)[1])
+    scope = {"SlotState": SlotState, "TaskConfig": TaskConfig, "SlotTelemetry": SlotTelemetry,
+             "germinate": germinate, "step": step, "fossilize": fossilize}
+    exec(compile(example, "esper.core.lifecycle docstring", "exec"), scope)
+    state, result = scope["state"], scope["result"]
     assert result.passed and state.stage is S.FOSSILIZED
     assert [(r.from_stage, r.to_stage) for r in state.history] == [
         (S.DORMANT, S.GERMINATED), (S.GERMINATED, S.TRAINING), (S.TRAINING, S.BLENDING),
