@@ -66,7 +66,7 @@ from esper.leyline.constants import DEFAULT_TELEMETRY_STRIDE
 from esper.nn.host import CNNHost
 from esper.nn.model import MorphogeneticModel
 from esper.ops.telemetry import GradientEMA
-from esper.optim.sgd import OptimizerState, SGDConfig
+from esper.optim import OptimizerState, SGDConfig
 from esper.tolaria.compiled import CompileCounter, build_probe
 from esper.tolaria.inputs import StepInputs, StepOptions
 from esper.tolaria.step import StepResult, train_step
@@ -176,7 +176,7 @@ class TelemetryBench:
 
     def norms_alone(self) -> Tensor:
         """The norm op by itself, eager, on tensors shaped like the gradients (the momenta)."""
-        momenta = self.optimizer.momenta
+        momenta = self.optimizer.buffers["momentum"]
         return kernels.group_squared_norms([[momenta[n] for n in g]
                                             for g in self.run.inputs.groups])
 

@@ -70,7 +70,7 @@ from esper.leyline import SeedStage
 from esper.nn.blueprints import create
 from esper.nn.host import CNNHost
 from esper.nn.model import MorphogeneticModel
-from esper.optim.sgd import OptimizerState, SGDConfig
+from esper.optim import OptimizerState, SGDConfig
 from esper.tolaria.compiled import build_step
 from esper.tolaria.inputs import StepInputs
 from tests.graft_models import ResNet, resnet18

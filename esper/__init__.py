@@ -16,6 +16,7 @@ from .errors import AlreadyGraftedError as AlreadyGraftedError
 from .errors import CheckpointError as CheckpointError
 from .errors import CommandSourceError as CommandSourceError
 from .errors import DatasetError as DatasetError
+from .errors import DeviceUnavailableError as DeviceUnavailableError
 from .errors import DistributedTimeoutError as DistributedTimeoutError
 from .errors import EsperError as EsperError
 from .errors import ExampleInputError as ExampleInputError
@@ -33,6 +34,7 @@ from .errors import InvalidTransitionError as InvalidTransitionError
 from .errors import MalformedCommandError as MalformedCommandError
 from .errors import NestedGraftPointError as NestedGraftPointError
 from .errors import NoLiveSeedError as NoLiveSeedError
+from .errors import PrecisionUnsupportedError as PrecisionUnsupportedError
 from .errors import ResumeConflictError as ResumeConflictError
 from .errors import RunDirectoryExistsError as RunDirectoryExistsError
 from .errors import RunDirectoryLockedError as RunDirectoryLockedError

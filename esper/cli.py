@@ -112,6 +112,16 @@ def _compile_backend(text: str) -> str:
     return text
 
 
+class _DefaultsHelp(argparse.ArgumentDefaultsHelpFormatter):
+    """Each option's default in its help, except ``None``: there the help says what
+    happens without the option."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None:
+            return action.help
+        return super()._get_help_string(action)
+
+
 def _given(base: type[argparse.Action]) -> type[argparse.Action]:
     """``base``, also recording its destination in ``namespace.given`` when the option is
     given (whatever its value: ``--lr 0.05`` is given even if 0.05 is the default)."""
@@ -132,6 +142,9 @@ _FIELDS = {
     "baseline": ("baseline", None), "no_compile": ("compile", lambda v: not v),
     "compile_backend": ("compile_backend", None), "data_dir": ("data_dir", None),
     "batch_size": ("batch_size", None), "lr": ("lr", None), "width": ("width", None),
+    "seed_lr": ("seed_lr", None), "optimizer": ("optimizer", None),
+    "schedule": ("schedule", None), "warmup_steps": ("warmup_steps", None),
+    "device": ("device", None), "precision": ("precision", None),
     "limit": ("limit", None), "stop_after": ("stop_after", None), "quiet": ("quiet", None),
     "commands": ("commands", None), "blending_steps": ("blending_steps", None),
     "embargo_epochs": ("embargo_epochs", None), "blend": ("blend_algorithm", None)}
@@ -185,7 +198,7 @@ def _add_grow(commands: argparse._SubParsersAction) -> None:
     """The ``grow`` sub-command; each option records in ``given`` that it was given."""
     grow = commands.add_parser("grow", help="grow a network on a task (the main job)",
                                description=GROW_HELP,
-                               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                               formatter_class=_DefaultsHelp)
     grow.register("action", None, _given(argparse._StoreAction))
     grow.register("action", "store", _given(argparse._StoreAction))
     grow.register("action", "store_true", _given(argparse._StoreTrueAction))
@@ -247,8 +260,7 @@ def _add_training_options(grow: argparse.ArgumentParser) -> None:
                       help="directory of the CIFAR-10 python batches (cifar10 only)")
     grow.add_argument("--batch-size", type=_positive, default=C.DEFAULT_RUN_BATCH_SIZE,
                       help="training batch size")
-    grow.add_argument("--lr", type=_learning_rate, default=C.DEFAULT_RUN_LR,
-                      help=f"SGD learning rate, in (0, {MAX_LR:g}]")
+    _add_optimizer_options(grow)
     grow.add_argument("--width", type=_width, default=None,
                       help=f"host width, at most {MAX_WIDTH}: CNN base channels or transformer "
                            f"embedding size (a multiple of {TRANSFORMER_HEADS}, the heads)")
@@ -257,6 +269,29 @@ def _add_training_options(grow: argparse.ArgumentParser) -> None:
     grow.add_argument("--stop-after", type=_positive, default=None,
                       help="stop after this epoch (the run's schedule still spans --epochs); "
                            "continue later with --resume")
+
+
+def _add_optimizer_options(grow: argparse.ArgumentParser) -> None:
+    """The step's optimizer, its rates and their schedule; the device and the precision."""
+    grow.add_argument("--optimizer", choices=C.OPTIMIZERS, default=C.DEFAULT_OPTIMIZER,
+                      help="the training step's optimizer (torch's functional implementation, "
+                           "compiled into the step); weight decay skips norms and biases")
+    grow.add_argument("--lr", type=_learning_rate, default=None,
+                      help=f"learning rate, in (0, {MAX_LR:g}] (default: {C.DEFAULT_RUN_LR:g} "
+                           f"for sgd, {C.DEFAULT_ADAMW_LR:g} for adamw)")
+    grow.add_argument("--seed-lr", type=_learning_rate, default=None,
+                      help="the seeds' learning rate (default: --lr); follows the schedule too")
+    grow.add_argument("--schedule", choices=C.SCHEDULES, default=C.DEFAULT_SCHEDULE,
+                      help="learning-rate schedule over the run's steps (cosine: down to 0 at "
+                           "the last); a tensor input of the compiled step, so never a recompile")
+    grow.add_argument("--warmup-steps", type=_non_negative, default=C.DEFAULT_WARMUP_STEPS,
+                      help="linear warmup steps before the schedule")
+    grow.add_argument("--device", choices=C.DEVICES, default=C.DEFAULT_DEVICE,
+                      help="where to train: auto picks CUDA when available (under torchrun "
+                           "each rank its local GPU)")
+    grow.add_argument("--precision", choices=C.PRECISIONS, default=C.DEFAULT_PRECISION,
+                      help="the forward's autocast precision: bf16 (a CPU or GPU with "
+                           "bfloat16), fp16 (CUDA only, with a dynamic loss scale)")
 
 
 def _add_lifecycle_options(grow: argparse.ArgumentParser) -> None:

@@ -129,6 +129,15 @@ class DatasetError(EsperError, ValueError):
     """
 
 
+class DeviceUnavailableError(EsperError, ValueError):
+    """``--device cuda`` where CUDA is not available; the message lists the devices that are."""
+
+
+class PrecisionUnsupportedError(EsperError, ValueError):
+    """A ``--precision`` the device cannot run (bf16 on a GPU or CPU without it, fp16 on a
+    CPU); the message names what it can."""
+
+
 class RunDirectoryExistsError(EsperError, FileExistsError):
     """``esper grow --out DIR`` where DIR already holds a run (or is a file) and neither
     ``--resume`` continues that run nor ``--overwrite`` replaces it; nothing was written."""
@@ -266,6 +275,7 @@ __all__ = [
     "CheckpointError",
     "CommandSourceError",
     "DatasetError",
+    "DeviceUnavailableError",
     "DistributedTimeoutError",
     "EsperError",
     "ExampleInputError",
@@ -283,6 +293,7 @@ __all__ = [
     "MalformedCommandError",
     "NestedGraftPointError",
     "NoLiveSeedError",
+    "PrecisionUnsupportedError",
     "ResumeConflictError",
     "RunDirectoryExistsError",
     "RunDirectoryLockedError",

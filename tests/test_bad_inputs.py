@@ -693,6 +693,23 @@ def _bad_cli_bound(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
         assert message in run_cli(["grow", "--no-compile", *argv], tmp_path, capsys), argv
 
 
+@case("bad-cli-hardware", "SystemExit(2)", "DeviceUnavailableError", "PrecisionUnsupportedError")
+def _bad_cli_hardware(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    err = run_cli(["grow", "--precision", "fp16", "--device", "cpu"], tmp_path, capsys)
+    assert "--precision fp16 needs a CUDA device" in err and "use --precision bf16 or fp32" in err
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("esper.tolaria.hardware.cpu_has_bf16", lambda: False)
+        err = run_cli(["grow", "--precision", "bf16", "--device", "cpu"], tmp_path, capsys)
+        assert "--precision bf16: this CPU has no bfloat16 support; use --precision fp32" in err
+        patch.setattr(torch.cuda, "is_available", lambda: False)
+        err = run_cli(["grow", "--device", "cuda"], tmp_path, capsys)
+        assert "--device cuda: CUDA is not available" in err and "available: cpu" in err
+    for option, value in (("--optimizer", "adam"), ("--schedule", "step"),
+                          ("--precision", "fp8"), ("--device", "tpu")):
+        err = run_cli(["grow", option, value], tmp_path, capsys)
+        assert f"argument {option}: invalid choice: '{value}'" in err
+
+
 @case("bad-cli-backend", "SystemExit(2)")
 def _bad_cli_backend(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     err = run_cli(["grow", "--compile-backend", "bogus"], tmp_path, capsys)
@@ -753,9 +770,14 @@ def _resume_conflicting_option(tmp_path: Path, capsys: pytest.CaptureFixture[str
         assert info.value.code == 2
         err = capsys.readouterr().err
         assert f"esper: error: --resume {out}: {message}" in err
-        assert "only --compile-backend, --data-dir, --epochs, --no-compile, --quiet, " \
+        assert "only --compile-backend, --data-dir, --device, --epochs, --no-compile, --quiet, " \
                "--stop-after may change" in err
         assert tree_of(out) == before
+    with pytest.raises(SystemExit):
+        main(["grow", "--resume", str(out), "--optimizer", "adamw"])
+    assert ("--optimizer adamw conflicts with the run's --optimizer sgd"
+            in capsys.readouterr().err)
+    assert tree_of(out) == before
     expect(ResumeConflictError, "--lr 0.2 conflicts with the run's --lr 0.1", lambda: grow(
         GrowConfig(epochs=2, lr=0.2, limit=16, compile=False, quiet=True, out=out), resume=out))
     assert tree_of(out) == before

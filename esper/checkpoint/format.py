@@ -4,7 +4,9 @@ A checkpoint version is a directory holding ``weights.safetensors`` (every
 tensor) and ``checkpoint.json`` (everything else, written last); a checkpoint
 root holds versions behind a pointer (:mod:`esper.checkpoint.layout`). Tensor keys are the
 model's ``state_dict`` keys prefixed ``model/`` (slot states live in the JSON,
-not as ``_extra_state``) and momentum buffers prefixed ``optim/``.
+not as ``_extra_state``) and the optimizer's buffers ``optim/<kind>/<parameter>``
+(a document without an optimizer name, written before AdamW, holds SGD momenta
+as ``optim/<parameter>``).
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from ..optim.sgd import OptimizerState
+from ..optim.config import SCALAR
+from ..optim.state import Buffers, OptimizerState
 from .errors import CheckpointError
 
 FORMAT = "esper-checkpoint"
@@ -75,19 +78,25 @@ def file_digest(path: Path) -> str:
     return digest.hexdigest()
 
 
+def optimizer_key(kind: str, name: str) -> str:
+    """The tensor key of parameter ``name``'s optimizer buffer of ``kind``."""
+    return f"{OPTIM_PREFIX}{kind}/{name}"
+
+
 def check_optimizer(optimizer: OptimizerState, params: Mapping[str, Tensor],
-                    momenta: Mapping[str, Tensor], where: str) -> None:
-    """Check that every grouped parameter exists with one momentum buffer of its shape.
+                    buffers: Buffers, where: str) -> None:
+    """Check that every grouped parameter exists with one buffer of each kind its optimizer
+    keeps, shaped like the parameter (or 0-d float32 for a step count).
 
     Arguments:
-        optimizer: supplies the groups.
+        optimizer: supplies the groups and the buffer kinds.
         params: the model's parameters by name.
-        momenta: the buffers to check (the optimizer's own, or those read from a file).
+        buffers: the buffers to check (the optimizer's own, or those read from a file).
         where: the file or directory named in messages.
 
     Raises:
         CheckpointError: a duplicate or unknown parameter, a missing or extra
-            buffer, or a buffer whose shape or dtype differs from its parameter's.
+            buffer, or a buffer whose shape or dtype is not its parameter's.
     """
     grouped: dict[str, str] = {}
     for group, names in optimizer.groups.items():
@@ -99,17 +108,25 @@ def check_optimizer(optimizer: OptimizerState, params: Mapping[str, Tensor],
                 raise CheckpointError(f"{where}: optimizer group {group!r} names parameter "
                                       f"{name!r}, which the model does not have")
             grouped[name] = group
-    missing, extra = sorted(set(grouped) - set(momenta)), sorted(set(momenta) - set(grouped))
-    if missing:
-        raise CheckpointError(f"{where}: no momentum buffer for grouped parameters {missing}")
-    if extra:
-        raise CheckpointError(f"{where}: momentum buffers {extra} belong to no optimizer group")
-    for name, buffer in momenta.items():
-        param = params[name]
-        if buffer.shape != param.shape or buffer.dtype != param.dtype:
-            raise CheckpointError(
-                f"{where}: momentum of {name!r} is {dtype_name(buffer)} {list(buffer.shape)}, "
-                f"its parameter {dtype_name(param)} {list(param.shape)}")
+    kinds = optimizer.config.buffers
+    unknown = sorted(set(buffers) - set(kinds))
+    if unknown:
+        raise CheckpointError(f"{where}: buffer kinds {unknown} are not "
+                              f"{optimizer.config.name}'s ({list(kinds)})")
+    for kind, shape in kinds.items():
+        owned = buffers.get(kind, {})
+        missing, extra = sorted(set(grouped) - set(owned)), sorted(set(owned) - set(grouped))
+        if missing:
+            raise CheckpointError(f"{where}: no {kind} buffer for grouped parameters {missing}")
+        if extra:
+            raise CheckpointError(f"{where}: {kind} buffers {extra} belong to no optimizer group")
+        for name, buffer in owned.items():
+            param = params[name]
+            want = ((), "float32") if shape == SCALAR else (tuple(param.shape), dtype_name(param))
+            if (tuple(buffer.shape), dtype_name(buffer)) != want:
+                raise CheckpointError(
+                    f"{where}: {kind} of {name!r} is {dtype_name(buffer)} "
+                    f"{list(buffer.shape)}, it must be {want[1]} {list(want[0])}")
 
 
 __all__ = [
@@ -130,4 +147,5 @@ __all__ = [
     "file_digest",
     "manifest_entry",
     "model_tensors",
+    "optimizer_key",
 ]

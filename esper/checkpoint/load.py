@@ -17,7 +17,8 @@ from ..leyline import QualityGates, TaskConfig
 from ..nn.host import build_host
 from ..nn.model import MorphogeneticModel
 from ..nn.model_state import restore, snapshot_tensors
-from ..optim.sgd import OptimizerState, SGDConfig
+from ..optim.config import CONFIGS
+from ..optim.state import OptimizerState
 from . import layout
 from .document import exact, read_document, reading
 from .errors import CheckpointError
@@ -233,27 +234,44 @@ def _follow_dtypes(model: MorphogeneticModel, targets: dict[str, Tensor],
             owner._buffers[attr] = owner._buffers[attr].to(source.dtype)
 
 
+def _like(param: Tensor, stored: Tensor) -> Tensor:
+    """An empty buffer for ``stored`` on ``param``'s device, in its memory format when
+    shaped like it (a channels-last kernel's momentum stays channels-last)."""
+    if stored.shape == param.shape and stored.dtype == param.dtype:
+        return torch.empty_like(param, memory_format=torch.preserve_format)
+    return torch.empty_like(stored, device=param.device)
+
+
 def _optimizer(spec: dict[str, Any] | None, model: MorphogeneticModel,
                tensors: dict[str, Tensor], doc_path: Path) -> OptimizerState | None:
     stored = {k.removeprefix(OPTIM_PREFIX): v for k, v in tensors.items()
               if k.startswith(OPTIM_PREFIX)}
     if spec is None:
         if stored:
-            raise CheckpointError(f"{doc_path}: {len(stored)} momentum buffers are stored "
+            raise CheckpointError(f"{doc_path}: {len(stored)} optimizer buffers are stored "
                                   f"({OPTIM_PREFIX}...) but the document has no optimizer")
         return None
     with reading(doc_path, "optimizer"):
-        exact(spec, {"config", "groups"}, "optimizer")
-        config = SGDConfig(**exact(spec["config"], SGDConfig, "optimizer config"))
+        legacy = "name" not in spec  # written before AdamW: SGD, momenta under optim/<name>
+        exact(spec, {"config", "groups"} | (set() if legacy else {"name"}), "optimizer")
+        name = "sgd" if legacy else spec["name"]
+        if name not in CONFIGS:
+            raise ValueError(f"unknown optimizer {name!r}; known: {list(CONFIGS)}")
+        kind = CONFIGS[name]
+        config = kind(**exact(spec["config"], kind, "optimizer config"))
         groups = {str(g): tuple(names) for g, names in spec["groups"].items()}
         if not all(isinstance(n, str) for names in groups.values() for n in names):
             raise ValueError("group members must be parameter names")
+    by_kind: dict[str, dict[str, Tensor]] = {}
+    for key, tensor in stored.items():
+        buffer_kind, _, param = ("momentum", "", key) if legacy else key.partition("/")
+        by_kind.setdefault(buffer_kind, {})[param] = tensor
     params = dict(model.named_parameters())
-    check_optimizer(OptimizerState(config, groups), params, stored, str(doc_path))
+    check_optimizer(OptimizerState(config, groups), params, by_kind, str(doc_path))
     with torch.no_grad():
-        momenta = {name: torch.empty_like(p, memory_format=torch.preserve_format)
-                   .copy_(stored[name]) for name, p in params.items() if name in stored}
-    return OptimizerState(config, groups, momenta)
+        buffers = {k: {n: _like(p, owned[n]).copy_(owned[n]) for n, p in params.items()
+                       if n in owned} for k, owned in by_kind.items()}  # the model's order
+    return OptimizerState(config, groups, {k: buffers.get(k, {}) for k in config.buffers})
 
 
 __all__ = ["Checkpoint", "load_checkpoint"]

@@ -18,7 +18,7 @@ from .._version import __version__
 from ..core.serialize import state_to_dict
 from ..leyline import QualityGates, TaskConfig
 from ..nn.model import MorphogeneticModel
-from ..optim.sgd import OptimizerState
+from ..optim.state import OptimizerState
 from ..validation import check_int
 from . import layout
 from .errors import CheckpointError
@@ -27,7 +27,6 @@ from .format import (
     FORMAT,
     JSON_FILE,
     MODEL_PREFIX,
-    OPTIM_PREFIX,
     SCHEMA_VERSION_BUILT_IN,
     WEIGHTS_FILE,
     check_optimizer,
@@ -35,6 +34,7 @@ from .format import (
     file_digest,
     manifest_entry,
     model_tensors,
+    optimizer_key,
 )
 from .grafted import host_section
 from .layout import DEFAULT_KEEP
@@ -55,7 +55,7 @@ def save_checkpoint(directory: str | os.PathLike[str], *, model: MorphogeneticMo
     Arguments:
         directory: the checkpoint root, created if needed.
         model: the model.
-        optimizer: momentum buffers and groups, or ``None``.
+        optimizer: the optimizer's configuration, groups and buffers, or ``None``.
         trainer_state: JSON-serializable progress (tuples come back as lists).
         keep: how many versions to keep (at least 1).
 
@@ -127,9 +127,12 @@ def _encode(model: MorphogeneticModel, optimizer: OptimizerState | None,
     tensors = {MODEL_PREFIX + k: v for k, v in model_tensors(model).items()}
     optim_doc = None
     if optimizer is not None:
-        check_optimizer(optimizer, dict(model.named_parameters()), optimizer.momenta, str(where))
-        tensors.update({OPTIM_PREFIX + k: v for k, v in optimizer.momenta.items()})
-        optim_doc = {"config": dataclasses.asdict(optimizer.config),
+        check_optimizer(optimizer, dict(model.named_parameters()), optimizer.buffers, str(where))
+        tensors.update({optimizer_key(kind, name): buffer
+                        for kind, owned in optimizer.buffers.items()
+                        for name, buffer in owned.items()})
+        optim_doc = {"name": optimizer.config.name,
+                     "config": dataclasses.asdict(optimizer.config),
                      "groups": {g: list(names) for g, names in optimizer.groups.items()}}
     files, tied = _for_file(tensors)
     try:

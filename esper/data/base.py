@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -79,6 +80,14 @@ class TaskData:
     def block_size(self) -> int | None:
         """Tokens per sequence of a language-model task, ``None`` for an image task."""
         return self.input_shape[0] if self.topology == "transformer" else None
+
+    def to(self, device: torch.device | str) -> TaskData:
+        """The same task with both splits on ``device`` (itself when they are there)."""
+        device = torch.device(device)
+        if self.train[0].device == device:
+            return self
+        return dataclasses.replace(self, train=tuple(t.to(device) for t in self.train),
+                                   val=tuple(t.to(device) for t in self.val))
 
 
 def check_limit(limit: int | None) -> None:

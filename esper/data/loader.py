@@ -43,7 +43,8 @@ def batches(x: Tensor, y: Tensor, batch_size: int, *, shuffle: bool,
     if shuffle and generator is None:
         raise DatasetError("batches: shuffle=True needs a torch.Generator for a "
                            "reproducible order")
-    order = torch.randperm(count, generator=generator) if shuffle else None
+    # Drawn on the CPU (the generator's device, so the order is the same on every device).
+    order = torch.randperm(count, generator=generator).to(x.device) if shuffle else None
     return _iterate(x, y, batch_size, order, drop_last)
 
 

@@ -3,7 +3,8 @@
 Each constant is read where it belongs: the gate defaults by
 :class:`~esper.leyline.config.QualityGates`, the task defaults by
 :class:`~esper.leyline.config.TaskConfig`, the policy defaults by
-``esper.tamiyo.ControllerConfig``, the optimizer's by ``esper.optim.SGDConfig``,
+``esper.tamiyo.ControllerConfig``, the optimizers' by ``esper.optim.SGDConfig`` and
+``esper.optim.AdamWConfig``,
 a run's by both ``esper.tolaria.config.GrowConfig`` and the ``esper`` command
 line, and the rest by the state and telemetry.
 """
@@ -77,9 +78,31 @@ DEFAULT_PLATEAU_DELTA: Final = 0.5
 DEFAULT_STALL_EPOCHS: Final = 4
 DEFAULT_PRUNE_BELOW: Final = -1.0
 
-# SGD (esper.optim.SGDConfig; its learning rate defaults to DEFAULT_RUN_LR).
+# The optimizers of the training step (esper.optim.SGDConfig, esper.optim.AdamWConfig);
+# SGD's learning rate defaults to DEFAULT_RUN_LR. Weight decay applies to matrices and
+# kernels only, never to norms and biases (parameters of fewer than 2 dimensions).
+OPTIMIZERS: Final = ("sgd", "adamw")
+DEFAULT_OPTIMIZER: Final = "sgd"
 DEFAULT_MOMENTUM: Final = 0.9
 DEFAULT_WEIGHT_DECAY: Final = 5e-4
+DEFAULT_ADAMW_LR: Final = 1e-3
+DEFAULT_ADAMW_BETAS: Final = (0.9, 0.999)
+DEFAULT_ADAMW_EPS: Final = 1e-8
+DEFAULT_ADAMW_WEIGHT_DECAY: Final = 0.01
+# The learning-rate schedule of a run: a multiplier of every group's rate, a tensor input
+# of the compiled step (so it never recompiles), after a linear warmup of this many steps.
+SCHEDULES: Final = ("constant", "cosine")
+DEFAULT_SCHEDULE: Final = "constant"
+DEFAULT_WARMUP_STEPS: Final = 0
+# Numeric precision of the forward pass (autocast); fp16 adds a loss scale that starts
+# here, halves on an overflow and doubles after this many overflow-free steps.
+PRECISIONS: Final = ("fp32", "bf16", "fp16")
+DEFAULT_PRECISION: Final = "fp32"
+INITIAL_LOSS_SCALE: Final = 2.0**16
+LOSS_SCALE_GROWTH_INTERVAL: Final = 2000
+# Where a run trains: "auto" picks CUDA when it is available (each torchrun rank its own).
+DEVICES: Final = ("auto", "cpu", "cuda")
+DEFAULT_DEVICE: Final = "auto"
 
 # The largest learning rate accepted anywhere (SGD diverges at once far below it).
 MAX_LEARNING_RATE: Final = 10.0

@@ -97,6 +97,14 @@ def probe_squares(slot_fn: SlotFn, gate_fn: GateFn | None, state: SlotState, hos
     return torch.cat([_squares(through_slot - (1 - a) * v, v), gate])
 
 
+def _normal(like: Tensor, generator: torch.Generator | None) -> Tensor:
+    """Standard normal noise shaped like ``like`` on its device, drawn on the generator's
+    (a CPU generator draws the same numbers whatever device the features are on)."""
+    device = generator.device if generator is not None else like.device
+    noise = torch.randn(like.shape, generator=generator, dtype=like.dtype, device=device)
+    return noise.to(like.device)
+
+
 def _ratio(numerator: float, denominator: float) -> float:
     return (numerator / max(denominator, 1e-60)) ** 0.5
 
@@ -119,8 +127,7 @@ def isolation_probe(slot_fn: SlotFn, state: SlotState, host: Tensor, *,
         generator: for the random cotangents.
         squares: :func:`probe_squares` or a compiled version of it.
     """
-    v = torch.randn(host.shape, generator=generator, dtype=host.dtype, device=host.device)
-    w = torch.randn(host.shape, generator=generator, dtype=host.dtype, device=host.device)
+    v, w = _normal(host, generator), _normal(host, generator)
     leak2, v2, gate2, u2 = squares(slot_fn, gate_fn, state, host, v, w).tolist()
     isolated = bool(state.g.item() == 1.0)
     leak = _ratio(leak2, v2)
@@ -138,7 +145,7 @@ def measure_leak(forward: Callable[[Tensor], Tensor], host: Tensor, a: Tensor,
         a: the blend weight, broadcastable to ``host`` (the direct path is ``1 - a``).
         generator: for the random cotangent.
     """
-    v = torch.randn(host.shape, generator=generator, dtype=host.dtype, device=host.device)
+    v = _normal(host, generator)
     difference = vjp(forward, host.detach(), v) - (1 - a.detach()) * v
     leak2, v2 = _squares(difference, v).tolist()
     return _ratio(leak2, v2)

@@ -17,23 +17,32 @@ from ..leyline.constants import (
     DEFAULT_BLEND_ALGORITHM,
     DEFAULT_BLENDING_STEPS,
     DEFAULT_COMPILE_BACKEND,
+    DEFAULT_DEVICE,
     DEFAULT_EMBARGO_EPOCHS,
+    DEFAULT_OPTIMIZER,
+    DEFAULT_PRECISION,
     DEFAULT_RUN_BATCH_SIZE,
     DEFAULT_RUN_BLUEPRINTS,
     DEFAULT_RUN_DIR,
     DEFAULT_RUN_EPOCHS,
-    DEFAULT_RUN_LR,
     DEFAULT_RUN_MAX_SEEDS,
     DEFAULT_RUN_SEED,
     DEFAULT_RUN_SLOTS,
     DEFAULT_RUN_TASK,
+    DEFAULT_SCHEDULE,
     DEFAULT_TELEMETRY_STRIDE,
+    DEFAULT_WARMUP_STEPS,
+    DEVICES,
+    MAX_LEARNING_RATE,
+    OPTIMIZERS,
+    PRECISIONS,
     RUN_TRANSFORMER_HEADS,
+    SCHEDULES,
 )
 from ..nn import blueprints
 from ..nn.host import CNNHost, TransformerHost
 from ..tamiyo import ControllerConfig
-from ..validation import check_int
+from ..validation import check_int, is_finite_real
 
 
 @dataclass(frozen=True)
@@ -49,6 +58,13 @@ class GrowConfig:
     of every seed germinated without one named (a signed command may name its
     own). :meth:`departures` lists what differs from the contract; the run's
     ``summary.json`` carries it.
+
+    ``optimizer`` is the step's (``"sgd"`` or ``"adamw"``); ``lr`` defaults to
+    that optimizer's rate, ``seed_lr`` (the seeds' groups) to ``lr``, and both
+    follow ``schedule`` after ``warmup_steps``. ``precision`` is the forward's
+    (``"fp32"``, ``"bf16"``, ``"fp16"``), ``device`` where the run trains
+    (``"auto"``: CUDA when available); :mod:`~esper.tolaria.hardware` checks
+    that the two go together when the run starts.
     """
 
     task: str = DEFAULT_RUN_TASK
@@ -63,7 +79,13 @@ class GrowConfig:
     compile_backend: str = DEFAULT_COMPILE_BACKEND
     data_dir: Path | None = None
     batch_size: int = DEFAULT_RUN_BATCH_SIZE
-    lr: float = DEFAULT_RUN_LR
+    lr: float | None = None
+    seed_lr: float | None = None
+    optimizer: str = DEFAULT_OPTIMIZER
+    schedule: str = DEFAULT_SCHEDULE
+    warmup_steps: int = DEFAULT_WARMUP_STEPS
+    precision: str = DEFAULT_PRECISION
+    device: str = DEFAULT_DEVICE
     limit: int | None = None
     quiet: bool = False
     telemetry_stride: int = DEFAULT_TELEMETRY_STRIDE
@@ -85,8 +107,17 @@ class GrowConfig:
         if self.blend_algorithm not in BLEND_ALGORITHMS:
             raise ValueError(f"blend_algorithm must be one of {BLEND_ALGORITHMS}, got "
                              f"{self.blend_algorithm!r}")
-        if not self.lr > 0:
-            raise ValueError(f"lr must be > 0, got {self.lr!r}")
+        for name in ("lr", "seed_lr"):
+            value = getattr(self, name)
+            if value is not None and not (is_finite_real(value)
+                                          and 0 < value <= MAX_LEARNING_RATE):
+                raise ValueError(f"{name} must be a number in (0, {MAX_LEARNING_RATE:g}], got "
+                                 f"{value!r}")
+        check_int("warmup_steps", self.warmup_steps, minimum=0)
+        for name, known in (("optimizer", OPTIMIZERS), ("schedule", SCHEDULES),
+                            ("precision", PRECISIONS), ("device", DEVICES)):
+            if getattr(self, name) not in known:
+                raise ValueError(f"unknown {name} {getattr(self, name)!r}; known: {list(known)}")
         if not str(self.out).strip():
             raise ValueError("out must name a run directory, got an empty path (which would be "
                              "the current directory)")

@@ -20,7 +20,8 @@ from torch import Tensor
 from ..core.state import SlotState
 from ..leyline import SeedStage
 from ..nn.model import MorphogeneticModel
-from ..optim.sgd import HOST_GROUP, OptimizerState, group_of
+from ..optim.config import OptimizerConfig
+from ..optim.state import Buffers, OptimizerState, decays, group_of
 
 StepReduce = Callable[[dict[str, Tensor], Tensor, dict[str, Tensor]],
                       tuple[dict[str, Tensor], Tensor, dict[str, Tensor]]]
@@ -30,51 +31,64 @@ StepReduce = Callable[[dict[str, Tensor], Tensor, dict[str, Tensor]],
 
 @dataclass(frozen=True)
 class StepInputs:
-    """One training step's inputs besides the batch; ``params``, ``momenta`` and
-    ``buffers`` are updated in place.
+    """One training step's inputs besides the batch; ``params``, ``buffers``,
+    ``optim`` and ``loss_scale`` are updated in place.
 
     Attributes:
         params: parameter name -> tensor (aliasing the model's parameter in a trainer).
         buffers: buffer name -> tensor (committed in place by the step).
-        momenta: parameter name -> momentum buffer.
-        lrs: parameter name -> 0-d learning rate (zeroed to deny a seed its updates).
+        optim: the optimizer's state: buffer kind -> parameter name -> tensor.
+        lrs: each group's learning rate, a float32 vector in group order (an
+            entry zeroed denies that seed its updates).
+        lr_scale: 0-d float32 multiplier of every rate (the schedule's value,
+            set before each step).
         states: slot name -> the slot state the forward runs with.
         groups: parameter names per optimizer group: the host's first, then one
-            per seeded slot (as :class:`~esper.optim.sgd.OptimizerState` groups them).
-        momentum, weight_decay: SGD hyper-parameters.
+            per seeded slot (as :class:`~esper.optim.OptimizerState` groups them).
+        config: the optimizer (its kind and hyper-parameters are part of the graph).
+        decayed: the parameters weight decay applies to (not norms and biases).
         watched: bool per seed group: whether that seed's blow-ups count (its
             seed is on probation, not fossilized). ``None`` watches every seed.
+        loss_scale: fp16 only: float32 ``[scale, overflow-free steps]``; the
+            loss is multiplied by the scale before the backward pass.
     """
 
     params: Mapping[str, Tensor]
     buffers: Mapping[str, Tensor]
-    momenta: Mapping[str, Tensor]
-    lrs: Mapping[str, Tensor]
+    optim: Buffers
+    lrs: Tensor
+    lr_scale: Tensor
     states: Mapping[str, SlotState]
     groups: tuple[tuple[str, ...], ...]
-    momentum: float
-    weight_decay: float
+    config: OptimizerConfig
+    decayed: frozenset[str]
     watched: Tensor | None = None
+    loss_scale: Tensor | None = None
 
     @classmethod
-    def of(cls, model: MorphogeneticModel, optimizer: OptimizerState) -> StepInputs:
+    def of(cls, model: MorphogeneticModel, optimizer: OptimizerState,
+           loss_scale: Tensor | None = None) -> StepInputs:
         """The inputs for ``model``'s current topology, ``optimizer`` synced to it.
 
         The parameters alias the model's (the step trains the model), the
-        learning rates are fresh tensors, and every seed but a fossilized one
-        is watched.
+        learning rates are fresh tensors on the model's device (scale 1), and
+        every seed but a fossilized one is watched.
         """
-        seeds = [g for g in optimizer.groups if g != HOST_GROUP]
-        groups = (optimizer.groups.get(HOST_GROUP, ()), *(optimizer.groups[g] for g in seeds))
+        order = optimizer.group_order()
+        groups = tuple(optimizer.groups.get(g, ()) for g in order)
         states = model.slot_states()
-        config = optimizer.config
+        params = {k: v.detach() for k, v in model.named_parameters()}
+        device = next(iter(params.values())).device if params else torch.device("cpu")
         return cls(
-            params={k: v.detach() for k, v in model.named_parameters()},
-            buffers=dict(model.named_buffers()), momenta=optimizer.momenta,
-            lrs=optimizer.learning_rates(), states=states, groups=groups,
-            momentum=config.momentum, weight_decay=config.weight_decay,
-            watched=torch.tensor([states[n].stage != SeedStage.FOSSILIZED for n in seeds],
-                                 dtype=torch.bool))
+            params=params, buffers=dict(model.named_buffers()), optim=optimizer.buffers,
+            lrs=torch.tensor([optimizer.config.lr_for(g) for g in order], dtype=torch.float32,
+                             device=device),
+            lr_scale=torch.ones((), dtype=torch.float32, device=device),
+            states=states, groups=groups, config=optimizer.config,
+            decayed=frozenset(n for n, p in params.items() if decays(p)),
+            watched=torch.tensor([states[n].stage != SeedStage.FOSSILIZED for n in order[1:]],
+                                 dtype=torch.bool, device=device),
+            loss_scale=loss_scale)
 
     @property
     def seeds(self) -> tuple[str, ...]:
@@ -93,11 +107,14 @@ class StepOptions:
             seeded slot to return (0 returns none).
         reduce: data-parallel training: averages gradients and loss and ORs
             the health flags over the ranks, before anything reads them.
+        autocast: the forward's autocast dtype (``torch.bfloat16``,
+            ``torch.float16``); ``None`` runs it in the parameters' own.
     """
 
     measure: bool = True
     feature_samples: int = 8
     reduce: StepReduce | None = None
+    autocast: torch.dtype | None = None
 
 
 __all__ = ["StepInputs", "StepOptions", "StepReduce"]

@@ -25,8 +25,9 @@ PROGRESS_KEYS = frozenset({"epoch", "records", "tally", "events_written", "globa
                            "controller"})
 # "commands": present when the run reads signed commands (checked by the command source's
 # restore). "config": the run's configuration (esper.tolaria.runconfig), absent from
-# checkpoints written before it was kept.
-OPTIONAL_KEYS = frozenset({"commands", "config"})
+# checkpoints written before it was kept. "loss_scale": fp16's dynamic loss scale and its
+# overflow-free steps, present when the run trains in fp16.
+OPTIONAL_KEYS = frozenset({"commands", "config", "loss_scale"})
 CONTROLLER_KEYS = frozenset({"accuracies", "germinations", "seeds_created"})
 RECORD_KEYS = frozenset({"epoch", "train_loss", "val_accuracy", "baseline_accuracy", "seconds",
                          "slots"})
@@ -95,6 +96,9 @@ def progress_state(trainer: Trainer) -> dict[str, Any]:
              "config": config_record(trainer.config)}
     if trainer.decider.command_state is not None:
         state["commands"] = trainer.decider.command_state
+    if trainer.loss_scale is not None:
+        scale, steps = trainer.loss_scale.tolist()
+        state["loss_scale"] = [scale, int(steps)]
     return state
 
 
@@ -140,6 +144,12 @@ def check_progress(state: object, where: str = "trainer state") -> dict[str, Any
     for slot, count in germinations.items():
         _count(f"{where}: controller.germinations[{slot!r}]", count)
     _count(f"{where}: controller.seeds_created", controller["seeds_created"])
+    scale = state.get("loss_scale")
+    if scale is not None:
+        if not isinstance(scale, list) or len(scale) != 2:
+            raise CheckpointError(f"{where}: loss_scale must be [scale, steps], got {scale!r}")
+        _number(f"{where}: loss_scale[0]", scale[0], low=2.0**-24, high=2.0**64)
+        _count(f"{where}: loss_scale[1]", scale[1])
     checked = {**state, "records": rebuilt}
     if "config" in state:
         checked["config"] = config_from_record(state["config"], f"{where}: config")

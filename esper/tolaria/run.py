@@ -29,6 +29,7 @@ from .config import GrowConfig
 from .data_parallel import NullWriter, dump_replica, make_trainer
 from .display import Progress, print_summary
 from .distributed import DEFAULT_TIMEOUT, Replicas, session
+from .hardware import autocast_dtype, resolve_device
 from .progress import check_progress
 from .records import RunSummary
 from .report import EVENTS_FILE, GROWTH_FILE, METRICS_FILE, SUMMARY_FILE, RunWriter
@@ -118,7 +119,7 @@ def _resume(trainer: Trainer, resume: Path, slots: tuple[str, ...],
         raise CheckpointError(f"{run_dir}: no checkpoint: the run stopped before its first save "
                               "completed, so there is nothing to resume; start it again "
                               "(--overwrite)")
-    checkpoint = load_checkpoint(run_dir / CHECKPOINT_DIR)
+    checkpoint = load_checkpoint(run_dir / CHECKPOINT_DIR, device=trainer.device)
     if checkpoint.optimizer is None:
         raise ValueError(f"{run_dir}: the checkpoint has no optimizer state to resume from")
     progress = check_progress(checkpoint.trainer_state, f"{run_dir / CHECKPOINT_DIR}: trainer")
@@ -213,6 +214,7 @@ def _grow(config: GrowConfig, resume: Path | None, console: Console | None,
         _check_resume(config, resume)
     if replicas is None:  # fail before loading anything; the claim below checks again
         check_run_dir(out, resume=resume, overwrite=overwrite)
+    autocast_dtype(config.precision, resolve_device(config.device))  # and on this hardware
     started = time.perf_counter()
     data = load_task(config.task, data_dir=config.data_dir, seed=config.seed, limit=config.limit)
     progress = Progress(console=console, quiet=config.quiet)

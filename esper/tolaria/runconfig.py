@@ -33,21 +33,30 @@ MAX_SEED = MAX_RUN_SEED  # the largest --seed
 # Settings of one invocation, never recorded.
 NOT_RECORDED = frozenset({"out", "quiet", "stop_after"})
 # What a resumed run may set differently: its length (--epochs extends it, never below the
-# epochs done), how the step runs (eager or compiled, the backend), where its data lies.
-CHANGEABLE = frozenset({"epochs", "compile", "compile_backend", "data_dir"})
+# epochs done), how the step runs (eager or compiled, the backend), where its data lies
+# and on which device (a run may continue on another machine).
+CHANGEABLE = frozenset({"epochs", "compile", "compile_backend", "data_dir", "device"})
+# The settings added since runs first kept their configuration, with the value every
+# run recorded before them had: such a record still resumes.
+ADDED = {"seed_lr": None, "optimizer": "sgd", "schedule": "constant", "warmup_steps": 0,
+         "precision": "fp32", "device": "auto"}
 # The command-line option of each field (those without one are set through the API).
 FLAGS = {"task": "--task", "epochs": "--epochs", "slots": "--slots",
          "max_seeds": "--max-seeds", "blueprints": "--blueprints", "seed": "--seed",
          "baseline": "--baseline", "compile": "--no-compile",
          "compile_backend": "--compile-backend", "data_dir": "--data-dir",
-         "batch_size": "--batch-size", "lr": "--lr", "limit": "--limit", "width": "--width",
+         "batch_size": "--batch-size", "lr": "--lr", "seed_lr": "--seed-lr",
+         "optimizer": "--optimizer", "schedule": "--schedule", "warmup_steps": "--warmup-steps",
+         "precision": "--precision", "device": "--device",
+         "limit": "--limit", "width": "--width",
          "commands": "--commands", "blending_steps": "--blending-steps",
          "embargo_epochs": "--embargo-epochs", "blend_algorithm": "--blend",
          "out": "--out", "quiet": "--quiet", "stop_after": "--stop-after"}
 _INTS = {"epochs": 1, "max_seeds": 0, "seed": 0, "batch_size": 1, "telemetry_stride": 1,
-         "blending_steps": 1, "embargo_epochs": 0}
+         "blending_steps": 1, "embargo_epochs": 0, "warmup_steps": 0}
 _OPTIONAL_INTS = {"limit": 1, "width": 1}
-_STRINGS = ("task", "compile_backend", "blend_algorithm")
+_STRINGS = ("task", "compile_backend", "blend_algorithm", "optimizer", "schedule", "precision",
+            "device")
 _BOOLS = ("baseline", "compile")
 _PATHS = ("data_dir", "commands")
 _PARTS = {"gates": QualityGates, "breaker": BreakerConfig, "controller": ControllerConfig}
@@ -110,6 +119,8 @@ def config_from_record(record: object, where: str = "trainer state: config") -> 
         CheckpointError: a key missing or unexpected, a value of the wrong type or out of
             range; the message names the field.
     """
+    if isinstance(record, dict):
+        record = {**{k: v for k, v in ADDED.items() if k not in record}, **record}
     if not isinstance(record, dict) or set(record) != RECORD_KEYS:
         keys = set(record) if isinstance(record, dict) else set()
         raise CheckpointError(f"{where}: must be an object with the keys of a run's "
@@ -134,10 +145,11 @@ def config_from_record(record: object, where: str = "trainer state: config") -> 
         if value is not None and (not isinstance(value, str) or not value.strip()):
             raise _fail(where, name, "a path or null", value)
         values[name] = None if value is None else Path(value)
-    lr = record["lr"]
-    if not (is_finite_real(lr) and 0 < lr <= MAX_LEARNING_RATE):
-        raise _fail(where, "lr", f"a number in (0, {MAX_LEARNING_RATE:g}]", lr)
-    values["lr"] = float(lr)
+    for name in ("lr", "seed_lr"):
+        rate = record[name]
+        if rate is not None and not (is_finite_real(rate) and 0 < rate <= MAX_LEARNING_RATE):
+            raise _fail(where, name, f"null or a number in (0, {MAX_LEARNING_RATE:g}]", rate)
+        values[name] = None if rate is None else float(rate)
     values["slots"] = _names(where, "slots", record["slots"])
     values["blueprints"] = None if record["blueprints"] is None else _names(
         where, "blueprints", record["blueprints"])

@@ -1,4 +1,4 @@
-"""The training step: forward, loss, backward and SGD update as one function.
+"""The training step: forward, loss, backward and optimizer update as one function.
 
 Built on :meth:`MorphogeneticModel.functional_forward` and ``torch.func``, it
 compiles with ``fullgraph=True`` into one graph per topology: every stage
@@ -23,9 +23,13 @@ from torch import Tensor
 
 import kernels
 
+from ..leyline.constants import LOSS_SCALE_GROWTH_INTERVAL
 from ..nn.model import MorphogeneticModel
 from ..ops.health import SeedHealth
-from ..optim.sgd import HOST_GROUP, group_of, sgd_update
+from ..optim.config import HOST_GROUP
+from ..optim.state import group_of
+from ..optim.update import masked_update
+from .hardware import autocast
 from .inputs import StepInputs, StepOptions
 
 
@@ -96,14 +100,15 @@ def group_finite(grads: Mapping[str, Tensor], groups: tuple[tuple[str, ...], ...
 
 def train_step(model: MorphogeneticModel, inputs: StepInputs, x: Tensor, y: Tensor,
                options: StepOptions = DEFAULT_OPTIONS) -> StepResult:
-    """One SGD step on the batch ``(x, y)``; ``inputs``' parameters, momenta and
-    buffers are updated in place.
+    """One optimizer step on the batch ``(x, y)``; ``inputs``' parameters, optimizer
+    state and buffers (and loss scale) are updated in place.
 
     Nothing the step cannot vouch for is committed, the way AMP's gradient
     scaler skips steps, on the device and with no host sync:
 
     * a group whose gradients are not finite, or whose seed faulted, keeps its
-      parameters and momenta bit-identical; a non-finite loss skips every group;
+      parameters and optimizer state bit-identical; a non-finite loss skips every
+      group, and so does an overflow of fp16's scaled gradients;
     * a blow-up of a watched seed skips every group (the forward was swamped);
     * buffers (BatchNorm statistics) are updated on copies and committed only
       where their group's update was applied and their new values are finite,
@@ -122,16 +127,20 @@ def train_step(model: MorphogeneticModel, inputs: StepInputs, x: Tensor, y: Tens
         A :class:`StepResult`; its features are this batch's, before the update.
     """
     work = {name: b.clone() for name, b in inputs.buffers.items()}
-    grads, loss, features, flags = _gradients(model, inputs, work, x, y, options.feature_samples)
+    grads, loss, features, flags = _gradients(model, inputs, work, x, y, options)
     if options.reduce is not None:
         grads, loss, flags = options.reduce(grads, loss, flags)
     squared = group_squares(grads, inputs.groups) if options.measure else loss.new_empty(0)
     finite = squared.isfinite() if options.measure else group_finite(grads, inputs.groups)
-    updated, faults, blowups = _verdict(loss, finite, flags, inputs.seeds, inputs.watched)
-    sgd_update(inputs.params, grads, inputs.momenta, inputs.lrs, inputs.momentum,
-               inputs.weight_decay, {name: flag for flag, group in zip(updated, inputs.groups,
-                                                                      strict=True)
-                                     for name in group})
+    overflow = None
+    if inputs.loss_scale is not None:  # an overflow anywhere skips the step, nobody's fault
+        overflow = loss.isfinite() & ~finite.all()
+        _rescale(inputs.loss_scale, overflow)
+    updated, faults, blowups = _verdict(loss, finite, flags, inputs.seeds, inputs.watched,
+                                        overflow)
+    masked_update(inputs.config, inputs.params, grads, inputs.optim, inputs.groups,
+                  [lr * inputs.lr_scale for lr in inputs.lrs.unbind()],
+                  inputs.decayed, updated)
     commit_buffers(inputs.buffers, work,
                    dict(zip((HOST_GROUP, *inputs.seeds), updated, strict=True)))
     none = updated[0].new_zeros(0)
@@ -140,31 +149,50 @@ def train_step(model: MorphogeneticModel, inputs: StepInputs, x: Tensor, y: Tens
                       torch.stack(blowups) if blowups else none)
 
 
+def _rescale(scale: Tensor, overflow: Tensor) -> None:
+    """The dynamic loss scale's update, in place: halve on an overflow, double after
+    :data:`LOSS_SCALE_GROWTH_INTERVAL` steps without one (``scale`` = [value, steps])."""
+    with torch.no_grad():
+        steps = torch.where(overflow, 0.0, scale[1] + 1)
+        grow = steps >= LOSS_SCALE_GROWTH_INTERVAL
+        value = torch.where(overflow, scale[0] * 0.5, torch.where(grow, scale[0] * 2, scale[0]))
+        scale.copy_(torch.stack([value, torch.where(grow, 0.0, steps)]))
+
+
 def _gradients(model: MorphogeneticModel, inputs: StepInputs, buffers: dict[str, Tensor],
-               x: Tensor, y: Tensor, feature_samples: int
+               x: Tensor, y: Tensor, options: StepOptions
                ) -> tuple[dict[str, Tensor], Tensor, dict[str, Tensor], dict[str, Tensor]]:
     """Gradients and loss of the batch, the kept features and the seeds' health flags.
 
+    The forward runs under ``options.autocast``; with a loss scale, the
+    backward runs on the scaled loss and the gradients are unscaled here.
     The flags are keyed ``"fault:<slot>"`` and ``"blowup:<slot>"``, one flat
     dict of 0-d tensors, as the data-parallel reduction takes them.
     """
+    samples, scale = options.feature_samples, inputs.loss_scale
+
     def loss_of(p: dict[str, Tensor], b: dict[str, Tensor]) -> tuple[Tensor, Any]:
-        out = model.functional_forward(p, inputs.states, x, b, aux=True)
+        with autocast(x.device, options.autocast):
+            out = model.functional_forward(p, inputs.states, x, b, aux=True)
+            loss = task_loss(out.logits, y)
         # A copy, not a view: a view would keep the whole batch's features alive
         # until the next step, and the allocator would have to map fresh pages.
-        kept = ({name: h[:feature_samples].clone() for name, h in out.features.items()}
-                if feature_samples else {})
+        kept = {name: h[:samples].clone() for name, h in out.features.items()} if samples else {}
         flags = {f"{kind}:{name}": getattr(out.health[name], kind)
                  for name in inputs.seeds for kind in SeedHealth._fields}
-        return task_loss(out.logits, y), (kept, flags)
+        scaled = loss if scale is None else loss.float() * scale[0]
+        return scaled, (loss.detach(), kept, flags)
 
-    grads, (loss, (features, flags)) = torch.func.grad_and_value(
+    grads, (_, (loss, features, flags)) = torch.func.grad_and_value(
         loss_of, has_aux=True)(dict(inputs.params), buffers)
+    if scale is not None:
+        inverse = scale[0].reciprocal()
+        grads = {name: g * inverse for name, g in grads.items()}
     return grads, loss, features, flags
 
 
 def _verdict(loss: Tensor, finite: Tensor, flags: Mapping[str, Tensor],
-             seeds: tuple[str, ...], watched: Tensor | None
+             seeds: tuple[str, ...], watched: Tensor | None, overflow: Tensor | None = None
              ) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
     """Per group, whether its update applies; per seed, its fault and blow-up flags.
 
@@ -174,9 +202,14 @@ def _verdict(loss: Tensor, finite: Tensor, flags: Mapping[str, Tensor],
         flags: the (reduced) health flags of :func:`_gradients`.
         seeds: the seed groups' slot names.
         watched: bool per seed: its blow-ups count (``None``: every seed's).
+        overflow: the loss-scaled gradients overflowed: every group is skipped
+            and no seed's non-finite gradients count as its fault.
     """
     loss_ok = loss.isfinite()
     faults = [flags[f"fault:{name}"] | (loss_ok & ~finite[i + 1]) for i, name in enumerate(seeds)]
+    if overflow is not None:
+        loss_ok = loss_ok & ~overflow
+        faults = [flags[f"fault:{name}"] for name in seeds]
     blowups = [flags[f"blowup:{name}"] & (True if watched is None else watched[i])
                for i, name in enumerate(seeds)]
     calm = ~torch.stack(blowups).any() if blowups else torch.ones_like(loss_ok)

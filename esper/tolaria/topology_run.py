@@ -10,7 +10,6 @@ from the next step on by a select on its alpha, also without a sync.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
@@ -19,7 +18,8 @@ from torch import Tensor
 from ..core.state import SlotState
 from ..nn.model import MorphogeneticModel
 from ..ops.telemetry import GradientCapture
-from ..optim.sgd import HOST_GROUP, OptimizerState
+from ..optim.config import HOST_GROUP
+from ..optim.state import OptimizerState
 from .breakers import BLOWUP, NON_FINITE
 from .inputs import StepInputs
 from .step import StepResult
@@ -48,15 +48,20 @@ class TopologyRun:
     skipped: Tensor
 
     @classmethod
-    def start(cls, model: MorphogeneticModel, optimizer: OptimizerState) -> TopologyRun:
-        """Fresh counters and the inputs of ``model`` (``optimizer`` synced to it)."""
-        inputs = StepInputs.of(model, optimizer)
-        names = inputs.seeds
+    def start(cls, model: MorphogeneticModel, optimizer: OptimizerState,
+              loss_scale: Tensor | None = None) -> TopologyRun:
+        """Fresh counters and the inputs of ``model`` (``optimizer`` synced to it; fp16's
+        ``loss_scale`` carried on), on the model's device."""
+        inputs = StepInputs.of(model, optimizer, loss_scale)
+        names, device = inputs.seeds, inputs.lrs.device
         counts = tuple(sum(inputs.params[n].numel() for n in group) for group in inputs.groups)
-        return cls(inputs, names, counts, denied=torch.zeros(len(names), dtype=torch.bool),
-                   faults=torch.zeros(len(names), dtype=torch.int64),
-                   blowups=torch.zeros(len(names), dtype=torch.int64),
-                   skipped=torch.zeros(len(inputs.groups), dtype=torch.int64))
+
+        def zeros(n: int, dtype: torch.dtype) -> Tensor:
+            return torch.zeros(n, dtype=dtype, device=device)
+
+        return cls(inputs, names, counts, denied=zeros(len(names), torch.bool),
+                   faults=zeros(len(names), torch.int64), blowups=zeros(len(names), torch.int64),
+                   skipped=zeros(len(inputs.groups), torch.int64))
 
     def step_inputs(self) -> StepInputs:
         """The inputs the next step runs with: each denied seed's alpha selected to 0."""
@@ -96,12 +101,16 @@ class TopologyRun:
         self.skipped.zero_()
         return counts
 
-    def deny(self, parameters: Iterable[str]) -> None:
-        """Zero the learning rates of ``parameters`` for the rest of this run (no recompile:
-        they are tensor inputs of the step)."""
-        for name in parameters:
-            if name in self.inputs.lrs:
-                self.inputs.lrs[name].zero_()
+    def deny(self, slot: str) -> None:
+        """Zero the learning rate of ``slot``'s seed for the rest of this run (no recompile:
+        the rates are a tensor input of the step)."""
+        if slot in self.names:
+            self.inputs.lrs[1 + self.names.index(slot)] = 0.0
+
+    def schedule(self, scale: float) -> None:
+        """Set the multiplier of every learning rate for the next step (the schedule's
+        value; written on the device in place, no sync, no recompile)."""
+        self.inputs.lr_scale.fill_(scale)
 
     def capture(self, result: StepResult) -> GradientCapture:
         """The gradient telemetry of a step that measured (its squared group norms)."""

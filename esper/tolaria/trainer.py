@@ -32,10 +32,10 @@ from ..core.breaker import force as force_breaker
 from ..data import TaskData, batches
 from ..errors import describe
 from ..leyline import SeedStage, SlotTelemetry, TelemetryEvent, is_blended
-from ..leyline.constants import DEFAULT_MAX_BLEND_LOSS_RATIO
+from ..leyline.constants import DEFAULT_MAX_BLEND_LOSS_RATIO, INITIAL_LOSS_SCALE
 from ..nn.model import MorphogeneticModel
 from ..ops.telemetry import GradientEMA, due
-from ..optim.sgd import OptimizerState, SGDConfig
+from ..optim import OptimizerState, lr_factor, optimizer_config
 from ..tamiyo import Decision
 from . import breakers
 from .apply import GERMINATED, apply_decision, command_rejection
@@ -45,6 +45,7 @@ from .consensus import Proposal
 from .culprit import step_or_prune, survive
 from .decider import Decider
 from .evaluate import Validation, validate
+from .hardware import autocast, autocast_dtype, resolve_device
 from .inputs import StepOptions
 from .parallelism import Parallelism, SingleProcess, isolation_violations
 from .progress import check_progress, progress_state
@@ -88,17 +89,25 @@ class Trainer:
     events_written: int = 0
     global_step: int = 0
     breakers: dict[str, BreakerState] = field(init=False)
+    device: torch.device = field(init=False)
+    loss_scale: torch.Tensor | None = field(init=False)
 
     def __post_init__(self) -> None:
-        self.data = self.parallel.shard(self.data)
-        torch.manual_seed(epoch_seed(self.config.seed, 0))
+        cfg = self.config
+        self.device = resolve_device(cfg.device)
+        self._autocast = autocast_dtype(cfg.precision, self.device)
+        self.data = self.parallel.shard(self.data).to(self.device)
+        torch.manual_seed(epoch_seed(cfg.seed, 0))
         topology = self.data.topology
-        slots = self.config.slots if self.config.max_seeds > 0 else ()
-        self.model = MorphogeneticModel(
-            build_host(self.data, self.config.width), slots=slots,
-            task_config=self.config.task_config(topology), gates=self.config.gates,
-            on_telemetry=self._lifecycle_event)
-        self.optimizer = OptimizerState(SGDConfig(lr=self.config.lr)).synced(self.model)
+        slots = cfg.slots if cfg.max_seeds > 0 else ()
+        self.model = MorphogeneticModel(  # built on the CPU: the same weights on every device
+            build_host(self.data, cfg.width), slots=slots,
+            task_config=cfg.task_config(topology), gates=cfg.gates,
+            on_telemetry=self._lifecycle_event).to(self.device)
+        self.optimizer = OptimizerState(optimizer_config(
+            cfg.optimizer, lr=cfg.lr, seed_lr=cfg.seed_lr)).synced(self.model)
+        self.loss_scale = (torch.tensor([INITIAL_LOSS_SCALE, 0.0], device=self.device)
+                           if self._autocast == torch.float16 else None)
         self.breakers = breakers.fresh(tuple(self.model.seed_slots), {})
         self.decider = Decider.of(self.config, topology, frozenset(self.model.seed_slots),
                                   self._lifecycle_event, reads_commands=self.parallel.is_main)
@@ -134,7 +143,8 @@ class Trainer:
                       measure: bool) -> StepResult | None:
         """The step, or ``None`` when a seed raised in it and was pruned (see
         :func:`~.culprit.step_or_prune`; a compiled step that raised runs again eagerly)."""
-        options = StepOptions(measure=measure, reduce=self.parallel.reduce)
+        options = self.options(measure)
+        run.schedule(self.lr_scale())
 
         def run_with(step: StepFn) -> Callable[[], StepResult]:
             return lambda: step(self.model, run.step_inputs(), xb, yb, options)
@@ -142,6 +152,27 @@ class Trainer:
         eager = run_with(self._eager_step) if self.config.compile else None
         return step_or_prune(run_with(self._step), eager, self.model.seed_slots,
                              self._prune_raiser)
+
+    def options(self, measure: bool) -> StepOptions:
+        """How this run's steps run: measuring the group norms or not."""
+        return StepOptions(measure=measure, reduce=self.parallel.reduce,
+                           autocast=self._autocast)
+
+    def _start_run(self) -> TopologyRun:
+        """The steps' inputs and counters for the model's topology now."""
+        return TopologyRun.start(self.model, self.optimizer, self.loss_scale)
+
+    @property
+    def steps_per_epoch(self) -> int:
+        """Training steps in one epoch (full batches only)."""
+        count = len(self.data.train[1])
+        return count // min(self.config.batch_size, count)
+
+    def lr_scale(self) -> float:
+        """The schedule's multiplier of the learning rates for the next step."""
+        cfg = self.config
+        return lr_factor(cfg.schedule, self.global_step,
+                         max(cfg.epochs * self.steps_per_epoch, 1), cfg.warmup_steps)
 
     def _prune_raiser(self, slot: str, error: BaseException) -> None:
         """Prune the seed in ``slot`` that raised ``error`` (reason ``exception``)."""
@@ -163,7 +194,7 @@ class Trainer:
         model, cfg = self.model, self.config
         model.train()
         violations = isolation_violations(model)
-        run = TopologyRun.start(model, self.optimizer)
+        run = self._start_run()
         generator = torch.Generator().manual_seed(epoch_seed(cfg.seed, self.epoch))
         probe_generator = torch.Generator().manual_seed(probe_seed(cfg.seed, self.epoch))
         ema: GradientEMA | None = None
@@ -178,7 +209,7 @@ class Trainer:
             result = self._guarded_step(run, xb, yb, measure=cfg.compile or probe)
             while result is None:  # a seed raised and was pruned: run the batch without it
                 self._flush(run)
-                run = TopologyRun.start(model, self.optimizer)
+                run = self._start_run()
                 ema = None  # its groups changed
                 probe = probe and bool(run.names)
                 result = self._guarded_step(run, xb, yb, measure=cfg.compile or probe)
@@ -188,12 +219,11 @@ class Trainer:
             if probe:
                 sample = run.capture(result)
                 ema = GradientEMA.start(sample) if ema is None else ema.update(sample)
-                _, pruned = survive(lambda r=result: model.probe_isolation(
-                    features=r.features, generator=probe_generator, squares=self._probe),
-                    model.seed_slots, self._prune_raiser)
+                _, pruned = survive(lambda r=result: self._probe_isolation(r, probe_generator),
+                                    model.seed_slots, self._prune_raiser)
                 if pruned:
                     self._flush(run)
-                    run, ema = TopologyRun.start(model, self.optimizer), None
+                    run, ema = self._start_run(), None
                     continue
                 run.refresh(model.slot_states())
                 self._look_at_faults(run)  # syncs, as the probe just did
@@ -202,6 +232,13 @@ class Trainer:
         values = torch.stack(losses)
         finite = values[values.isfinite()]  # skipped steps do not count
         return float(finite.mean() if finite.numel() else values.mean()), ema
+
+    def _probe_isolation(self, result: StepResult, generator: torch.Generator) -> None:
+        """The isolation probe on the step's features, in float32 whatever the step's
+        precision: it checks where gradients flow, and half precision's rounding would
+        read as a leak."""
+        features = {name: h.float() for name, h in result.features.items()}
+        self.model.probe_isolation(features=features, generator=generator, squares=self._probe)
 
     def _flush(self, run: TopologyRun) -> None:
         """Feed the run's counts into the breakers and report skipped updates (one sync)."""
@@ -226,7 +263,7 @@ class Trainer:
         for event in events:
             self._lifecycle_event(event)
         for slot in breakers.tripped(self.breakers):
-            run.deny(self.optimizer.groups.get(slot, ()))
+            run.deny(slot)
 
     def override_breaker(self, slot: str, status: BreakerStatus, reason: str) -> None:
         """Manually set ``slot``'s breaker (an event is emitted even if unchanged).
@@ -307,7 +344,9 @@ class Trainer:
         """Validation of the model, of each ``blended`` slot without its seed and of each
         ``probed`` slot with its seed at the probe alpha, over the whole split."""
         vx, vy = self.data.val
-        return self.parallel.reduce_validation(validate(self.model, vx, vy, blended, probed))
+        with autocast(self.device, self._autocast):
+            validation = validate(self.model, vx, vy, blended, probed)
+        return self.parallel.reduce_validation(validation)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -393,4 +432,6 @@ class Trainer:
         self.breakers = breakers.fresh(tuple(model.seed_slots),
                                        {n: s.state.seed_id for n, s in model.seed_slots.items()})
         self.records = list(state["records"])
+        if self.loss_scale is not None and "loss_scale" in state:
+            self.loss_scale.copy_(torch.tensor(state["loss_scale"], dtype=torch.float32))
         self.parallel.check("the resumed checkpoint", self.config, model)

@@ -16,7 +16,7 @@ from esper.kasmina import set_alpha, transition
 from esper.leyline import QualityGates, SeedStage, TaskConfig
 from esper.nn.host import CNNHost, TransformerHost
 from esper.nn.model import MorphogeneticModel
-from esper.optim.sgd import OptimizerState, SGDConfig
+from esper.optim import OptimizerState, SGDConfig
 
 PATH = (SeedStage.TRAINING, SeedStage.BLENDING, SeedStage.HOLDING, SeedStage.FOSSILIZED)
 
@@ -34,7 +34,7 @@ def _grown(model: MorphogeneticModel, sample: torch.Tensor) -> tuple[Morphogenet
     model.train()
     model(sample)  # moves BatchNorm statistics
     optimizer = OptimizerState(SGDConfig(lr=0.1, seed_lr=0.01)).synced(model)
-    for buffer in optimizer.momenta.values():
+    for buffer in optimizer.buffers["momentum"].values():
         buffer.normal_()  # in place: the layout stays the parameter's
     return model, optimizer
 

@@ -17,7 +17,7 @@ import esper
 from esper.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 
 BIAS = "model/host.head.bias"  # 10 float32 values
-MOMENTUM = "optim/host.head.bias"
+MOMENTUM = "optim/momentum/host.head.bias"
 JSON, WEIGHTS = "checkpoint.json", "weights.safetensors"
 
 
@@ -78,12 +78,16 @@ CASES: dict[str, tuple[dict[str, Any], str, str]] = {
         r"optimizer group 'host' names parameter 'host.nope', which the model does not have"),
     "momentum missing": (_drop(MOMENTUM), JSON,
                          r"no momentum buffer for grouped parameters \['host.head.bias'\]"),
+    "unknown optimizer": ({"document": lambda d: d["optimizer"].update(name="lion")}, JSON,
+                          r"unknown optimizer 'lion'; known: \['sgd', 'adamw'\]"),
+    "buffer of another optimizer": (_both("optim/exp_avg/host.head.bias", torch.zeros(10)), JSON,
+                                    r"buffer kinds \['exp_avg'\] are not sgd's"),
     "momentum of the wrong shape": (_both(MOMENTUM, torch.zeros(3)), JSON,
-                                    r"momentum of 'host.head.bias' is float32 \[3\], its "
-                                    r"parameter float32 \[10\]"),
+                                    r"momentum of 'host.head.bias' is float32 \[3\], it "
+                                    r"must be float32 \[10\]"),
     "momenta without an optimizer": ({"document": lambda d: d.update(optimizer=None)}, JSON,
-                                     r"momentum buffers are stored \(optim/...\) but"),
-    "momentum outside any group": (_both("optim/host.x", torch.zeros(1)), JSON,
+                                     r"optimizer buffers are stored \(optim/...\) but"),
+    "momentum outside any group": (_both("optim/momentum/host.x", torch.zeros(1)), JSON,
                                    r"momentum buffers \['host.x'\] belong to no optimizer group"),
 }
 

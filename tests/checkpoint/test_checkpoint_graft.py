@@ -67,15 +67,16 @@ def test_a_grafted_model_round_trips_bit_identically(name: str, tmp_path: Path) 
 def test_the_optimizer_and_trainer_state_come_back_with_the_graft(tmp_path: Path) -> None:
     model, _ = trained("mlp")
     optimizer = OptimizerState().synced(model)
-    momenta = {k: torch.randn_like(v) for k, v in optimizer.momenta.items()}
-    optimizer = OptimizerState(optimizer.config, optimizer.groups, momenta)
+    momenta = {k: torch.randn_like(v) for k, v in optimizer.buffers["momentum"].items()}
+    optimizer = OptimizerState(optimizer.config, optimizer.groups, {"momentum": momenta})
     save_checkpoint(tmp_path / "c", model=model, optimizer=optimizer, trainer_state={"epoch": 4})
     document = json.loads(next((tmp_path / "c").glob("ckpt-*/checkpoint.json")).read_text())
     assert document["schema_version"] == 3 and document["host"]["kind"] == "grafted"
     restored = load_checkpoint(tmp_path / "c", base_model=mlp(seed=3))
     assert restored.trainer_state == {"epoch": 4}
     assert restored.optimizer is not None and restored.optimizer.groups == optimizer.groups
-    assert all(torch.equal(restored.optimizer.momenta[k], v) for k, v in momenta.items())
+    kept = restored.optimizer.buffers["momentum"]
+    assert all(torch.equal(kept[k], v) for k, v in momenta.items())
 
 
 def _unchanged(base: nn.Module) -> Callable[[], None]:

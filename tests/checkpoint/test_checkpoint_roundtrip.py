@@ -16,7 +16,7 @@ import esper
 from esper.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from esper.checkpoint.layout import current
 from esper.leyline import SeedStage
-from esper.optim.sgd import OptimizerState, SGDConfig
+from esper.optim import OptimizerState, SGDConfig
 
 BUILDERS = {"cnn": grown_cnn, "transformer": grown_transformer}
 
@@ -38,9 +38,9 @@ def test_round_trip_restores_everything(tmp_path: Path, kind: str) -> None:
     assert loaded.optimizer is not None
     assert loaded.optimizer.config == optimizer.config
     assert dict(loaded.optimizer.groups) == dict(optimizer.groups)
-    assert list(loaded.optimizer.momenta) == list(optimizer.momenta)
-    for name, buffer in optimizer.momenta.items():
-        assert torch.equal(loaded.optimizer.momenta[name], buffer), name
+    assert list(loaded.optimizer.buffers["momentum"]) == list(optimizer.buffers["momentum"])
+    for name, buffer in optimizer.buffers["momentum"].items():
+        assert torch.equal(loaded.optimizer.buffers["momentum"][name], buffer), name
 
 
 def test_grown_cnn_covers_the_stages_it_claims() -> None:
@@ -60,7 +60,7 @@ def test_layouts_match_the_saved_model_channels_last_seeds_included(tmp_path: Pa
     assert "seed_slots.early.seed.conv_in.weight" in channels_last
     for name, param in loaded.model.named_parameters():
         assert param.stride() == original[name].stride(), name
-        assert loaded.optimizer.momenta[name].stride() == param.stride(), name
+        assert loaded.optimizer.buffers["momentum"][name].stride() == param.stride(), name
 
 
 def test_files_are_json_and_pure_safetensors(saved: Path) -> None:
@@ -150,7 +150,7 @@ def test_a_model_in_another_float_dtype_round_trips_bit_identically(
     model, _, x = BUILDERS[kind]()
     model = model.to(dtype)
     optimizer = OptimizerState(SGDConfig(lr=0.1, seed_lr=0.01)).synced(model)
-    for buffer in optimizer.momenta.values():
+    for buffer in optimizer.buffers["momentum"].values():
         buffer.normal_()
     loaded = load_checkpoint(save_checkpoint(tmp_path / "ckpt", model=model,
                                              optimizer=optimizer))
@@ -166,8 +166,8 @@ def test_a_model_in_another_float_dtype_round_trips_bit_identically(
     assert floats > 10
     assert {p.dtype for p in loaded.model.parameters()} == {dtype}
     assert loaded.optimizer is not None
-    for name, buffer in optimizer.momenta.items():
-        stored = loaded.optimizer.momenta[name]
+    for name, buffer in optimizer.buffers["momentum"].items():
+        stored = loaded.optimizer.buffers["momentum"][name]
         assert stored.dtype == dtype and torch.equal(stored, buffer), name
     model.eval()
     loaded.model.eval()

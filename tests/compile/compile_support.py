@@ -21,7 +21,7 @@ from esper.leyline import SeedStage, SlotTelemetry, TaskConfig
 from esper.nn.host import CNNHost, TransformerHost
 from esper.nn.model import MorphogeneticModel
 from esper.nn.slot import SeedSlot
-from esper.optim.sgd import OptimizerState, SGDConfig
+from esper.optim import OptimizerState, SGDConfig
 from esper.tolaria.inputs import StepInputs
 
 SLOTS = ("early", "mid", "late")

@@ -22,7 +22,7 @@ from esper.leyline import EventType, SeedStage
 from esper.nn.host import CNNHost
 from esper.nn.model import MorphogeneticModel
 from esper.ops.formula import slot_forward, slot_forward_reference
-from esper.optim.sgd import OptimizerState, SGDConfig
+from esper.optim import OptimizerState, SGDConfig
 from esper.tamiyo import ControllerConfig
 from esper.tolaria.config import GrowConfig
 from esper.tolaria.inputs import StepInputs
@@ -77,7 +77,7 @@ class Stepper:
         """Every host parameter, buffer and momentum, by name."""
         tensors = {f"param {k}": v for k, v in self.model.host.named_parameters()}
         tensors |= {f"buffer {k}": v for k, v in self.model.host.named_buffers()}
-        tensors |= {f"momentum {k}": v for k, v in self.optimizer.momenta.items()
+        tensors |= {f"momentum {k}": v for k, v in self.optimizer.buffers["momentum"].items()
                     if k.startswith("host.")}
         return tensors
 

@@ -78,9 +78,9 @@ def assert_identical(a: Checkpoint, b: Checkpoint) -> None:
         if isinstance(value, torch.Tensor):
             assert value.dtype == sb[key].dtype and torch.equal(bits(value), bits(sb[key])), key
     assert a.optimizer is not None and b.optimizer is not None
-    assert a.optimizer.momenta.keys() == b.optimizer.momenta.keys()
-    for name, buffer in a.optimizer.momenta.items():
-        assert torch.equal(bits(buffer), bits(b.optimizer.momenta[name])), name
+    assert a.optimizer.buffers["momentum"].keys() == b.optimizer.buffers["momentum"].keys()
+    for name, buffer in a.optimizer.buffers["momentum"].items():
+        assert torch.equal(bits(buffer), bits(b.optimizer.buffers["momentum"][name])), name
 
     def progress(checkpoint: Checkpoint) -> dict[str, Any]:
         state = dict(checkpoint.trainer_state)

@@ -20,6 +20,7 @@ from esper.core.state import SlotState
 from esper.errors import CheckpointError, ResumeConflictError
 from esper.leyline import SeedStage
 from esper.leyline import constants as C
+from esper.optim import optimizer_config
 from esper.tamiyo import ControllerConfig, ControllerMemory, HeuristicController
 from esper.tolaria.commands import CommandVerifier, LifecycleCommand, sign
 from esper.tolaria.config import GrowConfig
@@ -131,8 +132,8 @@ def test_resume_refuses_an_option_that_conflicts_with_the_run(
     assert info.value.code == 2
     err = capsys.readouterr().err
     assert f"--resume {stopped}: {given} conflicts with the run's {theirs}" in err
-    assert "only --compile-backend, --data-dir, --epochs, --no-compile, --quiet, --stop-after " \
-           "may change" in err
+    assert "only --compile-backend, --data-dir, --device, --epochs, --no-compile, --quiet, " \
+           "--stop-after may change" in err
     assert tree_of(stopped) == before
 
 
@@ -190,8 +191,10 @@ def test_the_api_refuses_a_resume_with_another_configuration(stopped: Path) -> N
 def test_the_checkpoints_configuration_is_validated(stopped: Path) -> None:
     state = load_checkpoint(stopped / "checkpoint").trainer_state
     assert check_progress(state)["config"] == stored(stopped)
-    for key, value, message in (("lr", "fast", "config.lr must be a number in (0, 10]"),
-                                ("lr", float("nan"), "config.lr must be a number"),
+    for key, value, message in (("lr", "fast", "config.lr must be null or a number in (0, 10]"),
+                                ("lr", float("nan"), "config.lr must be null or a number"),
+                                ("optimizer", "adam", "unknown optimizer 'adam'"),
+                                ("precision", 16, "config.precision must be a non-empty string"),
                                 ("seed", -1, "config.seed must be an int in [0, 4294967295]"),
                                 ("blend_algorithm", "cubic", "blend_algorithm must be one of"),
                                 ("slots", "mid", "config.slots must be a list of names")):
@@ -232,7 +235,7 @@ def test_one_source_for_each_default() -> None:
             tuple(args.slots), args.compile_backend) == (
         config.epochs, config.max_seeds, config.lr, config.batch_size, config.seed,
         config.task, config.slots, config.compile_backend) == (
-        C.DEFAULT_RUN_EPOCHS, C.DEFAULT_RUN_MAX_SEEDS, C.DEFAULT_RUN_LR,
+        C.DEFAULT_RUN_EPOCHS, C.DEFAULT_RUN_MAX_SEEDS, None,
         C.DEFAULT_RUN_BATCH_SIZE, C.DEFAULT_RUN_SEED, C.DEFAULT_RUN_TASK, C.DEFAULT_RUN_SLOTS,
         C.DEFAULT_COMPILE_BACKEND)
     assert (args.blending_steps, args.embargo_epochs, args.blend) == (5, 5, "sigmoid")
@@ -243,6 +246,12 @@ def test_one_source_for_each_default() -> None:
     assert config.blueprints_for("cnn") == ControllerConfig().blueprints \
         == C.DEFAULT_RUN_BLUEPRINTS["cnn"]
     assert args.dist_timeout == C.DEFAULT_DIST_TIMEOUT_S
+    assert (args.optimizer, args.schedule, args.warmup_steps, args.precision, args.device) == (
+        config.optimizer, config.schedule, config.warmup_steps, config.precision,
+        config.device) == (C.DEFAULT_OPTIMIZER, C.DEFAULT_SCHEDULE, C.DEFAULT_WARMUP_STEPS,
+                           C.DEFAULT_PRECISION, C.DEFAULT_DEVICE)
+    assert optimizer_config(config.optimizer, lr=config.lr).lr == C.DEFAULT_RUN_LR
+    assert optimizer_config("adamw", lr=config.lr).lr == C.DEFAULT_ADAMW_LR
 
 
 def _grow_help_by_option() -> tuple[dict[str, str], list[argparse.Action]]:
@@ -267,6 +276,10 @@ def test_help_shows_growconfigs_default_for_every_option_that_has_one() -> None:
         value = getattr(config, name)
         assert (convert(action.default) if convert else action.default) == value, action.dest
         shown = by_flag[action.option_strings[0]]
+        if action.default is None:  # the help says what happens without it
+            assert "(default: None)" not in shown, shown
+            checked.add(name)
+            continue
         assert shown.endswith(f"(default: {action.default})"), shown
         if isinstance(value, int | float | str) and not isinstance(value, bool):
             assert shown.endswith(f"(default: {value})"), shown
@@ -285,7 +298,8 @@ def test_help_shows_the_contract_and_its_departures(capsys: pytest.CaptureFixtur
            "(default: 5)" in text.split("--embargo-epochs EMBARGO_EPOCHS")[1]
     assert "--blend {linear,sigmoid,gated}" in text
     assert "--epochs EPOCHS epochs to train (with --resume: extends the run) (default: 30)" in text
-    assert "--lr LR SGD learning rate, in (0, 10] (default: 0.05)" in text
+    assert "--lr LR learning rate, in (0, 10] (default: 0.05 for sgd, 0.001 for adamw)" in text
+    assert "--optimizer {sgd,adamw}" in text and "(default: sgd)" in text
 
 
 def test_summary_lists_departures_and_none_on_the_contract(in_tmp: Path,

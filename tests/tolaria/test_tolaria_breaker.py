@@ -15,7 +15,7 @@ from esper.kasmina import transition
 from esper.leyline import EventType, SeedStage
 from esper.nn.host import CNNHost
 from esper.nn.model import MorphogeneticModel
-from esper.optim.sgd import OptimizerState, SGDConfig
+from esper.optim import OptimizerState, SGDConfig
 from esper.tamiyo import ControllerConfig
 from esper.tolaria.config import GrowConfig
 from esper.tolaria.inputs import StepInputs, StepOptions
@@ -60,9 +60,9 @@ def test_nan_seed_skips_its_own_update_and_the_host_trains(stage, measure):
     assert result.updated.tolist() == [True, False] and result.faults.tolist() == [True]
     for name, p in model.named_parameters():
         if name.startswith("seed_slots."):
-            assert p.isnan().all() and not optimizer.momenta[name].any(), name
+            assert p.isnan().all() and not optimizer.buffers["momentum"][name].any(), name
         else:
-            assert p.isfinite().all() and optimizer.momenta[name].isfinite().all(), name
+            assert p.isfinite().all() and optimizer.buffers["momentum"][name].isfinite().all(), name
     assert not torch.equal(before["host.head.weight"], model.host.head.weight)
 
 

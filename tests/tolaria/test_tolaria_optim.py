@@ -6,7 +6,16 @@ import pytest
 import torch
 
 from esper.kasmina import CNNHost, MorphogeneticModel
-from esper.optim.sgd import HOST_GROUP, OptimizerState, SGDConfig, group_of, sgd_update
+from esper.optim import (
+    HOST_GROUP,
+    AdamWConfig,
+    OptimizerState,
+    SGDConfig,
+    decays,
+    group_of,
+    masked_update,
+    optimizer_config,
+)
 
 
 def model() -> MorphogeneticModel:
@@ -24,19 +33,20 @@ def test_seeds_join_with_fresh_momentum_and_leave_with_their_state():
     m = model()
     state = OptimizerState(SGDConfig()).synced(m)
     assert set(state.groups) == {HOST_GROUP}
-    for buffer in state.momenta.values():
+    for buffer in state.buffers["momentum"].values():
         buffer.fill_(0.5)  # pretend the host has trained
     m.germinate_seed("norm", "s1", slot="mid", blend_algorithm_id="gated")
     joined = state.synced(m)
     assert set(joined.groups) == {HOST_GROUP, "mid"}
-    assert all(joined.momenta[n] is state.momenta[n] for n in state.groups[HOST_GROUP])
-    assert all(float(joined.momenta[n].abs().sum()) == 0.0 for n in joined.groups["mid"])
+    before, after = state.buffers["momentum"], joined.buffers["momentum"]
+    assert all(after[n] is before[n] for n in state.groups[HOST_GROUP])
+    assert all(float(after[n].abs().sum()) == 0.0 for n in joined.groups["mid"])
     assert any(".gate." in n for n in joined.groups["mid"])
     m.prune_seed(slot="mid")
     left = joined.synced(m)
     assert set(left.groups) == {HOST_GROUP}
-    assert not any(n.startswith("seed_slots.") for n in left.momenta)
-    assert all(left.momenta[n] is state.momenta[n] for n in state.groups[HOST_GROUP])
+    assert not any(n.startswith("seed_slots.") for n in left.buffers["momentum"])
+    assert all(left.buffers["momentum"][n] is before[n] for n in state.groups[HOST_GROUP])
 
 
 def test_momentum_keeps_seed_weight_layout():
@@ -44,21 +54,63 @@ def test_momentum_keeps_seed_weight_layout():
     m.germinate_seed("conv_light", "s1", slot="mid")
     state = OptimizerState().synced(m)
     for name, p in m.named_parameters():
-        assert state.momenta[name].stride() == p.stride()
+        assert state.buffers["momentum"][name].stride() == p.stride()
 
 
-def test_sgd_update_matches_torch_sgd():
+REFERENCES = {
+    "sgd": (SGDConfig(lr=0.1, momentum=0.9, weight_decay=0.01),
+            lambda groups: torch.optim.SGD(groups, lr=0.1, momentum=0.9)),
+    "adamw": (AdamWConfig(lr=0.01, betas=(0.8, 0.99), eps=1e-6, weight_decay=0.1),
+              lambda groups: torch.optim.AdamW(groups, lr=0.01, betas=(0.8, 0.99), eps=1e-6)),
+}
+
+
+@pytest.mark.parametrize("name", list(REFERENCES))
+def test_masked_update_matches_torch_and_skips_bit_for_bit(name):
+    """Two groups (host, seed at its own rate), weight decay on matrices only, as torch's
+    optimizer with those param groups computes it; a step whose flag is false for the seed
+    leaves the seed's values and state exactly as they were."""
+    config, build = REFERENCES[name]
     torch.manual_seed(0)
-    p = torch.nn.Parameter(torch.randn(5, 3))
-    reference = torch.nn.Parameter(p.detach().clone())
-    optimizer = torch.optim.SGD([reference], lr=0.1, momentum=0.9, weight_decay=0.01)
-    momenta = {"p": torch.zeros_like(p)}
-    for _ in range(3):
-        grad = torch.randn(5, 3)
-        reference.grad = grad.clone()
-        optimizer.step()
-        sgd_update({"p": p.data}, {"p": grad}, momenta, {"p": torch.tensor(0.1)}, 0.9, 0.01)
-    assert torch.allclose(p, reference, atol=1e-6)
+    shapes = {"w": (5, 3), "b": (5,), "seed.w": (4, 4)}
+    ours = {n: torch.randn(s) for n, s in shapes.items()}
+    theirs = {n: torch.nn.Parameter(t.clone()) for n, t in ours.items()}
+    reference = build([
+        {"params": [theirs["w"]], "weight_decay": config.weight_decay},
+        {"params": [theirs["b"]], "weight_decay": 0.0},
+        {"params": [theirs["seed.w"]], "weight_decay": config.weight_decay, "lr": config.lr / 2}])
+    state = {kind: {n: config.fresh(t)[kind] for n, t in ours.items()} for kind in config.buffers}
+    groups, decayed = (("w", "b"), ("seed.w",)), frozenset(n for n in ours if decays(ours[n]))
+    assert decayed == {"w", "seed.w"}
+    lrs = [torch.tensor(config.lr), torch.tensor(config.lr / 2)]
+    yes, no = torch.tensor(True), torch.tensor(False)
+    for step in range(4):
+        grads = {n: torch.randn(s) for n, s in shapes.items()}
+        skip_seed = step == 2
+        before = ({n: t.clone() for n, t in ours.items()},
+                  {k: {n: t.clone() for n, t in owned.items()} for k, owned in state.items()})
+        masked_update(config, ours, grads, state, groups, lrs, decayed,
+                      [yes, no if skip_seed else yes])
+        if skip_seed:
+            assert torch.equal(ours["seed.w"], before[0]["seed.w"])
+            assert all(torch.equal(state[k]["seed.w"], before[1][k]["seed.w"]) for k in state)
+            assert not torch.equal(ours["w"], before[0]["w"])
+            theirs["seed.w"].grad = None  # torch skips a parameter without a gradient
+        else:
+            theirs["seed.w"].grad = grads["seed.w"].clone()
+        theirs["w"].grad, theirs["b"].grad = grads["w"].clone(), grads["b"].clone()
+        reference.step()
+        for n in shapes:
+            torch.testing.assert_close(ours[n], theirs[n].detach(), rtol=1e-5, atol=1e-6)
+
+
+def test_unknown_optimizer_names_the_known_ones():
+    assert isinstance(optimizer_config("adamw", lr=None), AdamWConfig)
+    assert optimizer_config("sgd", lr=0.2).lr == 0.2
+    with pytest.raises(ValueError, match=r"unknown optimizer 'adam'.*'sgd', 'adamw'"):
+        optimizer_config("adam")
+    with pytest.raises(ValueError, match="betas"):
+        AdamWConfig(betas=(0.9, 1.0))
 
 
 def test_seed_learning_rate():

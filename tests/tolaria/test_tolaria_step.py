@@ -46,7 +46,7 @@ def _seeded_model(slot_class=None):
 
 
 def _run_step(model, step, feature_samples=8):
-    from esper.optim.sgd import HOST_GROUP, OptimizerState, SGDConfig
+    from esper.optim import HOST_GROUP, OptimizerState, SGDConfig
     from esper.tolaria.inputs import StepInputs, StepOptions
 
     optimizer = OptimizerState(SGDConfig(momentum=0.9, weight_decay=0.0)).synced(model)
