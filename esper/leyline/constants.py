@@ -65,6 +65,10 @@ DEFAULT_COMPILE_BACKEND: Final = "inductor"
 DEFAULT_DIST_TIMEOUT_S: Final = 120.0
 # The chars task's transformer host: its attention heads (they divide its width).
 RUN_TRANSFORMER_HEADS: Final = 4
+# The console of ``esper grow``: plain mode prints the epoch's step at most this often; the
+# live display redraws its step bar at most this often.
+PROGRESS_LINE_SECONDS: Final = 10.0
+STEP_REFRESH_SECONDS: Final = 0.25
 # ``esper demo``: the hand-driven lifecycle's length.
 DEFAULT_DEMO_EPOCHS: Final = 12
 

@@ -12,6 +12,7 @@ Example::
 
 from __future__ import annotations
 
+import time
 from types import TracebackType
 
 from rich.console import Console, Group, JustifyMethod, RenderableType
@@ -20,6 +21,7 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
+from ..leyline.constants import PROGRESS_LINE_SECONDS, STEP_REFRESH_SECONDS
 from .records import EpochRecord, RunSummary, SlotSnapshot
 
 # Rich style of each stage in the slot table.
@@ -83,6 +85,8 @@ class Progress:
 
     Off a terminal (``console.is_terminal`` false) the lines are plain too. In
     plain mode :meth:`note` prints an indented line; live, it prints above the table.
+    :meth:`step` shows the steps of the epoch under way (a bar live, a periodic
+    line in plain mode).
     """
 
     def __init__(self, console: Console | None = None, quiet: bool = False) -> None:
@@ -94,6 +98,8 @@ class Progress:
         self.best_accuracy: float | None = None
         self._seconds = 0.0
         self._live: Live | None = None
+        self._steps: tuple[int, int] | None = None  # (done, total) of the epoch under way
+        self._shown = time.monotonic()  # when a step was last shown
 
     def _line(self, text: str) -> None:
         file = self.console.file
@@ -111,6 +117,8 @@ class Progress:
     def update(self, record: EpochRecord) -> None:
         """Show a finished epoch."""
         self.last = record
+        self._steps = None
+        self._shown = time.monotonic()
         self._seconds += record.seconds
         if self.best_accuracy is None or record.val_accuracy > self.best_accuracy:
             self.best_accuracy = record.val_accuracy
@@ -121,6 +129,23 @@ class Progress:
             self.start(self.total_epochs)
         assert self._live is not None
         self._live.update(self._render(), refresh=True)
+
+    def step(self, done: int, total: int) -> None:
+        """Show the epoch under way at step ``done`` of ``total``: live, a second bar
+        (redrawn at most every :data:`STEP_REFRESH_SECONDS`); plain, a line every
+        :data:`PROGRESS_LINE_SECONDS` (a quick epoch prints none)."""
+        self._steps = (done, total)
+        now = time.monotonic()
+        if self.plain:
+            if now - self._shown >= PROGRESS_LINE_SECONDS and done < total:
+                epoch = (self.last.epoch if self.last is not None else 0) + 1
+                self._line(f"  epoch {epoch}: step {done}/{total} ({100 * done // total}%)")
+                self._shown = now
+            return
+        if self._live is not None and (now - self._shown >= STEP_REFRESH_SECONDS
+                                       or done == total):
+            self._live.update(self._render(), refresh=True)
+            self._shown = now
 
     def note(self, text: str) -> None:
         """Show an event worth a line, e.g. ``"epoch 5: germinate mid (norm)"``."""
@@ -145,6 +170,10 @@ class Progress:
             timing.append(f"  {record.seconds:.1f}s/epoch  eta {eta:.0f}s", style="not bold dim")
         bar_line = Table.grid(padding=(0, 1))
         bar_line.add_row(bar, timing)
+        if self._steps is not None:
+            steps_done, steps = self._steps
+            bar_line.add_row(ProgressBar(total=float(steps), completed=float(steps_done), width=30),
+                             Text(f"epoch {done + 1}: step {steps_done}/{steps}", style="dim"))
         if record is None:
             return bar_line
         numbers = Text.assemble(("acc ", ""), (f"{record.val_accuracy:.2f}%", "bold"),

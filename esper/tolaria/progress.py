@@ -31,6 +31,7 @@ OPTIONAL_KEYS = frozenset({"commands", "config", "loss_scale"})
 CONTROLLER_KEYS = frozenset({"accuracies", "germinations", "seeds_created"})
 RECORD_KEYS = frozenset({"epoch", "train_loss", "val_accuracy", "baseline_accuracy", "seconds",
                          "slots"})
+RECORD_OPTIONAL_KEYS = frozenset({"val_loss", "lr"})  # absent from records of older runs
 # Large enough for any run, small enough that a count is never a float in disguise.
 MAX_COUNT = 2**53
 
@@ -63,7 +64,7 @@ def _keys(where: str, value: object, keys: frozenset[str],
 
 
 def _record(where: str, data: object, epoch: int) -> EpochRecord:
-    data = _keys(where, data, RECORD_KEYS)
+    data = _keys(where, data, RECORD_KEYS, RECORD_OPTIONAL_KEYS)
     if _count(f"{where}.epoch", data["epoch"]) != epoch:
         raise CheckpointError(f"{where}.epoch is {data['epoch']}, expected {epoch}: records "
                               "must number the epochs 1, 2, ... in order")
@@ -72,6 +73,8 @@ def _record(where: str, data: object, epoch: int) -> EpochRecord:
     _number(f"{where}.baseline_accuracy", data["baseline_accuracy"], low=0.0, high=100.0,
             optional=True)
     _number(f"{where}.seconds", data["seconds"], low=0.0)
+    _number(f"{where}.val_loss", data.get("val_loss"), finite=False, optional=True)
+    _number(f"{where}.lr", data.get("lr"), low=0.0, optional=True)
     if not isinstance(data["slots"], list):
         raise CheckpointError(f"{where}.slots must be a list")
     try:
@@ -79,7 +82,7 @@ def _record(where: str, data: object, epoch: int) -> EpochRecord:
     except (TypeError, AttributeError) as error:
         raise CheckpointError(f"{where}.slots: {error}") from error
     return EpochRecord(epoch, data["train_loss"], data["val_accuracy"], slots, data["seconds"],
-                       data["baseline_accuracy"])
+                       data["baseline_accuracy"], data.get("val_loss"), data.get("lr"))
 
 
 def progress_state(trainer: Trainer) -> dict[str, Any]:

@@ -68,6 +68,9 @@ class EpochRecord:
         slots: a snapshot of every slot, in the model's slot order.
         seconds: wall time of the epoch.
         baseline_accuracy: validation accuracy of the host alone, when run with a baseline.
+        val_loss: mean validation loss of the grown model (``None`` in records of runs
+            logged before it was).
+        lr: the host's learning rate at the epoch's last step (the schedule's value).
     """
 
     epoch: int
@@ -76,6 +79,8 @@ class EpochRecord:
     slots: tuple[SlotSnapshot, ...]
     seconds: float
     baseline_accuracy: float | None = None
+    val_loss: float | None = None
+    lr: float | None = None
 
     def slot(self, name: str) -> SlotSnapshot | None:
         """The snapshot of slot ``name``, or ``None`` when this record lacks it."""
@@ -83,16 +88,18 @@ class EpochRecord:
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready view."""
-        return {"epoch": self.epoch, "train_loss": self.train_loss,
+        return {"epoch": self.epoch, "train_loss": self.train_loss, "val_loss": self.val_loss,
                 "val_accuracy": self.val_accuracy, "baseline_accuracy": self.baseline_accuracy,
-                "seconds": self.seconds, "slots": [s.to_dict() for s in self.slots]}
+                "lr": self.lr, "seconds": self.seconds,
+                "slots": [s.to_dict() for s in self.slots]}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> EpochRecord:
         """The inverse of :meth:`to_dict`."""
         slots = tuple(SlotSnapshot.from_dict(s) for s in data["slots"])
         return cls(int(data["epoch"]), data["train_loss"], data["val_accuracy"], slots,
-                   data["seconds"], data.get("baseline_accuracy"))
+                   data["seconds"], data.get("baseline_accuracy"), data.get("val_loss"),
+                   data.get("lr"))
 
 
 @dataclass(frozen=True, slots=True)

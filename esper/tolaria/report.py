@@ -41,7 +41,10 @@ METRICS_FILE = "metrics.csv"
 SUMMARY_FILE = "summary.json"
 GROWTH_FILE = "growth.png"
 
-BASE_COLUMNS = ("epoch", "train_loss", "val_accuracy", "baseline_accuracy", "seconds")
+BASE_COLUMNS = ("epoch", "train_loss", "val_loss", "val_accuracy", "baseline_accuracy", "lr",
+                "seconds")
+# The columns of runs logged before val_loss and lr: a resumed one keeps its own.
+LEGACY_BASE_COLUMNS = ("epoch", "train_loss", "val_accuracy", "baseline_accuracy", "seconds")
 SLOT_FIELDS = ("stage", "alpha", "seed", "blueprint", "counterfactual", "gradient_ratio")
 
 # Colour of each stage in the slot lanes; the failure path shares shades of red.
@@ -64,9 +67,9 @@ _LEGEND = ("DORMANT", "GERMINATED", "TRAINING", "BLENDING", "HOLDING", "FOSSILIZ
 _LANE_PAD = 0.12  # lanes span alpha in [0, 1] with this margin, so 0 and 1 stay visible
 
 
-def slot_columns(slots: Sequence[str]) -> list[str]:
-    """The header of ``metrics.csv`` for ``slots``."""
-    return [*BASE_COLUMNS, *(f"{slot}_{name}" for slot in slots for name in SLOT_FIELDS)]
+def slot_columns(slots: Sequence[str], base: Sequence[str] = BASE_COLUMNS) -> list[str]:
+    """The header of ``metrics.csv`` for ``slots`` (``base``: the legacy one's, to read it)."""
+    return [*base, *(f"{slot}_{name}" for slot in slots for name in SLOT_FIELDS)]
 
 
 def _cell(value: object) -> object:
@@ -158,8 +161,12 @@ class RunWriter:
         self._events = (self.out_dir / EVENTS_FILE).open(mode, encoding="utf-8")
         self._metrics = (self.out_dir / METRICS_FILE).open(mode, encoding="utf-8", newline="")
         self._csv = csv.writer(self._metrics)
-        if not append:
-            self._csv.writerow(slot_columns(self.slots))
+        self.columns = slot_columns(self.slots)
+        if append:  # a resumed run writes the columns its log has (an older run's lack some)
+            with (self.out_dir / METRICS_FILE).open(encoding="utf-8", newline="") as stream:
+                self.columns = next(csv.reader(stream), self.columns)
+        else:
+            self._csv.writerow(self.columns)
             self._metrics.flush()
 
     def event(self, record: dict[str, Any]) -> None:
@@ -176,11 +183,15 @@ class RunWriter:
         unknown = [s.slot for s in record.slots if s.slot not in self.slots]
         if unknown:
             raise ValueError(f"slots {unknown} are not among the writer's slots {self.slots}")
-        row: list[object] = [record.epoch, record.train_loss, record.val_accuracy,
-                             _cell(record.baseline_accuracy), record.seconds]
+        cells: dict[str, object] = {
+            "epoch": record.epoch, "train_loss": record.train_loss,
+            "val_loss": _cell(record.val_loss), "val_accuracy": record.val_accuracy,
+            "baseline_accuracy": _cell(record.baseline_accuracy), "lr": _cell(record.lr),
+            "seconds": record.seconds}
         for slot in self.slots:
-            row.extend(_slot_cells(record.slot(slot)))
-        self._csv.writerow(row)
+            names = (f"{slot}_{name}" for name in SLOT_FIELDS)
+            cells.update(zip(names, _slot_cells(record.slot(slot)), strict=True))
+        self._csv.writerow([cells[column] for column in self.columns])
         self._metrics.flush()
 
     def finish(self, summary: RunSummary, records: Sequence[EpochRecord],

@@ -232,6 +232,7 @@ def _grow(config: GrowConfig, resume: Path | None, console: Console | None,
                           f"the {record['item']} of {record['slot']}: not applied")
 
     trainer = make_trainer(config, data, sink, replicas)
+    trainer.on_step, trainer.notify = progress.step, progress.note
     with _run_dir(out, resume, overwrite, replicas):
         slots = config.slots if config.max_seeds else ()
         ends = _resume(trainer, resume, slots, check=main) if resume is not None else None

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import RunLogError
-from .report import EVENTS_FILE, METRICS_FILE, slot_columns
+from .report import EVENTS_FILE, LEGACY_BASE_COLUMNS, METRICS_FILE, slot_columns
 
 
 @dataclass(frozen=True)
@@ -74,7 +74,7 @@ def _metrics_end(path: Path, slots: Sequence[str], epochs: int) -> int:
         rows = list(csv.reader(io.StringIO(data[:ends[epochs]].decode("utf-8"), newline="")))
     except (UnicodeDecodeError, csv.Error) as error:
         raise RunLogError(f"{path}: not CSV text ({error})") from None
-    if rows[0] != slot_columns(slots):
+    if rows[0] not in (slot_columns(slots), slot_columns(slots, LEGACY_BASE_COLUMNS)):
         raise RunLogError(f"{path}: line 1 has the columns {rows[0]}, but this run writes "
                           f"{slot_columns(slots)}: resume with the slots the run was started with")
     for number, row in enumerate(rows[1:], start=1):

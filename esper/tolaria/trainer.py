@@ -56,6 +56,10 @@ from .topology_run import TopologyRun
 
 EXCEPTION = "exception"  # the prune reason of a seed that raised
 EventSink = Callable[[dict[str, Any]], None]
+StepHook = Callable[[int, int], None]
+"""Called after each training step with (steps done this epoch, steps per epoch)."""
+Notice = Callable[[str], None]
+"""Receives a line worth showing a person (a compile starting, and how long it took)."""
 _log = logging.getLogger("esper")
 
 
@@ -91,6 +95,8 @@ class Trainer:
     breakers: dict[str, BreakerState] = field(init=False)
     device: torch.device = field(init=False)
     loss_scale: torch.Tensor | None = field(init=False)
+    on_step: StepHook | None = field(default=None, kw_only=True)
+    notify: Notice | None = field(default=None, kw_only=True)
 
     def __post_init__(self) -> None:
         cfg = self.config
@@ -112,6 +118,7 @@ class Trainer:
         self.decider = Decider.of(self.config, topology, frozenset(self.model.seed_slots),
                                   self._lifecycle_event, reads_commands=self.parallel.is_main)
         self.counter = CompileCounter(self.config.compile_backend)
+        self._compiled: set[tuple[str, ...]] = set()  # topologies whose step has compiled
         self._step = build_step(self.config.compile, self.counter)
         self._eager_step = build_step(False)
         self.probe_counter = CompileCounter(self.config.compile_backend)
@@ -150,8 +157,20 @@ class Trainer:
             return lambda: step(self.model, run.step_inputs(), xb, yb, options)
 
         eager = run_with(self._eager_step) if self.config.compile else None
-        return step_or_prune(run_with(self._step), eager, self.model.seed_slots,
-                             self._prune_raiser)
+        topology = tuple(run.inputs.params)
+        first = self.config.compile and topology not in self._compiled
+        if first and self.notify is not None:
+            self.notify("compiling the training step... (first time for these seeds: "
+                        "germinating or pruning one compiles again)")
+        graphs, started = self.counter.graphs, time.perf_counter()
+        result = step_or_prune(run_with(self._step), eager, self.model.seed_slots,
+                               self._prune_raiser)
+        if first:
+            self._compiled.add(topology)
+            if self.counter.graphs > graphs and self.notify is not None:
+                self.notify(f"compiled the training step in {time.perf_counter() - started:.1f}s "
+                            f"({self.counter.graphs} graph(s) so far)")
+        return result
 
     def options(self, measure: bool) -> StepOptions:
         """How this run's steps run: measuring the group norms or not."""
@@ -168,11 +187,16 @@ class Trainer:
         count = len(self.data.train[1])
         return count // min(self.config.batch_size, count)
 
-    def lr_scale(self) -> float:
-        """The schedule's multiplier of the learning rates for the next step."""
+    def lr_scale(self, step: int | None = None) -> float:
+        """The schedule's multiplier of the learning rates at ``step`` (0-based; default:
+        the next step's)."""
         cfg = self.config
-        return lr_factor(cfg.schedule, self.global_step,
+        return lr_factor(cfg.schedule, self.global_step if step is None else step,
                          max(cfg.epochs * self.steps_per_epoch, 1), cfg.warmup_steps)
+
+    def host_lr(self) -> float:
+        """The host's learning rate at the last step taken (the schedule's value)."""
+        return self.optimizer.config.lr * self.lr_scale(max(self.global_step - 1, 0))
 
     def _prune_raiser(self, slot: str, error: BaseException) -> None:
         """Prune the seed in ``slot`` that raised ``error`` (reason ``exception``)."""
@@ -214,6 +238,8 @@ class Trainer:
                 probe = probe and bool(run.names)
                 result = self._guarded_step(run, xb, yb, measure=cfg.compile or probe)
             self.global_step += 1
+            if self.on_step is not None:
+                self.on_step(index + 1, self.steps_per_epoch)
             losses.append(result.loss)
             run.count(result)
             if probe:
@@ -317,7 +343,8 @@ class Trainer:
                                 "or prune", self.config, model)
         shots = tuple(SlotSnapshot.of(name, state, contributions.get(name))
                       for name, state in model.slot_states().items())
-        record = EpochRecord(self.epoch, loss, val, shots, seconds)
+        record = EpochRecord(self.epoch, loss, val, shots, seconds,
+                             val_loss=validation.model.mean_loss, lr=self.host_lr())
         self.records.append(record)
         return record
 

@@ -10,13 +10,13 @@ from pathlib import Path
 import pytest
 import safetensors.torch
 import torch
-from checkpoint_support import grown_cnn, grown_transformer
+from checkpoint_support import grown_cnn, grown_transformer, tamper
 
 import esper
 from esper.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from esper.checkpoint.layout import current
 from esper.leyline import SeedStage
-from esper.optim import OptimizerState, SGDConfig
+from esper.optim import AdamWConfig, OptimizerState, SGDConfig
 
 BUILDERS = {"cnn": grown_cnn, "transformer": grown_transformer}
 
@@ -173,3 +173,45 @@ def test_a_model_in_another_float_dtype_round_trips_bit_identically(
     loaded.model.eval()
     x = x if kind == "transformer" else x.to(dtype)
     assert torch.equal(loaded.model(x), model(x))
+
+
+def test_adamw_state_round_trips_bit_for_bit(tmp_path: Path) -> None:
+    """Every AdamW buffer (the step count a 0-d float32 one) comes back as saved."""
+    model, _, _ = BUILDERS["cnn"]()
+    optimizer = OptimizerState(AdamWConfig(lr=3e-4, seed_lr=1e-4)).synced(model)
+    for kind, owned in optimizer.buffers.items():
+        for buffer in owned.values():
+            buffer.copy_(torch.rand_like(buffer) * (7 if kind == "step" else 1))
+    path = save_checkpoint(tmp_path / "ckpt", model=model, optimizer=optimizer)
+    loaded = load_checkpoint(path).optimizer
+    assert loaded is not None and loaded.config == optimizer.config
+    assert loaded.groups == optimizer.groups
+    for kind, owned in optimizer.buffers.items():
+        assert list(loaded.buffers[kind]) == list(owned), kind
+        for name, buffer in owned.items():
+            assert torch.equal(loaded.buffers[kind][name], buffer), (kind, name)
+
+
+def test_a_checkpoint_written_before_adamw_loads_its_momenta(tmp_path: Path) -> None:
+    """The older layout (no optimizer name, momenta under ``optim/<parameter>``) still loads."""
+    model, optimizer, _ = BUILDERS["cnn"]()
+    path = save_checkpoint(tmp_path / "ckpt", model=model, optimizer=optimizer)
+    prefix = "optim/momentum/"
+
+    def old_keys(tensors: dict[str, torch.Tensor]) -> None:
+        for key in [k for k in tensors if k.startswith(prefix)]:
+            tensors["optim/" + key.removeprefix(prefix)] = tensors.pop(key)
+
+    def old_document(document: dict) -> None:
+        del document["optimizer"]["name"]
+        document["tensors"] = {("optim/" + k.removeprefix(prefix) if k.startswith(prefix)
+                                else k): v for k, v in document["tensors"].items()}
+
+    version = current(path)
+    assert version is not None
+    tamper(version, tensors=old_keys, document=old_document)
+    loaded = load_checkpoint(path).optimizer
+    assert loaded is not None and isinstance(loaded.config, SGDConfig)
+    momenta = optimizer.buffers["momentum"]
+    assert list(loaded.buffers["momentum"]) == list(momenta)
+    assert all(torch.equal(loaded.buffers["momentum"][n], b) for n, b in momenta.items())
