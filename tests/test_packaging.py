@@ -1,8 +1,10 @@
 """Packaging: a torch range in the metadata (the tested pin in constraints.txt), a LICENSE,
-Triton only where it has wheels, and the command line's dependencies in an extra."""
+Triton only where it has wheels, the command line's dependencies in an extra, and the
+source folder ``kernels/`` as the package ``esper.kernels``."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -10,9 +12,11 @@ import sys
 import tomllib
 from pathlib import Path
 
+import pytest
 import torch
 from packaging.requirements import Requirement
 from packaging.version import Version
+from packaging_support import source_packages
 
 ROOT = Path(__file__).resolve().parents[1]
 PROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
@@ -98,3 +102,42 @@ def test_esper_grow_without_the_cli_extras_says_what_to_install(tmp_path: Path) 
     assert "needs the command line's extras" in run.stderr
     assert "pip install 'esper[cli]'" in run.stderr and "Traceback" not in run.stderr
     assert not (tmp_path / "run").exists()
+
+
+# --- the name esper.kernels ---------------------------------------------------------------
+
+
+def test_the_kernels_folder_is_the_package_esper_kernels() -> None:
+    link = ROOT / "esper" / "kernels"
+    assert link.is_symlink() and os.readlink(link) == os.path.join("..", "kernels")
+    assert "esper.kernels" in source_packages()
+
+
+TOP_LEVEL_KERNELS = r"""
+import json, sys, torch
+
+def top_level():
+    try:
+        import kernels  # the source folder, found through the repository root on the path
+    except ImportError as error:
+        return str(error)
+    return None
+
+first = top_level()  # before esper.kernels registered the ops
+import esper.kernels
+one = [torch.arange(6.0).reshape(2, 3)]
+print(json.dumps({"first": first, "again": top_level(),
+                  "public": esper.kernels.squared_norms(one).tolist(),
+                  "op": torch.ops.esper.squared_norms(one, "torch").tolist()}))
+"""
+
+
+@pytest.mark.slow
+def test_the_source_folder_does_not_import_as_a_second_top_level_kernels() -> None:
+    # A second copy would register torch.ops.esper.* again (torch raises on that).
+    run = _python(TOP_LEVEL_KERNELS)
+    assert run.returncode == 0, run.stderr[-3000:]
+    report = json.loads(run.stdout)
+    assert "'esper.kernels'" in report["first"] and report["again"] == report["first"]
+    assert report["public"] == report["op"] == pytest.approx([55.0])
+
