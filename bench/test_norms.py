@@ -15,7 +15,7 @@ from collections.abc import Callable
 import pytest
 import torch
 
-import kernels
+from esper import kernels
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 

@@ -59,7 +59,7 @@ import pytest
 import torch
 from torch import Tensor
 
-import kernels
+from esper import kernels
 from esper.kasmina import transition
 from esper.leyline import SeedStage
 from esper.leyline.constants import DEFAULT_TELEMETRY_STRIDE

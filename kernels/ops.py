@@ -6,6 +6,11 @@ The work is done by the custom ops ``esper::squared_norms`` and
 the output shape) and, through them, the Triton path has a gradient. Each op
 runs the Triton launcher or the plain-torch path, by a backend string resolved
 beforehand from the device.
+
+The ops are registered once per process, so this package imports only as
+``esper.kernels``: a second copy (the source folder imported as a top-level
+``kernels`` from the repository root) would register them again, and fails to
+import instead.
 """
 
 from __future__ import annotations
@@ -23,13 +28,18 @@ except ImportError:
 from ._utils import TensorIndex, group_index, index_tensors
 
 BACKENDS = ("auto", "triton", "torch")
+PACKAGE = "esper.kernels"
+
+if __package__ != PACKAGE:  # before the ops below are registered
+    raise ImportError(f"the kernels package is {PACKAGE!r}: import it by that name, "
+                      f"not as {__package__!r}, which would register torch.ops.esper twice")
 
 
 def _check_tensors(tensors: list[object], name: str) -> TensorIndex:
     """Raise unless every entry is a floating-point tensor and all share a device.
 
     Returns:
-        :func:`kernels._utils.index_tensors` of the tensors, which the checks read.
+        :func:`esper.kernels._utils.index_tensors` of the tensors, which the checks read.
     """
     if not all(issubclass(kind, torch.Tensor) for kind in {type(t) for t in tensors}):
         i, t = next((i, t) for i, t in enumerate(tensors) if not isinstance(t, torch.Tensor))

@@ -97,7 +97,7 @@ def group_squared_norms_triton(
         out: optional float32 buffer of shape ``(len(group_sizes),)`` to write.
         workspace: optional float64 buffer for the partial sums, at least one
             element per program (tests pass it filled with NaN).
-        index: :func:`kernels._utils.index_tensors` of ``tensors``, if at hand.
+        index: :func:`esper.kernels._utils.index_tensors` of ``tensors``, if at hand.
 
     Returns:
         ``out``, holding one float32 sum of squares per group (0 for a group that

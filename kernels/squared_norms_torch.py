@@ -70,7 +70,7 @@ def per_tensor_sum_squares(
 
     Arguments:
         tensors: floating-point tensors on one device, any layout and dtype mix.
-        index: :func:`kernels._utils.index_tensors` of ``tensors``, if at hand.
+        index: :func:`esper.kernels._utils.index_tensors` of ``tensors``, if at hand.
 
     Returns:
         A float64 tensor of shape ``(len(tensors),)``.
@@ -119,7 +119,7 @@ def group_squared_norms_torch(
     Arguments:
         tensors: floating-point tensors on one device, the groups concatenated.
         group_sizes: the number of tensors in each group; sums to ``len(tensors)``.
-        index: :func:`kernels._utils.index_tensors` of ``tensors``, if at hand.
+        index: :func:`esper.kernels._utils.index_tensors` of ``tensors``, if at hand.
 
     Returns:
         A float32 tensor of shape ``(len(group_sizes),)`` on the tensors' device.

@@ -2,12 +2,15 @@
 
 A package may import only the packages listed for it in ``MAY_IMPORT``, so no
 package imports another that imports it back. The scan follows every import,
-including those inside functions: a lazy import is still a dependency.
+including those inside functions: a lazy import is still a dependency. The
+sources are read as the distribution holds them: ``kernels/`` as ``esper.kernels``,
+through the link ``esper/kernels``.
 """
 
 from __future__ import annotations
 
 import ast
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,16 +26,17 @@ MAY_IMPORT: dict[str, set[str]] = {
     "esper._version": set(),
     "esper.validation": {"esper.errors"},
     "esper.leyline": BASE,
-    "kernels": set(),
+    "esper.kernels": set(),
     "esper.core": CONTRACTS,
-    "esper.ops": CONTRACTS | {"esper.core", "kernels"},
+    "esper.ops": CONTRACTS | {"esper.core", "esper.kernels"},
     "esper.nn": CONTRACTS | {"esper.core", "esper.ops"},
     "esper.optim": CONTRACTS,
     "esper.data": CONTRACTS,
     "esper.tamiyo": CONTRACTS | {"esper.core"},
     "esper.checkpoint": CONTRACTS | {"esper.core", "esper.ops", "esper.nn", "esper.optim"},
     "esper.tolaria": CONTRACTS | {"esper.core", "esper.ops", "esper.nn", "esper.optim",
-                                  "esper.data", "esper.tamiyo", "esper.checkpoint", "kernels"},
+                                  "esper.data", "esper.tamiyo", "esper.checkpoint",
+                                  "esper.kernels"},
     "esper.demo": CONTRACTS | {"esper.nn", "esper.data", "esper.tolaria"},
     "esper.cli": CONTRACTS | {"esper.tolaria", "esper.demo"},
     "esper.__main__": {"esper.cli"},
@@ -71,7 +75,10 @@ def _imports(path: Path) -> Iterator[str]:
 
 
 def _sources() -> list[Path]:
-    return sorted([*ROOT.glob("esper/**/*.py"), *ROOT.glob("kernels/**/*.py")])
+    """Every module under ``esper/``, the linked ``esper/kernels`` followed."""
+    walk = os.walk(ROOT / "esper", followlinks=True)
+    return sorted(Path(folder, name) for folder, _, names in walk
+                  for name in names if name.endswith(".py"))
 
 
 def _edges() -> dict[str, set[str]]:

@@ -1,4 +1,4 @@
 """The compiled tensor path: slot formula, isolation probe, seed health, gradient telemetry.
 
-May import: ``esper.core`` and what it may, and ``kernels``; never ``torch.nn``.
+May import: ``esper.core`` and what it may, and ``esper.kernels``; never ``torch.nn``.
 """

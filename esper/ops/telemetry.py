@@ -1,7 +1,7 @@
 """Gradient telemetry: capture on the device without a host sync, materialize once.
 
 ``capture`` computes the squared gradient norm of the host and of each seed in
-one multi-tensor pass (:func:`kernels.group_squared_norms`) and returns device
+one multi-tensor pass (:func:`esper.kernels.group_squared_norms`) and returns device
 tensors only. ``GradientEMA`` folds captures into a bias-corrected moving
 average, still on the device. ``materialize`` performs the single host sync and
 turns the result into Python numbers and the G2 gradient-activity ratio.
@@ -16,9 +16,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-import kernels
-
 from ..core.state import SlotState
+from ..kernels import group_squared_norms
 from ..leyline import SlotTelemetry
 from ..leyline.constants import (
     DEFAULT_MAX_GRADIENT_RATIO,
@@ -87,7 +86,7 @@ def capture(host_params: Iterable[Tensor],
         names.append(name)
         groups.append(grads)
         counts.append(count)
-    squared = kernels.group_squared_norms(groups)
+    squared = group_squared_norms(groups)
     return GradientCapture(tuple(names), squared, host_count, tuple(counts))
 
 

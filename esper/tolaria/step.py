@@ -21,8 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-import kernels
-
+from ..kernels import group_squared_norms
 from ..leyline.constants import LOSS_SCALE_GROWTH_INTERVAL
 from ..nn.model import MorphogeneticModel
 from ..ops.health import SeedHealth
@@ -79,7 +78,7 @@ def group_squares(grads: Mapping[str, Tensor], groups: tuple[tuple[str, ...], ..
     on CUDA); run eagerly, the multi-tensor kernel op does it in one launch.
     """
     if not torch.compiler.is_compiling():
-        return kernels.group_squared_norms([[grads[n] for n in group] for group in groups])
+        return group_squared_norms([[grads[n] for n in group] for group in groups])
     zero = next(iter(grads.values())).new_zeros((), dtype=torch.float32)
     return torch.stack([sum((grads[n].float().square().sum() for n in group), zero)
                         for group in groups])

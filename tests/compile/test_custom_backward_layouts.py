@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
-import kernels  # noqa: F401  (registers the esper:: ops)
+import esper.kernels  # noqa: F401  (registers the esper:: ops)
 from esper.core.lifecycle import germinate, set_alpha, transition
 from esper.core.state import SlotState
 from esper.leyline import SeedStage

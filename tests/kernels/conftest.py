@@ -1,10 +1,4 @@
-"""Import the real ``kernels`` package, and set up the Triton interpreter without a GPU.
-
-This directory is itself named ``kernels``: with ``tests/`` on ``sys.path`` (the
-root conftest puts it there) Python would take it for a namespace package
-``kernels``. A regular package wins over a namespace portion wherever it sits
-on the path, so the repository root is added and a namespace ``kernels``
-imported too early is dropped.
+"""Set up the Triton interpreter without a GPU.
 
 Without a GPU the Triton tests run the kernels on CPU through the Triton
 interpreter. Triton decides interpreter or compiler at its first import (its own
@@ -19,16 +13,9 @@ from __future__ import annotations
 
 import os
 import sys
-from pathlib import Path
 
 import pytest
 import torch
-
-_ROOT = str(Path(__file__).resolve().parents[2])
-if _ROOT not in sys.path:
-    sys.path.append(_ROOT)
-if getattr(sys.modules.get("kernels"), "__file__", "") is None:
-    del sys.modules["kernels"]
 
 if not torch.cuda.is_available() and "triton" not in sys.modules:
     # Left set: parts of Triton imported at the first launch check it again.

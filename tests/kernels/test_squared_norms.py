@@ -1,4 +1,4 @@
-"""kernels.squared_norms / group_squared_norms against a float64 reference.
+"""esper.kernels.squared_norms / group_squared_norms against a float64 reference.
 
 Tests marked ``triton_kernel`` run the Triton kernels: on CUDA when there is a
 GPU, otherwise on CPU under the Triton interpreter (see ``conftest.py``). The
@@ -17,11 +17,11 @@ import pytest
 import torch
 from torch._dynamo.testing import CompileCounterWithBackend
 
-import kernels
-from kernels import ops
-from kernels.reference import group_squared_norms_reference, squared_norms_reference
-from kernels.squared_norms import group_squared_norms_triton
-from kernels.squared_norms_torch import LARGE, MIN_STACK, ROW
+from esper import kernels
+from esper.kernels import ops
+from esper.kernels.reference import group_squared_norms_reference, squared_norms_reference
+from esper.kernels.squared_norms import group_squared_norms_triton
+from esper.kernels.squared_norms_torch import LARGE, MIN_STACK, ROW
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
@@ -87,7 +87,7 @@ def _poison(n: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
 @pytest.fixture
 def launches(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
     """Names of the Triton kernels launched during the test, in order."""
-    module = sys.modules["kernels.squared_norms"]
+    module = sys.modules["esper.kernels.squared_norms"]
     seen: list[str] = []
 
     class Counting:
