@@ -13,6 +13,7 @@ from .config import AdamWConfig as AdamWConfig
 from .config import OptimizerConfig as OptimizerConfig
 from .config import SGDConfig as SGDConfig
 from .config import optimizer_config as optimizer_config
+from .schedule import RunSchedule as RunSchedule
 from .schedule import lr_factor as lr_factor
 from .state import OptimizerState as OptimizerState
 from .state import decays as decays
@@ -20,5 +21,6 @@ from .state import group_of as group_of
 from .update import masked_update as masked_update
 
 __all__ = ["HOST_GROUP", "AdamWConfig", "Binding", "OptimizerConfig", "OptimizerState",
-           "SGDConfig", "UnboundSeedWarning", "bind", "decays", "group_of", "lr_factor",
+           "RunSchedule", "SGDConfig", "UnboundSeedWarning", "bind", "decays", "group_of",
+           "lr_factor",
            "masked_update", "optimizer_config"]

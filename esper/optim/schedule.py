@@ -16,6 +16,7 @@ Example::
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 from ..leyline.constants import SCHEDULES
 from ..validation import check_int
@@ -40,3 +41,23 @@ def lr_factor(schedule: str, step: int, total: int, warmup: int = 0) -> float:
     span = max(total - warmup, 1)
     progress = min((step - warmup) / span, 1.0)
     return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+@dataclass(frozen=True)
+class RunSchedule:
+    """A run's schedule: :func:`lr_factor` of each of its ``total`` steps.
+
+    Raises:
+        ValueError: as :func:`lr_factor` for an unknown schedule or bad counts.
+    """
+
+    name: str
+    total: int
+    warmup: int = 0
+
+    def __post_init__(self) -> None:
+        lr_factor(self.name, 0, self.total, self.warmup)  # one place for the rules
+
+    def factor(self, step: int) -> float:
+        """The multiplier of the learning rates at ``step`` (0-based)."""
+        return lr_factor(self.name, step, self.total, self.warmup)

@@ -13,12 +13,17 @@ import math
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+import torch
+
 from ..errors import CheckpointError
 from ..validation import check_int, is_real
+from .breakers import fresh as fresh_breakers
 from .records import EpochRecord, SlotSnapshot
 from .runconfig import config_from_record, config_record
 
 if TYPE_CHECKING:
+    from ..nn.model import MorphogeneticModel
+    from ..optim import OptimizerState
     from .trainer import Trainer
 
 PROGRESS_KEYS = frozenset({"epoch", "records", "tally", "events_written", "global_step",
@@ -161,3 +166,27 @@ def check_progress(state: object, where: str = "trainer state") -> dict[str, Any
 
 __all__ = ["CONTROLLER_KEYS", "MAX_COUNT", "OPTIONAL_KEYS", "PROGRESS_KEYS", "RECORD_KEYS",
            "check_progress", "progress_state"]
+
+
+def restore_progress(trainer: Trainer, model: MorphogeneticModel, optimizer: OptimizerState,
+                     state: object) -> None:
+    """Set ``trainer`` to continue from a checkpoint's model, optimizer and progress.
+
+    Everything is checked first (:func:`check_progress`, then the controller's
+    memory), so a refusal changes nothing.
+
+    Raises:
+        CheckpointError: the progress is not one a run can continue from.
+    """
+    checked = check_progress(state)
+    trainer.decider.restore(checked)  # the only part that may still refuse
+    trainer.model, trainer.optimizer = model, optimizer
+    trainer.epoch = int(checked["epoch"])
+    trainer.tally = {str(k): int(v) for k, v in checked["tally"].items()}
+    trainer.events_written = int(checked["events_written"])
+    trainer.global_step = int(checked["global_step"])
+    trainer.breakers = fresh_breakers(tuple(model.seed_slots),
+                                      {n: s.state.seed_id for n, s in model.seed_slots.items()})
+    trainer.records = list(checked["records"])
+    if trainer.loss_scale is not None and "loss_scale" in checked:
+        trainer.loss_scale.copy_(torch.tensor(checked["loss_scale"], dtype=torch.float32))

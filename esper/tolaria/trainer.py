@@ -35,31 +35,29 @@ from ..leyline import SeedStage, SlotTelemetry, TelemetryEvent, is_blended
 from ..leyline.constants import DEFAULT_MAX_BLEND_LOSS_RATIO, INITIAL_LOSS_SCALE
 from ..nn.model import MorphogeneticModel
 from ..ops.telemetry import GradientEMA, due
-from ..optim import OptimizerState, lr_factor, optimizer_config
+from ..optim import OptimizerState, RunSchedule, optimizer_config
 from ..tamiyo import Decision
 from . import breakers
 from .apply import GERMINATED, apply_decision, command_rejection
-from .compiled import CompileCounter, build_probe, build_step
+from .compiled import CompileCounter, build_probe
 from .config import GrowConfig, build_host
 from .consensus import Proposal
-from .culprit import step_or_prune, survive
+from .culprit import survive
 from .decider import Decider
 from .evaluate import Validation, validate
 from .hardware import autocast, autocast_dtype, resolve_device
-from .inputs import StepOptions
 from .parallelism import Parallelism, SingleProcess, isolation_violations
-from .progress import check_progress, progress_state
+from .progress import progress_state, restore_progress
 from .records import EpochRecord, SlotSnapshot
 from .seeding import epoch_seed, germination_seed, probe_seed
-from .step import StepFn, StepResult
+from .step import StepResult
+from .step_runner import Notice, StepRunner
 from .topology_run import TopologyRun
 
 EXCEPTION = "exception"  # the prune reason of a seed that raised
 EventSink = Callable[[dict[str, Any]], None]
 StepHook = Callable[[int, int], None]
 """Called after each training step with (steps done this epoch, steps per epoch)."""
-Notice = Callable[[str], None]
-"""Receives a line worth showing a person (a compile starting, and how long it took)."""
 _log = logging.getLogger("esper")
 
 
@@ -72,10 +70,18 @@ class Trainer:
         data: the task (the whole of it: ``parallel`` shards it).
         sink: receives every event record (lifecycle, decision, safety, consensus).
         parallel: what this process shares with the others (keyword only).
+        on_step: called after each step with (steps done this epoch, steps per epoch).
+        notify: receives the lines a person should see (a compile and its duration).
+
+    The run trains on ``config.device`` (resolved by :mod:`~.hardware`), in
+    ``config.precision``, with ``config.optimizer`` at the rates of
+    :attr:`schedule`; :attr:`runner` runs each step.
 
     Raises:
         RuntimeError: under data parallelism, the ranks do not start from the
             same configuration and weights.
+        DeviceUnavailableError, PrecisionUnsupportedError: the machine cannot run
+            the device or precision asked for.
     """
 
     config: GrowConfig
@@ -101,7 +107,6 @@ class Trainer:
     def __post_init__(self) -> None:
         cfg = self.config
         self.device = resolve_device(cfg.device)
-        self._autocast = autocast_dtype(cfg.precision, self.device)
         self.data = self.parallel.shard(self.data).to(self.device)
         torch.manual_seed(epoch_seed(cfg.seed, 0))
         topology = self.data.topology
@@ -113,20 +118,25 @@ class Trainer:
         self.optimizer = OptimizerState(optimizer_config(
             cfg.optimizer, lr=cfg.lr, seed_lr=cfg.seed_lr)).synced(self.model)
         self.loss_scale = (torch.tensor([INITIAL_LOSS_SCALE, 0.0], device=self.device)
-                           if self._autocast == torch.float16 else None)
+                           if cfg.precision == "fp16" else None)
         self.breakers = breakers.fresh(tuple(self.model.seed_slots), {})
         self.decider = Decider.of(self.config, topology, frozenset(self.model.seed_slots),
                                   self._lifecycle_event, reads_commands=self.parallel.is_main)
-        self.counter = CompileCounter(self.config.compile_backend)
-        self._compiled: set[tuple[str, ...]] = set()  # topologies whose step has compiled
-        self._step = build_step(self.config.compile, self.counter)
-        self._eager_step = build_step(False)
+        self.schedule = RunSchedule(cfg.schedule, max(cfg.epochs * self.steps_per_epoch, 1),
+                                    cfg.warmup_steps)
+        self.runner = StepRunner(cfg.compile, cfg.compile_backend, autocast_dtype(
+            cfg.precision, self.device), self.parallel.reduce, notify=self._notice)
+        self.counter = self.runner.counter
         self.probe_counter = CompileCounter(self.config.compile_backend)
         self._probe = build_probe(self.config.compile, self.probe_counter)
         self.parallel.check("configuration, initial weights and slot states", self.config,
                             self.model)
 
     # ------------------------------------------------------------------ events
+
+    def _notice(self, text: str) -> None:
+        if self.notify is not None:
+            self.notify(text)
 
     def _emit(self, record: dict[str, Any]) -> None:
         self.events_written += 1
@@ -149,33 +159,10 @@ class Trainer:
     def _guarded_step(self, run: TopologyRun, xb: torch.Tensor, yb: torch.Tensor,
                       measure: bool) -> StepResult | None:
         """The step, or ``None`` when a seed raised in it and was pruned (see
-        :func:`~.culprit.step_or_prune`; a compiled step that raised runs again eagerly)."""
-        options = self.options(measure)
-        run.schedule(self.lr_scale())
-
-        def run_with(step: StepFn) -> Callable[[], StepResult]:
-            return lambda: step(self.model, run.step_inputs(), xb, yb, options)
-
-        eager = run_with(self._eager_step) if self.config.compile else None
-        topology = tuple(run.inputs.params)
-        first = self.config.compile and topology not in self._compiled
-        if first and self.notify is not None:
-            self.notify("compiling the training step... (first time for these seeds: "
-                        "germinating or pruning one compiles again)")
-        graphs, started = self.counter.graphs, time.perf_counter()
-        result = step_or_prune(run_with(self._step), eager, self.model.seed_slots,
-                               self._prune_raiser)
-        if first:
-            self._compiled.add(topology)
-            if self.counter.graphs > graphs and self.notify is not None:
-                self.notify(f"compiled the training step in {time.perf_counter() - started:.1f}s "
-                            f"({self.counter.graphs} graph(s) so far)")
-        return result
-
-    def options(self, measure: bool) -> StepOptions:
-        """How this run's steps run: measuring the group norms or not."""
-        return StepOptions(measure=measure, reduce=self.parallel.reduce,
-                           autocast=self._autocast)
+        :meth:`~.step_runner.StepRunner.run`)."""
+        return self.runner.run(self.model, run, xb, yb, measure=measure,
+                               lr_scale=self.schedule.factor(self.global_step),
+                               prune=self._prune_raiser)
 
     def _start_run(self) -> TopologyRun:
         """The steps' inputs and counters for the model's topology now."""
@@ -187,16 +174,9 @@ class Trainer:
         count = len(self.data.train[1])
         return count // min(self.config.batch_size, count)
 
-    def lr_scale(self, step: int | None = None) -> float:
-        """The schedule's multiplier of the learning rates at ``step`` (0-based; default:
-        the next step's)."""
-        cfg = self.config
-        return lr_factor(cfg.schedule, self.global_step if step is None else step,
-                         max(cfg.epochs * self.steps_per_epoch, 1), cfg.warmup_steps)
-
     def host_lr(self) -> float:
         """The host's learning rate at the last step taken (the schedule's value)."""
-        return self.optimizer.config.lr * self.lr_scale(max(self.global_step - 1, 0))
+        return self.optimizer.config.lr * self.schedule.factor(max(self.global_step - 1, 0))
 
     def _prune_raiser(self, slot: str, error: BaseException) -> None:
         """Prune the seed in ``slot`` that raised ``error`` (reason ``exception``)."""
@@ -371,7 +351,7 @@ class Trainer:
         """Validation of the model, of each ``blended`` slot without its seed and of each
         ``probed`` slot with its seed at the probe alpha, over the whole split."""
         vx, vy = self.data.val
-        with autocast(self.device, self._autocast):
+        with autocast(self.device, self.runner.autocast):
             validation = validate(self.model, vx, vy, blended, probed)
         return self.parallel.reduce_validation(validation)
 
@@ -441,24 +421,14 @@ class Trainer:
 
     def restore(self, model: MorphogeneticModel, optimizer: OptimizerState,
                 state: dict[str, Any]) -> None:
-        """Continue from a checkpoint's model, optimizer and trainer state.
+        """Continue from a checkpoint's model, optimizer and trainer state (see
+        :func:`~.progress.restore_progress`).
 
         Raises:
             CheckpointError: the trainer state is not one a run can continue from
                 (see :func:`~esper.tolaria.progress.check_progress`); nothing changed.
         """
-        state = check_progress(state)
-        self.decider.restore(state)  # the only part that may still refuse
+        restore_progress(self, model, optimizer, state)
         for slot in model.seed_slots.values():
             slot.on_telemetry = self._lifecycle_event
-        self.model, self.optimizer = model, optimizer
-        self.epoch = int(state["epoch"])
-        self.tally = {str(k): int(v) for k, v in state["tally"].items()}
-        self.events_written = int(state["events_written"])
-        self.global_step = int(state["global_step"])
-        self.breakers = breakers.fresh(tuple(model.seed_slots),
-                                       {n: s.state.seed_id for n, s in model.seed_slots.items()})
-        self.records = list(state["records"])
-        if self.loss_scale is not None and "loss_scale" in state:
-            self.loss_scale.copy_(torch.tensor(state["loss_scale"], dtype=torch.float32))
         self.parallel.check("the resumed checkpoint", self.config, model)

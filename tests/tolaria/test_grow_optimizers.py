@@ -74,7 +74,7 @@ def test_one_graph_whatever_the_learning_rate(tmp_path, optimizer):
     step = torch.compile(train_step, fullgraph=True, dynamic=False, backend=counter)
     run = TopologyRun.start(t.model, t.optimizer)
     x, y = t.data.train[0][:16], t.data.train[1][:16]
-    options = t.options(measure=True)
+    options = t.runner.options(measure=True)
     for scale in (1.0, 0.5, 0.25):
         run.schedule(scale)
         step(t.model, run.step_inputs(), x, y, options)
@@ -98,17 +98,17 @@ def test_loss_scale_halves_on_overflow_and_skips_every_group_without_blame(tmp_p
     before = {n: p.detach().clone() for n, p in t.model.named_parameters()}
     x, y = t.data.train[0][:16], t.data.train[1][:16]
     loud = x * 1e4  # first-layer gradients of ~1e4: times the scale, beyond float32
-    result = train_step(t.model, run.step_inputs(), loud, y, t.options(measure=True))
+    result = train_step(t.model, run.step_inputs(), loud, y, t.runner.options(measure=True))
     assert result.loss.isfinite()
     assert not result.updated.any() and not result.faults.any()
     assert scale.tolist() == [pytest.approx(1.5e38), 0.0]
     assert all(torch.equal(p, before[n]) for n, p in t.model.named_parameters())
     scale.copy_(torch.tensor([1024.0, 0.0]))
-    result = train_step(t.model, run.step_inputs(), x, y, t.options(measure=True))
+    result = train_step(t.model, run.step_inputs(), x, y, t.runner.options(measure=True))
     assert result.updated.all() and scale.tolist() == [1024.0, 1.0]
     # A power-of-two scale is exact: the same update as the step without one.
     train_step(plain.model, TopologyRun.start(plain.model, plain.optimizer).step_inputs(), x, y,
-               plain.options(measure=True))
+               plain.runner.options(measure=True))
     theirs = dict(plain.model.named_parameters())
     moved = {n for n, p in t.model.named_parameters() if not torch.equal(p, before[n])}
     assert any(n.startswith("host.") for n in moved) and any(".seed." in n for n in moved)
