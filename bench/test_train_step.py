@@ -6,6 +6,9 @@ Run the table with::
 
     pytest bench/test_train_step.py --benchmark-enable -s
 
+(``ESPER_BENCH_DEVICE=cuda`` on a GPU: batches and models on the device, each
+timed step synchronized; see :mod:`bench.train_step_support`.)
+
 One step is forward, backward and SGD on a batch of 64 images 3x32x32 through
 the default ``CNNHost`` (base_channels=32, three blocks, channels_last). Cases:
 
@@ -53,11 +56,8 @@ table at the end (printed with ``-s``); nothing is asserted.
 
 from __future__ import annotations
 
-import os
-import statistics
-import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import pytest
 import torch
@@ -65,29 +65,34 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import esper
+from bench.train_step_support import (
+    BATCH,
+    DEVICE,
+    ROUNDS,
+    SEED_SLOT,
+    SGD,
+    ProductStep,
+    Rounds,
+    Step,
+    X,
+    Y,
+    cnn_model,
+    image_batch,
+    number,
+    paired_rounds,
+    synchronized,
+)
 from esper.kasmina import SlotState, set_alpha, transition
 from esper.leyline import SeedStage
 from esper.nn.blueprints import create
 from esper.nn.host import CNNHost
 from esper.nn.model import MorphogeneticModel
-from esper.optim import OptimizerState, SGDConfig
-from esper.tolaria.compiled import build_step
-from esper.tolaria.inputs import StepInputs
 from tests.graft_models import ResNet, resnet18
 
-# Two intra-op threads; ESPER_BENCH_THREADS=1 is steadier on a machine shared with other jobs.
-torch.set_num_threads(int(os.environ.get("ESPER_BENCH_THREADS", "2")))
-
-BATCH = 64
-SLOTS = ("early", "mid", "late")
-SEED_SLOT = "mid"
 RESNET_BATCH = 16
 RESNET_POINTS = ("layer1", "layer2", "layer3.0", "layer4")
 RESNET_SEED_POINT = "layer3.0"
 BLEND_ALPHA = 0.5
-SGD = SGDConfig(lr=0.01)  # the trainer's momentum and weight decay
-WARMUP_ROUNDS = 5
-ROUNDS = 40
 MODES = ("eager", "compiled")
 CASES = ("bare", "seed_alone", "dormant", "training", "blending", "fossilized")
 RESNET_CASES = ("bare", "seed_alone", "dormant", "training")
@@ -99,40 +104,22 @@ TARGETS = {
     ("blending", "eager"): 1.10, ("blending", "compiled"): 1.07,
 }
 
-Step = Callable[[], None]
-
-
 # --------------------------------------------------------------------------- data and models
-
-
-def _batch(size: int = BATCH) -> tuple[Tensor, Tensor]:
-    generator = torch.Generator().manual_seed(0)
-    images = torch.randn(size, 3, 32, 32, generator=generator)
-    labels = torch.randint(0, 10, (size,), generator=generator)
-    return images.contiguous(memory_format=torch.channels_last), labels
-
-
-X, Y = _batch()
 
 
 def _model(case: str, mode: str) -> nn.Module:
     """The bare host (eager: the plain module; compiled: the model without slots), the host
-    with dormant slots, or with a GERMINATED ``norm`` seed."""
-    torch.manual_seed(0)
+    with dormant slots, or with a GERMINATED ``norm`` seed, on the device."""
     if case == "bare" and mode == "eager":
-        return CNNHost()
-    if case == "bare":
-        return MorphogeneticModel(CNNHost(), slots=())
-    model = MorphogeneticModel(CNNHost(), slots=SLOTS)
-    if case in SEEDED:
-        model.germinate_seed("norm", "bench", slot=SEED_SLOT)
-    return model
+        torch.manual_seed(0)
+        return CNNHost().to(DEVICE)
+    return cnn_model(case)
 
 
 def _mid_features() -> Tensor:
     """The host's real ``mid`` features for the batch (64x64x8x8, channels_last)."""
     with torch.no_grad():
-        return CNNHost().forward_to_segment(SEED_SLOT, X)
+        return CNNHost().to(DEVICE).forward_to_segment(SEED_SLOT, X)
 
 
 class _ResNetHost(ResNet):
@@ -142,12 +129,12 @@ class _ResNetHost(ResNet):
         return {}
 
     def example_input(self) -> Tensor:
-        return RX[:2]
+        return RX[:2].cpu()  # the dry run runs before the move to the device
 
 
 def _resnet_batch() -> tuple[Tensor, Tensor]:
-    images, labels = _batch(RESNET_BATCH)
-    return images.contiguous(), labels  # as a user's data loader gives them
+    images, labels = image_batch(RESNET_BATCH)
+    return images.contiguous().to(DEVICE), labels.to(DEVICE)  # as a user's data loader gives them
 
 
 RX, RY = _resnet_batch()
@@ -157,11 +144,11 @@ def _resnet_model(case: str, mode: str) -> nn.Module:
     """The plain ResNet-18 (eager bare), a model of it without slots (compiled bare), grafted
     with dormant slots, or with a GERMINATED ``norm`` seed at ``layer3.0``."""
     if case == "bare" and mode == "eager":
-        return resnet18()
+        return resnet18().to(DEVICE)
     if case == "bare":
         torch.manual_seed(0)  # as resnet18() initialises
-        return MorphogeneticModel(_ResNetHost(), slots=())
-    model = esper.graft(resnet18(), RESNET_POINTS, example_input=RX)
+        return MorphogeneticModel(_ResNetHost(), slots=(), device=DEVICE)
+    model = esper.graft(resnet18(), RESNET_POINTS, example_input=RX.cpu(), device=DEVICE)
     if case in SEEDED:
         model.germinate_seed("norm", "bench", slot=RESNET_SEED_POINT)
     return model
@@ -170,7 +157,7 @@ def _resnet_model(case: str, mode: str) -> nn.Module:
 def _resnet_features() -> Tensor:
     """The ResNet's real ``layer3.0`` features for the batch (16x32x2x2)."""
     captured: list[Tensor] = []
-    net = resnet18()
+    net = resnet18().to(DEVICE)
     net.get_submodule(RESNET_SEED_POINT).register_forward_hook(
         lambda module, args, output: captured.append(output))
     with torch.no_grad():
@@ -225,27 +212,10 @@ def _eager_step(model: nn.Module, x: Tensor, y: Tensor) -> Step:
     return step
 
 
-class ProductStep:
-    """The step ``esper grow`` runs, compiled as it compiles it, on ``model``'s own tensors.
-
-    ``step(states)`` trains the model in place (parameters, momenta, BatchNorm
-    buffers); every state of the same topology reuses the one graph.
-    """
-
-    def __init__(self, model: MorphogeneticModel, x: Tensor, y: Tensor) -> None:
-        self.model = model
-        self.x, self.y = x, y
-        self.inputs = StepInputs.of(model, OptimizerState(SGD).synced(model))
-        self._compiled = build_step(True)
-
-    def step(self, states: dict[str, SlotState]) -> None:
-        self._compiled(self.model, replace(self.inputs, states=states), self.x, self.y)
-
-
 def _seed_alone_step(host: Host, mode: str) -> Step:
     """The ``norm`` seed's forward and backward on the seed slot's features, nothing else."""
     features = host.features().requires_grad_(True)
-    seed = create("cnn", "norm", features.shape[1]).to(memory_format=host.memory_format)
+    seed = create("cnn", "norm", features.shape[1]).to(DEVICE, memory_format=host.memory_format)
     forward = torch.compile(seed, fullgraph=True) if mode == "compiled" else seed
     cotangent = torch.randn_like(features)
 
@@ -258,8 +228,8 @@ def _seed_alone_step(host: Host, mode: str) -> Step:
 
 
 class Steps:
-    """Builds each (host, mode, case) step once; the compiled seeded cases of a host share one
-    trainer."""
+    """Builds each (host, mode, case) step once, synchronized; the compiled seeded cases of a
+    host share one trainer."""
 
     def __init__(self) -> None:
         self._steps: dict[tuple[str, str, str], Step] = {}
@@ -267,7 +237,7 @@ class Steps:
 
     def get(self, host: Host, mode: str, case: str) -> Step:
         if (host.name, mode, case) not in self._steps:
-            step = self._build(host, mode, case)
+            step = synchronized(self._build(host, mode, case))
             step()  # compiles, where it compiles
             self._steps[host.name, mode, case] = step
         return self._steps[host.name, mode, case]
@@ -298,34 +268,28 @@ class Steps:
 # --------------------------------------------------------------------------- report
 
 
-def _paired_ratio(case: list[float], reference: list[float]) -> float:
-    """Median over rounds of case / reference: each pair ran back to back, under the same load."""
-    return statistics.median(c / r for c, r in zip(case, reference, strict=True))
-
-
 @dataclass(frozen=True)
 class Result:
-    """One case's round times and those of the steps interleaved with them (seconds)."""
+    """One case's rounds: against the bare host's step and (compiled) the eager step of the
+    same case, each run just before it."""
 
-    case: list[float]
-    bare: list[float]
-    eager: list[float] | None = None  # compiled mode: the eager step of the same case
+    rounds: Rounds
 
     @property
     def case_ms(self) -> float:
-        return statistics.median(self.case) * 1e3
+        return self.rounds.case_ms
 
     @property
     def bare_ms(self) -> float:
-        return statistics.median(self.bare) * 1e3
+        return self.rounds.reference_ms("bare")
 
     @property
     def ratio(self) -> float:
-        return _paired_ratio(self.case, self.bare)
+        return self.rounds.ratio("bare")
 
     @property
     def versus_eager(self) -> float | None:
-        return _paired_ratio(self.case, self.eager) if self.eager is not None else None
+        return self.rounds.ratio("eager") if "eager" in self.rounds.references else None
 
 
 RESULTS: dict[tuple[str, str, str], Result] = {}  # (host, mode, case) -> times, in run order
@@ -343,10 +307,6 @@ def _verdict(value: float | None, target: float | None) -> str:
     return "PASS" if value <= target else "MISS"
 
 
-def _number(value: float | None, digits: int) -> str:
-    return "" if value is None else f"{value:.{digits}f}"
-
-
 def _table() -> str:
     lines = [f"{'host':10}{'mode':9}{'case':11}{'step ms':>9}{'bare ms':>9}{'ratio':>7}"
              f"{'floor':>7}{'target':>7}{'':6}{'vs eager':>9}{'target':>7}"]
@@ -355,9 +315,9 @@ def _table() -> str:
         eager_target = 1.0 if r.versus_eager is not None and case != "seed_alone" else None
         lines.append(
             f"{host:10}{mode:9}{case:11}{r.case_ms:9.2f}{r.bare_ms:9.2f}{r.ratio:7.3f}"
-            f"{_number(_floor(host, mode, case), 3):>7}{_number(target, 2):>7}"
-            f"{_verdict(r.ratio, target):>6}{_number(r.versus_eager, 3):>9}"
-            f"{_number(eager_target, 2):>7}{_verdict(r.versus_eager, eager_target):>6}")
+            f"{number(_floor(host, mode, case), 3):>7}{number(target, 2):>7}"
+            f"{_verdict(r.ratio, target):>6}{number(r.versus_eager, 3):>9}"
+            f"{number(eager_target, 2):>7}{_verdict(r.versus_eager, eager_target):>6}")
     return "\n".join(lines)
 
 
@@ -382,19 +342,10 @@ def _measure(benchmark, steps: Steps, host: Host, mode: str, case: str) -> None:
     references = {"bare": steps.get(host, mode, "bare")}
     if mode == "compiled":
         references["eager"] = steps.get(host, "eager", case)
-    times: dict[str, list[float]] = {name: [] for name in references}
-
-    def run_references() -> None:  # untimed by pytest-benchmark: the setup of each round
-        for name, reference in references.items():
-            start = time.perf_counter()
-            reference()
-            times[name].append(time.perf_counter() - start)
-
-    benchmark.pedantic(step, setup=run_references, rounds=ROUNDS, warmup_rounds=WARMUP_ROUNDS)
-    if benchmark.disabled:
+    rounds = paired_rounds(benchmark, step, references)
+    if rounds is None:
         return
-    measured = {name: samples[WARMUP_ROUNDS:] for name, samples in times.items()}
-    result = Result(list(benchmark.stats.stats.data), measured["bare"], measured.get("eager"))
+    result = Result(rounds)
     RESULTS[host.name, mode, case] = result
     benchmark.extra_info.update(
         host=host.name, mode=mode, case=case, bare_ms=result.bare_ms, ratio=result.ratio,
