@@ -29,10 +29,10 @@ from collections.abc import Callable
 import torch
 from torch.utils.benchmark import Timer
 
-import kernels
 from bench.test_norms import CASES, PROVIDERS
+from esper import kernels
+from esper.kernels.reference import squared_norms_reference
 from esper.tolaria.hardware import resolve_device
-from kernels.reference import squared_norms_reference
 
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 REL_TOLERANCE = 1e-5  # the kernel tests' rtol (tests/kernels/test_squared_norms.py)
@@ -51,8 +51,8 @@ def triton_runs_on(device: torch.device) -> bool:
 def triton_poisoned(tensors: list[torch.Tensor]) -> torch.Tensor:
     """Each tensor's sum of squares by the Triton kernels, written into output and
     workspace buffers filled with NaN beforehand."""
-    from kernels._utils import plan_launches  # Triton is optional: imported only to run it
-    from kernels.squared_norms import group_squared_norms_triton
+    from esper.kernels._utils import plan_launches  # Triton is optional: imported only to run it
+    from esper.kernels.squared_norms import group_squared_norms_triton
 
     device, sizes = tensors[0].device, [1] * len(tensors)
     slots = max(plan_launches(tensors, sizes).num_slots, 1)
