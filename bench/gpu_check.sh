@@ -28,9 +28,8 @@
 #    its per-epoch lines and summary table, then summary.json's figures (final accuracy,
 #    graphs compiled, seeds, wall time). Passes when the run exits 0, ran 3 epochs, the
 #    accuracy is finite and the step compiled at least one graph and at most one per
-#    topology (1 + seeds germinated + seeds pruned). summary.json does not record the
-#    device, so nothing is asserted about it here: --device cuda refuses to start
-#    without CUDA, and part 3 asserts the trainer's device.
+#    topology (1 + seeds germinated + seeds pruned), and summary.json's "training" says
+#    it trained on cuda in bf16.
 #
 # 3. The compiled step's graph count on CUDA: a Trainer on digits (bf16, adamw, cosine,
 #    2 epochs, 256 samples) runs two epochs. Prints the graphs compiled, the topologies
@@ -118,11 +117,9 @@ summary = json.loads((out / "summary.json").read_text())
 for key in ("epochs", "final_accuracy", "compile_count", "probe_compile_count",
             "seeds_germinated", "seeds_pruned", "wall_seconds"):
     print(f"{key:20} {summary[key]}")
-if "device" in summary:
-    assert str(summary["device"]).startswith("cuda"), summary["device"]
-else:
-    print("device              not recorded in summary.json (--device cuda refuses to run "
-          "without CUDA; part 3 asserts the trainer's device)")
+print(f"{'trained':20} {summary['training']}")
+assert summary["training"]["device"].startswith("cuda"), summary["training"]
+assert summary["training"]["precision"] == "bf16", summary["training"]
 topologies = 1 + summary["seeds_germinated"] + summary["seeds_pruned"]
 assert summary["epochs"] == 3, summary["epochs"]
 assert math.isfinite(summary["final_accuracy"]), summary["final_accuracy"]

@@ -207,6 +207,8 @@ def render_summary(summary: RunSummary) -> Table:
     table.add_column("", style="bold")
     table.add_column("")
     table.add_row("epochs", str(summary.epochs))
+    if summary.training:
+        table.add_row("trained", ", ".join(summary.training.values()))
     table.add_row("final accuracy", f"{summary.final_accuracy:.2f}%")
     if summary.baseline_accuracy is not None:
         gain = summary.final_accuracy - summary.baseline_accuracy

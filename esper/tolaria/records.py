@@ -123,6 +123,8 @@ class RunSummary:
         contract_departures: each lifecycle setting that differs from the contract's
             default, ``{name: {"value": ..., "contract": ...}}`` (see
             :meth:`~esper.tolaria.config.GrowConfig.departures`); empty on the contract.
+        training: how the steps ran: ``device`` (e.g. ``"cuda:0"``), ``precision``,
+            ``optimizer`` and ``schedule``.
     """
 
     task: str
@@ -139,6 +141,7 @@ class RunSummary:
     probe_compile_count: int
     out_dir: str
     contract_departures: dict[str, dict[str, Any]] = field(default_factory=dict)
+    training: dict[str, str] = field(default_factory=dict)
 
     @property
     def parameters_added_percent(self) -> float:

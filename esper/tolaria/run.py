@@ -277,4 +277,6 @@ def _summary(config: GrowConfig, trainer: Trainer, baseline: list[float] | None,
         parameters_added=sum(p.numel() for p in model.get_seed_parameters()),
         wall_seconds=seconds, compile_count=trainer.counter.graphs,
         probe_compile_count=trainer.probe_counter.graphs, out_dir=str(config.out),
-        contract_departures=config.departures())
+        contract_departures=config.departures(),
+        training={"device": str(trainer.device), "precision": config.precision,
+                  "optimizer": trainer.optimizer.config.name, "schedule": config.schedule})
