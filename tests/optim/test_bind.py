@@ -46,10 +46,14 @@ def batch(step: int) -> tuple[Tensor, Tensor]:
     return torch.randn(16, 6, generator=generator), torch.randint(0, 3, (16,), generator=generator)
 
 
-def train_step(model: Any, optimizer: Optimizer, scheduler: Any, scaler: Any, step: int) -> None:
+def train_step(model: Any, optimizer: Optimizer, scheduler: Any, scaler: Any, step: int,
+               dtype: torch.dtype | None = None) -> None:
+    """One step of the user's loop, under bf16 autocast when ``dtype`` says so."""
     x, y = batch(step)
     optimizer.zero_grad()
-    scaler.scale(F.cross_entropy(model(x), y)).backward()
+    with torch.autocast("cpu", dtype=dtype or torch.float32, enabled=dtype is not None):
+        loss = F.cross_entropy(model(x), y)
+    scaler.scale(loss).backward()
     scaler.step(optimizer)
     scaler.update()
     scheduler.step()
@@ -81,12 +85,14 @@ def make(kind: str = "adamw-foreach") -> tuple[MorphogeneticModel, Optimizer, An
     return model, optimizer, CosineAnnealingLR(optimizer, T_max=20), torch.amp.GradScaler("cpu")
 
 
-@pytest.mark.parametrize("kind", OPTIMIZERS)
-def test_seed_trains_through_its_lifecycle_in_the_users_optimizer(kind: str) -> None:
+@pytest.mark.parametrize(("kind", "dtype"), [*((k, None) for k in OPTIMIZERS),
+                                             ("adamw-foreach", torch.bfloat16)])
+def test_seed_trains_through_its_lifecycle_in_the_users_optimizer(
+        kind: str, dtype: torch.dtype | None) -> None:
     model, optimizer, scheduler, scaler = make(kind)
     binding = bind(optimizer, model, schedulers=[scheduler])
     for step in range(3):
-        train_step(model, optimizer, scheduler, scaler, step)
+        train_step(model, optimizer, scheduler, scaler, step, dtype)
     model.germinate_seed("lowrank", "s1", slot="3")
     assert len(optimizer.param_groups) == 2
     assert hyper(optimizer.param_groups[1]) == hyper(optimizer.param_groups[0])
@@ -96,13 +102,13 @@ def test_seed_trains_through_its_lifecycle_in_the_users_optimizer(kind: str) -> 
     advance(model, "3", SeedStage.TRAINING)
     up = model.seed_slots["3"].seed.up.weight  # type: ignore[union-attr]
     before = up.detach().clone()
-    train_step(model, optimizer, scheduler, scaler, 3)   # the first TRAINING step
+    train_step(model, optimizer, scheduler, scaler, 3, dtype)   # the first TRAINING step
     assert not torch.equal(up, before) and all(p in optimizer.state
                                                for p in model.get_seed_parameters("3"))
     for step, stage in enumerate(LIFE[1:], start=4):
         snapshot = seed_params(model, "3")
         for inner in range(2):
-            train_step(model, optimizer, scheduler, scaler, 2 * step + inner)
+            train_step(model, optimizer, scheduler, scaler, 2 * step + inner, dtype)
             lrs = [group["lr"] for group in optimizer.param_groups]
             assert lrs[1] == lrs[0] and lrs[0] == scheduler.get_last_lr()[0]
         assert all_moved(snapshot, model, "3"), stage
@@ -124,14 +130,17 @@ def test_without_bind_the_seed_never_moves() -> None:
                for a, b in zip(before, model.get_seed_parameters("3"), strict=True))
 
 
-def test_a_pruned_seed_leaves_the_optimizer_with_its_state() -> None:
+@pytest.mark.parametrize("dtype", [None, torch.bfloat16])
+def test_a_pruned_seed_leaves_the_optimizer_with_its_state(dtype: torch.dtype | None) -> None:
     model, optimizer, scheduler, scaler = make()
     bind(optimizer, model, schedulers=[scheduler])
     model.germinate_seed("lowrank", "s1", slot="3")
     advance(model, "3", SeedStage.TRAINING)
     pruned = list(model.get_seed_parameters("3"))
+    before = seed_params(model, "3")
     for step in range(2):
-        train_step(model, optimizer, scheduler, scaler, step)
+        train_step(model, optimizer, scheduler, scaler, step, dtype)
+    assert all_moved(before, model, "3")
     assert all(p in optimizer.state for p in pruned)
     model.prune_seed(slot="3")
     assert len(optimizer.param_groups) == 1 and len(scheduler.base_lrs) == 1
