@@ -72,6 +72,7 @@ from esper.tolaria.run import grow
 from esper.tolaria.rundir import claim_run_dir
 from tests.broken_modules import RaisingFactory, SeedFailure, Widen, registered
 from tests.graft_models import mlp, resnet18, vectors
+from tests.seed_training import nudge_training_seeds
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 SLOTS = ("early", "mid", "late")
@@ -129,6 +130,7 @@ def walk(model: MorphogeneticModel, slot: str, stage: SeedStage) -> None:
             assert seed_slot.fossilize(SlotTelemetry(accuracy)).passed
             continue
         accuracy += 1.0
+        nudge_training_seeds(model)  # the epoch's training
         model.step_epoch({slot: SlotTelemetry(accuracy, counterfactual_contribution=2.0,
                                               seed_gradient_norm_ratio=0.5,
                                               probe_loss_reduction=0.01)})
