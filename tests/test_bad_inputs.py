@@ -14,12 +14,14 @@ import json
 import os
 import re
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 import esper
@@ -54,6 +56,7 @@ from esper.errors import (
     TelemetryTypeError,
     TelemetryValueError,
     TopologyMismatchError,
+    UnboundSeedWarning,
     UnknownBlueprintError,
     UnknownGraftPointError,
     UnknownSlotError,
@@ -653,6 +656,36 @@ def _bind_fast_mode(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     with unbound(model, optimizer):
         expect(FastModeBindError, "build the model with fast_mode=False",
                lambda: bind(optimizer, model))
+
+
+@case("seed-outside-optimizer", "UnboundSeedWarning", "SEED_FROZEN", "weights_frozen")
+def _seed_outside_optimizer(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    events: list[object] = []
+    x, y = vectors(16), torch.randint(0, 3, (16,), generator=torch.Generator().manual_seed(3))
+    model = esper.graft(mlp(), ["3"], example_input=x, on_telemetry=events.append,
+                        task_config=TaskConfig(topology="mlp", max_epochs=4))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)  # before the seed, no bind
+    model.germinate_seed("lowrank", "s1", slot="3")
+    healthy = SlotTelemetry(50.0, seed_gradient_norm_ratio=0.5, probe_loss_reduction=0.01)
+    model.step_epoch({"3": healthy})  # G1: TRAINING, the seed's weights fingerprinted
+    seed = [p.detach().clone() for p in model.get_seed_parameters("3")]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(2):  # two epochs of the user's loop, G2 judged at the end of each
+            for _ in range(3):
+                optimizer.zero_grad()
+                F.cross_entropy(model(x), y).backward()  # the seed has gradients...
+                optimizer.step()  # ...but no optimizer step moves it
+            model.step_epoch({"3": healthy})
+            gate = model.seed_slots["3"].state.last_gate
+            assert gate is not None and gate.checks_failed == ("weights_frozen",)
+    (warned,) = [w for w in caught if w.category is UnboundSeedWarning]  # once, not per epoch
+    assert "add the seed's parameters to your optimizer: esper.optim.bind" in str(warned.message)
+    (event,) = [e for e in events if e.type == EventType.SEED_FROZEN]  # type: ignore[attr-defined]
+    assert "seed 's1' in slot '3' did not train" in event.payload["detail"]  # type: ignore[attr-defined]
+    assert model.seed_slots["3"].state.stage == SeedStage.TRAINING
+    assert all(torch.equal(a, b) for a, b in zip(seed, model.get_seed_parameters("3"),
+                                                  strict=True))
 
 
 # --------------------------------------------------------------------------- CLI and data
