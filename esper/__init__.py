@@ -48,6 +48,7 @@ from .errors import StateDictMismatchError as StateDictMismatchError
 from .errors import TelemetryTypeError as TelemetryTypeError
 from .errors import TelemetryValueError as TelemetryValueError
 from .errors import TopologyMismatchError as TopologyMismatchError
+from .errors import UnboundSeedWarning as UnboundSeedWarning
 from .errors import UnknownBlueprintError as UnknownBlueprintError
 from .errors import UnknownGraftPointError as UnknownGraftPointError
 from .errors import UnknownSlotError as UnknownSlotError

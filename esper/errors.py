@@ -1,4 +1,4 @@
-"""Every exception Esper raises on bad input, in one place.
+"""Every exception Esper raises on bad input, and every warning it gives, in one place.
 
 Each class subclasses :class:`EsperError` (so ``except esper.EsperError``
 catches them all) *and* the built-in exception Esper raised there before
@@ -9,6 +9,9 @@ as it was before the call.
 
 The README's "Bad input" section maps each bad input to its exception; the
 table is checked against ``tests/test_bad_inputs.py``.
+
+Warnings (``UnboundSeedWarning``) are ``UserWarning`` subclasses, not ``EsperError``: they
+report a run that goes on.
 
 This module imports nothing from Esper or torch, so any layer may raise from it.
 """
@@ -268,6 +271,19 @@ class FastModeBindError(EsperError, ValueError):
     events, so a binding could not follow germinations and prunes. Nothing was changed."""
 
 
+# --------------------------------------------------------------------------- warnings
+
+
+class UnboundSeedWarning(UserWarning):
+    """A seed did not train: its parameters are in no optimizer step.
+
+    Given once per seed, when a seed's weights have not moved at all since it began TRAINING
+    (gate G2 then refuses it; the ``SEED_FROZEN`` event says the same), and by
+    :func:`esper.optim.bind` when a seed leaves TRAINING with parameters the bound optimizer
+    does not hold (its group was removed or replaced behind the binding's back).
+    """
+
+
 __all__ = [
     "AlphaShapeError",
     "AlphaValueError",
@@ -307,6 +323,7 @@ __all__ = [
     "TelemetryTypeError",
     "TelemetryValueError",
     "TopologyMismatchError",
+    "UnboundSeedWarning",
     "UnknownBlueprintError",
     "UnknownGraftPointError",
     "UnknownSlotError",

@@ -14,12 +14,14 @@ import json
 import os
 import re
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 import esper
@@ -54,6 +56,7 @@ from esper.errors import (
     TelemetryTypeError,
     TelemetryValueError,
     TopologyMismatchError,
+    UnboundSeedWarning,
     UnknownBlueprintError,
     UnknownGraftPointError,
     UnknownSlotError,
@@ -72,6 +75,7 @@ from esper.tolaria.run import grow
 from esper.tolaria.rundir import claim_run_dir
 from tests.broken_modules import RaisingFactory, SeedFailure, Widen, registered
 from tests.graft_models import mlp, resnet18, vectors
+from tests.seed_training import nudge_training_seeds
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 SLOTS = ("early", "mid", "late")
@@ -129,6 +133,7 @@ def walk(model: MorphogeneticModel, slot: str, stage: SeedStage) -> None:
             assert seed_slot.fossilize(SlotTelemetry(accuracy)).passed
             continue
         accuracy += 1.0
+        nudge_training_seeds(model)  # the epoch's training
         model.step_epoch({slot: SlotTelemetry(accuracy, counterfactual_contribution=2.0,
                                               seed_gradient_norm_ratio=0.5,
                                               probe_loss_reduction=0.01)})
@@ -653,6 +658,36 @@ def _bind_fast_mode(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
                lambda: bind(optimizer, model))
 
 
+@case("seed-outside-optimizer", "UnboundSeedWarning", "SEED_FROZEN", "weights_frozen")
+def _seed_outside_optimizer(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    events: list[object] = []
+    x, y = vectors(16), torch.randint(0, 3, (16,), generator=torch.Generator().manual_seed(3))
+    model = esper.graft(mlp(), ["3"], example_input=x, on_telemetry=events.append,
+                        task_config=TaskConfig(topology="mlp", max_epochs=4))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)  # before the seed, no bind
+    model.germinate_seed("lowrank", "s1", slot="3")
+    healthy = SlotTelemetry(50.0, seed_gradient_norm_ratio=0.5, probe_loss_reduction=0.01)
+    model.step_epoch({"3": healthy})  # G1: TRAINING, the seed's weights fingerprinted
+    seed = [p.detach().clone() for p in model.get_seed_parameters("3")]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(2):  # two epochs of the user's loop, G2 judged at the end of each
+            for _ in range(3):
+                optimizer.zero_grad()
+                F.cross_entropy(model(x), y).backward()  # the seed has gradients...
+                optimizer.step()  # ...but no optimizer step moves it
+            model.step_epoch({"3": healthy})
+            gate = model.seed_slots["3"].state.last_gate
+            assert gate is not None and gate.checks_failed == ("weights_frozen",)
+    (warned,) = [w for w in caught if w.category is UnboundSeedWarning]  # once, not per epoch
+    assert "add the seed's parameters to your optimizer: esper.optim.bind" in str(warned.message)
+    (event,) = [e for e in events if e.type == EventType.SEED_FROZEN]  # type: ignore[attr-defined]
+    assert "seed 's1' in slot '3' did not train" in event.payload["detail"]  # type: ignore[attr-defined]
+    assert model.seed_slots["3"].state.stage == SeedStage.TRAINING
+    assert all(torch.equal(a, b) for a, b in zip(seed, model.get_seed_parameters("3"),
+                                                  strict=True))
+
+
 # --------------------------------------------------------------------------- CLI and data
 
 
@@ -1038,9 +1073,13 @@ def test_readme_table_and_cases_agree() -> None:
 
 
 def test_every_error_is_exported_and_keeps_its_builtin_base() -> None:
-    exported = {name: getattr(esper, name) for name in esper.__all__ if name.endswith("Error")}
+    exported = {name: getattr(esper, name) for name in esper.__all__
+                if name.endswith(("Error", "Warning"))}
     assert set(exported) == set(esper.errors.__all__)
     for name, error in exported.items():
+        if name.endswith("Warning"):  # a run that goes on: a UserWarning, never an EsperError
+            assert issubclass(error, UserWarning) and not issubclass(error, EsperError), name
+            continue
         assert issubclass(error, EsperError), name
         assert error is EsperError or issubclass(
             error, ValueError | TypeError | RuntimeError | OSError)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ..leyline import EventType, SeedStage, TelemetryEvent
+from .movement import FROZEN_HINT, became_frozen, frozen_message
 from .state import SlotState, TransitionRecord
 
 
@@ -40,12 +41,20 @@ def _record_events(after: SlotState, record: TransitionRecord) -> list[Telemetry
     return found
 
 
+def _frozen_event(after: SlotState) -> TelemetryEvent:
+    return TelemetryEvent(EventType.SEED_FROZEN, after.slot_id, after.seed_id, after.epoch, {
+        "slot": after.slot_id, "seed_id": after.seed_id, "blueprint_id": after.blueprint_id,
+        "params": after.seed_params, "detail": frozen_message(after), "hint": FROZEN_HINT})
+
+
 def events(before: SlotState, after: SlotState) -> tuple[TelemetryEvent, ...]:
     """The events that going from ``before`` to ``after`` implies, in order.
 
-    A gate evaluation comes first (it caused what follows), then for each new
-    transition record: SEED_GERMINATED (on germination), SEED_STAGE_CHANGED,
-    and SEED_FOSSILIZED or SEED_PRUNED where the stage calls for it.
+    SEED_FROZEN comes first where the seed was just found not to have trained
+    (see :mod:`esper.core.movement`), then a gate evaluation (it caused what
+    follows), then for each new transition record: SEED_GERMINATED (on
+    germination), SEED_STAGE_CHANGED, and SEED_FOSSILIZED or SEED_PRUNED where
+    the stage calls for it.
 
     Raises:
         ValueError: the states belong to different slots or ``after`` is older.
@@ -57,6 +66,8 @@ def events(before: SlotState, after: SlotState) -> tuple[TelemetryEvent, ...]:
     if new_records < 0 or new_gates < 0:
         raise ValueError("'after' is older than 'before'")
     found: list[TelemetryEvent] = []
+    if became_frozen(before, after):
+        found.append(_frozen_event(after))
     if new_gates and after.last_gate is not None:
         gate = after.last_gate.to_dict()
         seed = after.seed_id if after.seed_id is not None else before.seed_id

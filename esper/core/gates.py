@@ -38,14 +38,32 @@ def g1_germinated(state: SlotState) -> GateResult:
     return GateResult.from_checks(GateLevel.G1, SeedStage.TRAINING, checks)
 
 
+def _movement(moved: bool | None) -> tuple[str, bool]:
+    """The weights check: a seed whose weights did not move since TRAINING began did not
+    train (``None``, not measured, passes: a seed without parameters, an older state)."""
+    if moved is None:
+        return "weights_unmeasured", True
+    return _tagged(moved, "weights_moved", "weights_frozen")
+
+
+def _movement_detail(moved: bool | None) -> str:
+    if moved is None:
+        return "weights not measured"
+    return ("weights moved" if moved
+            else "weights frozen: none moved since TRAINING began, the seed did not train")
+
+
 def g2_ready_to_blend(state: SlotState) -> GateResult:
-    """G2: trained long enough, helps on its own evidence, gradient-active and isolated.
+    """G2: trained long enough, its weights moved, helps on its own evidence,
+    gradient-active and isolated.
 
     The evidence is the seed's, not the host's: the validation loss with the
     seed blended in at ``gates.probe_alpha`` must fall by at least
     ``gates.min_probe_loss_reduction`` (relative) against the host alone at
     its slot. While a seed trains it is invisible (alpha 0), so the model's
     accuracy gain over TRAINING is the host's own progress and is not judged.
+    Gradients alone do not show that the seed trained: ``metrics.weights_moved``
+    (see :mod:`esper.core.movement`) must not be ``False``.
     """
     m, gates = state.metrics, state.gates
     ratio = m.seed_gradient_norm_ratio
@@ -59,11 +77,13 @@ def g2_ready_to_blend(state: SlotState) -> GateResult:
                 "gradient_active", "gradient_low" if ratio is not None else "gradient_unmeasured"),
         _tagged(m.isolation_violations <= gates.max_isolation_violations,
                 "isolation_ok", "isolation_violated"),
+        _movement(m.weights_moved),
     ])
     detail = (f"probe loss reduction {'n/a' if probe is None else f'{probe:+.4f}'} at alpha "
               f"{gates.probe_alpha:g}, gradient ratio "
               f"{'n/a' if ratio is None else f'{ratio:.3f}'}, "
-              f"{m.isolation_violations} isolation violations")
+              f"{m.isolation_violations} isolation violations, "
+              f"{_movement_detail(m.weights_moved)}")
     return GateResult.from_checks(GateLevel.G2, SeedStage.BLENDING, checks, detail)
 
 

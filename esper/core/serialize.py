@@ -25,7 +25,8 @@ from .state import SeedMetrics, SlotState, TransitionRecord, stage_coefficients
 # since (an older document may still carry them; they are ignored).
 ADDED_FIELDS: Mapping[type, frozenset[str]] = MappingProxyType({
     TransitionRecord: frozenset({"detail"}),
-    SeedMetrics: frozenset({"probe_loss_reduction", "holding_contribution"}),
+    SeedMetrics: frozenset({"probe_loss_reduction", "holding_contribution",
+                            "training_fingerprint", "weights_moved"}),
     QualityGates: frozenset({"probe_alpha", "min_probe_loss_reduction", "min_holding_epochs"}),
 })
 REMOVED_FIELDS: Mapping[type, frozenset[str]] = MappingProxyType({

@@ -57,6 +57,11 @@ class SeedMetrics:
     # The counterfactual contribution measured in HOLDING at full alpha (what G5 judges);
     # ``None`` until one is, and again whenever a stage is entered.
     holding_contribution: float | None = None
+    # The seed's trainable weights as TRAINING began (:mod:`esper.core.movement`: a digest
+    # the slot takes), and whether they have moved since (``None``: not measured); G2
+    # refuses a seed whose weights did not move.
+    training_fingerprint: str | None = None
+    weights_moved: bool | None = None
 
     def replace(self, **changes: Any) -> SeedMetrics:
         """A copy with ``changes`` applied."""

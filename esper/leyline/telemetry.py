@@ -16,6 +16,8 @@ from ..validation import is_int, is_real
 class EventType(StrEnum):
     """Lifecycle events a slot transition implies.
 
+    ``SEED_FROZEN`` is a warning, given once per seed: a TRAINING seed's weights had not
+    moved at all since it began TRAINING (it is in no optimizer step), so G2 refuses it.
     ``SEED_CULLED`` is the older revision's name of ``SEED_PRUNED`` (as
     ``SeedStage.CULLED`` is of ``PRUNED``) and is accepted as an alias.
     """
@@ -27,6 +29,7 @@ class EventType(StrEnum):
     SEED_PRUNED = "SEED_PRUNED"
     COMMAND_REJECTED = "COMMAND_REJECTED"
     BREAKER_CHANGED = "BREAKER_CHANGED"
+    SEED_FROZEN = "SEED_FROZEN"
     SEED_CULLED = "SEED_PRUNED"
 
 
@@ -45,6 +48,7 @@ EVENT_PAYLOAD_FIELDS: Mapping[EventType, tuple[str, ...]] = MappingProxyType({
     EventType.COMMAND_REJECTED: ("reason", "slot", "nonce", "detail"),
     EventType.BREAKER_CHANGED: (
         "from", "to", "reason", "step", "failures", "probe_successes", "forced"),
+    EventType.SEED_FROZEN: ("slot", "seed_id", "blueprint_id", "params", "detail", "hint"),
 })
 
 

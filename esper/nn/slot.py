@@ -20,6 +20,7 @@ from ..core.alpha import check_alpha
 from ..core.events import events
 from ..core.serialize import state_from_dict, state_to_dict
 from ..core.state import AlphaMode, SlotState
+from ..core.transitions import check_telemetry
 from ..errors import TopologyMismatchError
 from ..leyline import GateResult, QualityGates, SeedStage, SlotTelemetry, TaskConfig, Topology
 from ..leyline.constants import DEFAULT_BLEND_ALGORITHM
@@ -29,6 +30,7 @@ from ..ops.isolation import IsolationReport, ProbeSquares, isolation_probe, prob
 from ..ops.telemetry import GradientReport, capture, latest_telemetry, materialize, record
 from .assignment import check_assignable
 from .delivery import TelemetryCallback, TelemetryCallbackWarning, deliver
+from .movement import measured, warn_if_frozen, with_baseline
 from .seed_parts import SeedSite, build_seed, rebuild_seed
 
 
@@ -117,12 +119,18 @@ class SeedSlot(nn.Module):
                                "force_alpha() (they would be lost when it restores the state)")
 
     def _commit(self, new: SlotState) -> SlotState:
-        """Swap in ``new`` (already validated), then report the implied events."""
+        """Swap in ``new`` (already validated), then report the implied events.
+
+        A seed entering TRAINING has its weights fingerprinted into the state here
+        (see :meth:`record_movement`); a seed just found frozen also gets a warning.
+        """
         self._require_unforced()
         before = self._state
-        self._state = check_assignable(new, before, self.seed is not None).to(self.device)
+        new = check_assignable(new, before, self.seed is not None).to(self.device)
+        self._state = with_baseline(new, self.parameters())
         if not self.fast_mode and self.on_telemetry is not None:
             deliver(self.on_telemetry, events(before, self._state), self.slot_id)
+        warn_if_frozen(before, self._state)
         return self._state
 
     def record(self, *, seed_gradient_norm_ratio: float | None = None,
@@ -136,6 +144,22 @@ class SeedSlot(nn.Module):
         """
         return self._commit(record(self._state, seed_gradient_norm_ratio=seed_gradient_norm_ratio,
                                    isolation_violations=isolation_violations))
+
+    def record_movement(self) -> SlotState:
+        """Commit whether the TRAINING seed's weights moved since it began TRAINING
+        (``metrics.weights_moved``, which G2 reads; one host sync); no epoch passes.
+
+        :meth:`step_epoch` and :meth:`advance_stage` call it first. It measures only
+        while the seed has not been seen to move; the first time it finds the seed
+        frozen, a ``SEED_FROZEN`` event and an :class:`~esper.errors.UnboundSeedWarning`
+        say so.
+
+        Raises:
+            RuntimeError: inside ``force_alpha``.
+        """
+        self._require_unforced()
+        new = measured(self._state, self.parameters())
+        return self._state if new is self._state else self._commit(new)
 
     def contents(self) -> SlotContents:
         """The slot's seed, gate and state now, for :meth:`restore_contents`."""
@@ -209,8 +233,13 @@ class SeedSlot(nn.Module):
 
     def advance_stage(self, target: SeedStage | str,
                       telemetry: SlotTelemetry | None = None) -> GateResult:
-        """Request ``target`` through its gate (telemetry defaults to the latest metrics)."""
+        """Request ``target`` through its gate (telemetry defaults to the latest metrics;
+        a request for BLENDING measures the weights' movement G2 reads first)."""
         self._require_unforced()
+        if telemetry is not None:
+            check_telemetry(telemetry)  # refused before anything is measured
+        if SeedStage.parse(target) == SeedStage.BLENDING:
+            self.record_movement()
         latest = latest_telemetry(self._state) if telemetry is None else telemetry
         new, result = L.advance(self._state, target, latest)
         self._commit(new)
@@ -225,8 +254,10 @@ class SeedSlot(nn.Module):
         return result
 
     def step_epoch(self, telemetry: SlotTelemetry) -> SlotState:
-        """One epoch of mechanics; a seed pruned by it leaves the module."""
-        self._require_unforced()
+        """One epoch of mechanics (weights' movement measured first, see
+        :meth:`record_movement`); a seed pruned by it leaves the module."""
+        check_telemetry(telemetry)  # refused before anything is measured
+        self.record_movement()
         new = L.step(self._state, telemetry)
         if self.seed is not None and not new.has_seed:
             self._drop_seed()

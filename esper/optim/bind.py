@@ -22,7 +22,12 @@ from typing import Any, Protocol
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
-from ..errors import FastModeBindError, HostNotInOptimizerError, SharedParameterError
+from ..errors import (
+    FastModeBindError,
+    HostNotInOptimizerError,
+    SharedParameterError,
+    UnboundSeedWarning,
+)
 from ..leyline import EventType
 from ..validation import check_finite
 
@@ -32,11 +37,6 @@ LR_KEYS = ("lr", "initial_lr", "max_lr", "min_lr")
 PER_GROUP = ("base_lrs", "_last_lr", "lr_lambdas", "min_lrs", "max_lrs", "base_momentums",
              "max_momentums")
 _SCALED = ("base_lrs", "_last_lr", "min_lrs", "max_lrs")
-
-
-class UnboundSeedWarning(UserWarning):
-    """A seed left TRAINING with parameters the bound optimizer does not hold (its group
-    was removed or replaced behind the binding's back): it did not train."""
 
 
 class BindableModel(Protocol):

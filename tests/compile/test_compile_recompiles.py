@@ -26,6 +26,7 @@ from torch._dynamo.testing import CompileCounterWithBackend
 from esper.kasmina import TransitionRecord, advance, set_alpha, step
 from esper.leyline import SeedStage, SlotTelemetry
 from esper.tolaria.compiled import build_step
+from tests.seed_training import nudge_training_seeds
 
 OVERRIDES = (0.0, 0.25, 1.0)  # counterfactual, what-if, full contribution
 
@@ -114,6 +115,7 @@ def test_only_germinate_and_prune_add_graphs(topology: str) -> None:
 
     def live_epochs(first_epoch: int) -> None:  # GERMINATED -> TRAINING -> BLENDING, stepping
         for epoch in range(first_epoch, first_epoch + 4):
+            nudge_training_seeds(model)  # the step trains copies: the seed's own weights move
             slot.step_epoch(telemetry(epoch))
             assert frames_after_one_step() == seeded
         assert slot.state.stage == SeedStage.BLENDING

@@ -107,6 +107,23 @@ def test_g2_failures(metrics, failed):
     _check(g2_ready_to_blend(training(**metrics)), GateLevel.G2, S.BLENDING, [], failed)
 
 
+@pytest.mark.parametrize(("moved", "tag"), [(True, "weights_moved"),
+                                           (None, "weights_unmeasured")])
+def test_g2_passes_a_seed_whose_weights_moved_or_were_not_measured(moved, tag):
+    result = g2_ready_to_blend(training(weights_moved=moved))
+    _check(result, GateLevel.G2, S.BLENDING, [tag], [])
+    assert ("weights moved" if moved else "weights not measured") in result.message
+
+
+def test_g2_refuses_a_seed_whose_weights_did_not_move():
+    """Its gradients exist and its probe passed, but it did not train: no optimizer holds it."""
+    result = g2_ready_to_blend(training(weights_moved=False))
+    _check(result, GateLevel.G2, S.BLENDING,
+           ["probe_helps", "gradient_active", "isolation_ok"], ["weights_frozen"])
+    assert result.checks_failed == ("weights_frozen",)
+    assert "weights frozen: none moved since TRAINING began" in result.message
+
+
 def test_g2_not_in_training():
     s = seeded(S.BLENDING)
     s = s.replace(metrics=training().metrics)

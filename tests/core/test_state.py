@@ -368,6 +368,30 @@ def test_state_written_before_holding_validation_loads_with_defaults():
     assert back.metrics.epochs_in_stage == 2 and back.stage is SeedStage.HOLDING
 
 
+def _frozen_in_training() -> SlotState:
+    s = transition(germinate(dormant(), "norm", "seed-1"), SeedStage.TRAINING)
+    return s.replace(metrics=s.metrics.replace(training_fingerprint="ab" * 32,
+                                               weights_moved=False))
+
+
+def test_serialized_state_carries_the_weights_baseline_and_verdict():
+    s = _frozen_in_training()
+    data = json.loads(json.dumps(state_to_dict(s)))
+    assert data["metrics"]["training_fingerprint"] == "ab" * 32
+    assert data["metrics"]["weights_moved"] is False
+    back = state_from_dict(data)
+    assert back == s and back.metrics.weights_moved is False
+    assert back.metrics.training_fingerprint == "ab" * 32
+
+
+def test_state_written_before_weights_were_watched_loads_unmeasured():
+    data = state_to_dict(_frozen_in_training())
+    del data["metrics"]["training_fingerprint"], data["metrics"]["weights_moved"]
+    back = state_from_dict(data)
+    assert back.metrics.training_fingerprint is None and back.metrics.weights_moved is None
+    assert back.stage is SeedStage.TRAINING
+
+
 @pytest.mark.parametrize(("section", "key"), [("metrics", "epochs_total"),
                                               ("gates", "min_fossilize_contribution")])
 def test_only_the_added_fields_may_be_missing(section, key):

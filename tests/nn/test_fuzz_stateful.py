@@ -59,6 +59,7 @@ from esper.leyline.constants import BLEND_ALGORITHMS
 from esper.nn.host import CNNHost
 from esper.nn.model import MorphogeneticModel
 from esper.tolaria.commands import CommandVerifier, LifecycleCommand, sign
+from tests.seed_training import nudge_training_seeds
 
 SLOTS = ("mid", "late")  # two of the host's three points: seeds meet often enough to grow up
 SLOT_NAMES = (*SLOTS, "early", "nowhere")  # a point without a slot, and no point at all
@@ -240,6 +241,7 @@ class LifecycleMachine(RuleBasedStateMachine):
         """An epoch of every slot with telemetry that passes the gates (seeds grow up)."""
         self.accuracy += 1.0
         healthy = SlotTelemetry(self.accuracy, 2.0, 0.5, probe_loss_reduction=0.01)
+        nudge_training_seeds(self.model)  # the epoch's training: the seeds' weights move
         self.model.step_epoch(dict.fromkeys(SLOTS, healthy))
 
     @rule(slot=st.sampled_from(SLOTS), stage=st.sampled_from(list(SeedStage)),
