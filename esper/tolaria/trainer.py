@@ -364,6 +364,8 @@ class Trainer:
         same; the decisions (the controller's, or the commands') all together
         or not at all, so a refused germination is not counted either.
         """
+        for slot in self.model.seed_slots.values():  # G2 reads it: commit it before proposing
+            slot.record_movement()
         states = {name: lifecycle.step(state, telemetry[name])  # proposed: nothing committed
                   for name, state in self.model.slot_states().items()}
         decisions, memory = self.decider.propose(self.epoch, val, states, self.parallel)
