@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 import esper
+from esper.errors import UnboundSeedWarning
 from esper.kasmina import GraftPoint, set_alpha, transition
 from esper.leyline import SeedStage, SlotTelemetry
 from esper.nn import MorphogeneticModel, blueprints
@@ -186,7 +187,9 @@ def test_the_trainer_facing_api_on_module_path_slots() -> None:
     model.germinate_seed("conv_light", "s1", slot="layer3.0")
     model.germinate_seed("norm", "s2", slot="layer2")
     walk(model, "layer3.0", SeedStage.TRAINING)
-    states = model.step_epoch({"layer3.0": SlotTelemetry(50.0), "layer2": SlotTelemetry(50.0)})
+    with pytest.warns(UnboundSeedWarning, match="'s1' in slot 'layer3.0' did not train"):
+        states = model.step_epoch({"layer3.0": SlotTelemetry(50.0),
+                                   "layer2": SlotTelemetry(50.0)})
     assert states["layer3.0"].stage == SeedStage.TRAINING
     assert model.seed_slots["layer2"].state.stage == SeedStage.TRAINING
     params = dict(model.named_parameters())
