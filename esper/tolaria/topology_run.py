@@ -37,6 +37,7 @@ class TopologyRun:
         faults: per seed group, steps with a non-finite activation or gradient.
         blowups: per seed group, steps whose alpha-weighted output swamped the host.
         skipped: per group (host first), updates skipped.
+        scale: the learning-rate multiplier the inputs hold (see :meth:`schedule`).
     """
 
     inputs: StepInputs
@@ -46,6 +47,7 @@ class TopologyRun:
     faults: Tensor
     blowups: Tensor
     skipped: Tensor
+    scale: float = 1.0  # the value in inputs.lr_scale
 
     @classmethod
     def start(cls, model: MorphogeneticModel, optimizer: OptimizerState,
@@ -109,8 +111,11 @@ class TopologyRun:
 
     def schedule(self, scale: float) -> None:
         """Set the multiplier of every learning rate for the next step (the schedule's
-        value; written on the device in place, no sync, no recompile)."""
-        self.inputs.lr_scale.fill_(scale)
+        value; written on the device in place, only when it changes: no sync, no
+        recompile, and no kernel launch on a constant schedule)."""
+        if scale != self.scale:
+            self.inputs.lr_scale.fill_(scale)
+            self.scale = scale
 
     def capture(self, result: StepResult) -> GradientCapture:
         """The gradient telemetry of a step that measured (its squared group norms)."""
