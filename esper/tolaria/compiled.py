@@ -7,6 +7,8 @@ step graph per topology is the contract) and hands them to the real backend.
 
 from __future__ import annotations
 
+import functools
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -22,17 +24,35 @@ Backend = Callable[[torch.fx.GraphModule, list[Any]], Any]
 class CompileCounter:
     """A dynamo backend that counts the graphs it compiles and hands them on.
 
+    :attr:`seconds` adds up the wall time of the calls (through
+    :func:`build_step` or :func:`build_probe`) that compiled a graph: dynamo's
+    tracing, the backend's compile and that one call's run.
+
     Arguments:
         backend: the backend that compiles them (``"inductor"``, ``"aot_eager"``...).
     """
 
     def __init__(self, backend: str = "inductor") -> None:
         self.graphs = 0
+        self.seconds = 0.0
         self.backend = torch._dynamo.lookup_backend(backend)
 
     def __call__(self, graph: torch.fx.GraphModule, example_inputs: list[Any]) -> Any:
         self.graphs += 1
         return self.backend(graph, example_inputs)
+
+    def timed(self, compiled: Callable[..., Any]) -> Callable[..., Any]:
+        """``compiled``, adding to :attr:`seconds` the wall time of each call that compiled."""
+        @functools.wraps(compiled)
+        def call(*args: Any, **kwargs: Any) -> Any:
+            graphs, started = self.graphs, time.perf_counter()
+            try:
+                return compiled(*args, **kwargs)
+            finally:
+                if self.graphs > graphs:
+                    self.seconds += time.perf_counter() - started
+
+        return call
 
 
 def _compiled(fn: Any, counter: Backend | None) -> Any:
@@ -42,8 +62,9 @@ def _compiled(fn: Any, counter: Backend | None) -> Any:
     # compile of the same function (another model, another batch size) from
     # turning this one's graphs dynamic.
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
-    return torch.compile(fn, fullgraph=True, dynamic=False,
-                         backend=counter if counter is not None else CompileCounter())
+    backend = counter if counter is not None else CompileCounter()
+    compiled = torch.compile(fn, fullgraph=True, dynamic=False, backend=backend)
+    return backend.timed(compiled) if isinstance(backend, CompileCounter) else compiled
 
 
 def build_step(compile: bool, counter: Backend | None = None) -> StepFn:

@@ -221,8 +221,10 @@ def render_summary(summary: RunSummary) -> Table:
     share = f"{summary.parameters_added_percent:+.2f}% of host"
     table.add_row("parameters added", f"{summary.parameters_added:,} ({share})")
     table.add_row("wall time", _duration(summary.wall_seconds))
-    table.add_row("graphs compiled", f"{summary.compile_count} step + "
-                  f"{summary.probe_compile_count} probe")
+    compiled = f"{summary.compile_count} step + {summary.probe_compile_count} probe"
+    if summary.compile_count or summary.probe_compile_count:
+        compiled += f" in {_duration(summary.compile_seconds)}"
+    table.add_row("graphs compiled", compiled)
     table.add_row("output", summary.out_dir)
     if summary.contract_departures:
         table.add_row("departures from the contract", ", ".join(

@@ -119,6 +119,8 @@ class RunSummary:
         wall_seconds: wall time of the run.
         compile_count: training-step graphs compiled over the run.
         probe_compile_count: isolation-probe graphs compiled over the run.
+        compile_seconds: wall time of the calls that compiled those graphs (tracing,
+            compiling and that call's run), step and probe together.
         out_dir: where the run directory was written.
         contract_departures: each lifecycle setting that differs from the contract's
             default, ``{name: {"value": ..., "contract": ...}}`` (see
@@ -142,6 +144,7 @@ class RunSummary:
     out_dir: str
     contract_departures: dict[str, dict[str, Any]] = field(default_factory=dict)
     training: dict[str, str] = field(default_factory=dict)
+    compile_seconds: float = 0.0
 
     @property
     def parameters_added_percent(self) -> float:

@@ -9,7 +9,6 @@ Example::
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -74,13 +73,13 @@ class StepRunner:
         if first:
             self._say("compiling the training step... (first time for these seeds: "
                       "germinating or pruning one compiles again)")
-        graphs, started = self.counter.graphs, time.perf_counter()
+        graphs, seconds = self.counter.graphs, self.counter.seconds
         result = step_or_prune(run_with(self._step), run_with(self._eager) if self.compile
                                else None, model.seed_slots, prune)
         if first:
             self._compiled.add(topology)
             if self.counter.graphs > graphs:
-                self._say(f"compiled the training step in {time.perf_counter() - started:.1f}s "
+                self._say(f"compiled the training step in {self.counter.seconds - seconds:.1f}s "
                           f"({self.counter.graphs} graph(s) so far)")
         return result
 

@@ -64,6 +64,7 @@ def test_the_trainer_reports_each_step_and_each_compile(tmp_path):
     assert notes[0].startswith("compiling the training step... (first time")
     assert notes[1].startswith("compiled the training step in ")
     assert "(1 graph(s) so far)" in notes[1] and len(notes) == 2
+    assert trainer.counter.seconds > 0 and f"in {trainer.counter.seconds:.1f}s" in notes[1]
     trainer.run_epoch()  # the same topology (no seeds): no notice
     assert len(notes) == 2 and len(steps) == 2 * total
 

@@ -97,17 +97,21 @@ def _render(summary: RunSummary) -> str:
 
 def test_summary_table_contains_the_numbers() -> None:
     summary = RunSummary("cifar10", 25, 88.12, 83.6, 3, 1, 2, 1_234_567, 45_678, 3723.4, 4, 3,
-                         "runs/cifar10-1")
+                         "runs/cifar10-1", compile_seconds=91.25,
+                         training={"device": "cuda:0", "precision": "bf16", "optimizer": "adamw",
+                                   "schedule": "cosine"})
     text = _render(summary)
     for fragment in ("cifar10", "25", "88.12%", "83.60%", "+4.52 pts", "germinated", "fossilized",
                      "pruned", "1,234,567", "45,678", "+3.70% of host", "1h 02m 03.4s",
-                     "4 step + 3 probe", "runs/cifar10-1"):
+                     "4 step + 3 probe in 1m 31.2s", "runs/cifar10-1",
+                     "cuda:0, bf16, adamw, cosine"):
         assert fragment in text, fragment
-    assert render_summary(summary).row_count == 11
+    assert render_summary(summary).row_count == 12
 
 
 def test_summary_without_baseline_or_host() -> None:
     summary = RunSummary("digits", 2, 91.0, None, 0, 0, 0, 0, 0, 12.25, 1, 0, "out")
     text = _render(summary)
     assert "baseline" not in text and "91.00%" in text and "12.2s" in text
+    assert "1 step + 0 probe in 0.0s" in text
     assert render_summary(summary).row_count == 10
