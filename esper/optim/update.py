@@ -4,7 +4,9 @@ The circuit breaker needs what AMP's gradient scaler does, per group and on
 the device: a group whose update is not vouched for keeps its parameters and
 buffers bit for bit. Each group's update runs on copies (torch's functional
 optimizer, in place on them) and a select commits it; compiled, inductor
-fuses copy, update and select into one pass over each parameter.
+fuses copy, update and select into one pass over each parameter. Eagerly on
+the CPU, where reading the flag costs no device sync, the update runs in place
+or not at all.
 """
 
 from __future__ import annotations
@@ -45,6 +47,14 @@ def masked_update(config: OptimizerConfig, params: Mapping[str, Tensor],
 def _update_subset(config: OptimizerConfig, params: Mapping[str, Tensor],
                    grads: Mapping[str, Tensor], buffers: Buffers, subset: list[str],
                    lr: Tensor, weight_decay: float, flag: Tensor) -> None:
+    if flag.device.type == "cpu" and not torch.compiler.is_compiling():
+        # Eagerly on the CPU, reading the flag costs no device sync: update in place, or
+        # not at all, instead of paying for copies and selects (the same values either way).
+        if bool(flag):
+            config.update([params[n] for n in subset], [grads[n] for n in subset],
+                          {kind: [owned[n] for n in subset] for kind, owned in buffers.items()},
+                          lr, weight_decay)
+        return
     new_params = [params[n].clone() for n in subset]
     new_buffers = {kind: [owned[n].clone() for n in subset] for kind, owned in buffers.items()}
     config.update(new_params, [grads[n] for n in subset], new_buffers, lr, weight_decay)

@@ -91,6 +91,16 @@ def seeded(tmp_path: Path, name: str) -> Trainer:
     return t
 
 
+def test_one_process_runs_sgd_then_adamw_then_sgd_compiled(tmp_path):
+    """Each trainer compiles its own graph of the same step function; the cached graph of
+    another optimizer is guarded out, not reused and not a crash."""
+    for name in ("sgd", "adamw", "sgd"):
+        t = trainer(tmp_path / name, optimizer=name, compile=True, compile_backend="eager",
+                    max_seeds=0)
+        t.run_epoch()
+        assert t.counter.graphs == 1 and t.optimizer.config.name == name
+
+
 def test_loss_scale_halves_on_overflow_and_skips_every_group_without_blame(tmp_path):
     t, plain = seeded(tmp_path, "scaled"), seeded(tmp_path, "plain")
     scale = torch.tensor([3e38, 5.0])
