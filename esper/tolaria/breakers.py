@@ -18,7 +18,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from ..core.breaker import BreakerConfig, BreakerState, record_failure, record_success, tick
+from ..core.breaker import (
+    BreakerConfig,
+    BreakerState,
+    BreakerStatus,
+    force,
+    record_failure,
+    record_success,
+    tick,
+)
 from ..leyline import TelemetryEvent
 
 NON_FINITE = "non_finite"
@@ -69,3 +77,21 @@ def trip_reason(state: BreakerState) -> str:
 def tripped(breakers: Mapping[str, BreakerState]) -> tuple[str, ...]:
     """Slots whose breaker is not CLOSED (their seeds are pruned at the epoch boundary)."""
     return tuple(slot for slot, state in breakers.items() if state.status != "CLOSED")
+
+
+def forced(breakers: Mapping[str, BreakerState], slot: str, status: BreakerStatus, step: int,
+           reason: str, epoch: int) -> Observed:
+    """``slot``'s breaker set to ``status`` by hand (an event even if unchanged).
+
+    Raises:
+        ValueError: an unknown slot or status.
+    """
+    if slot not in breakers:
+        raise ValueError(f"unknown slot {slot!r}; slots are {list(breakers)}")
+    state, events = force(breakers[slot], status, step, reason, epoch=epoch)
+    return {**breakers, slot: state}, tuple(events)
+
+
+def reset(breakers: Mapping[str, BreakerState], slot: str, seed_id: str | None) -> Breakers:
+    """``breakers`` with a fresh CLOSED breaker for ``slot``, stamped with ``seed_id``."""
+    return {**breakers, slot: BreakerState(slot, seed_id=seed_id)}

@@ -28,7 +28,6 @@ import torch
 
 from ..core import lifecycle
 from ..core.breaker import BreakerState, BreakerStatus
-from ..core.breaker import force as force_breaker
 from ..data import TaskData, batches
 from ..errors import describe
 from ..leyline import SeedStage, SlotTelemetry, TelemetryEvent, is_blended
@@ -184,7 +183,7 @@ class Trainer:
         if seed_slot.state.stage == SeedStage.FOSSILIZED:
             raise error  # part of the host now: its failure is the host's
         seed_slot.prune(EXCEPTION, detail=describe(error))
-        self.breakers[slot] = BreakerState(slot, seed_id=seed_slot.state.seed_id)
+        self.breakers = breakers.reset(self.breakers, slot, seed_slot.state.seed_id)
         self.optimizer = self.optimizer.synced(self.model)
 
     def train_epoch(self) -> tuple[float, GradientEMA | None]:
@@ -277,10 +276,8 @@ class Trainer:
         Raises:
             ValueError: unknown slot or status.
         """
-        if slot not in self.breakers:
-            raise ValueError(f"unknown slot {slot!r}; slots are {list(self.breakers)}")
-        self.breakers[slot], events = force_breaker(self.breakers[slot], status,
-                                                   self.global_step, reason, epoch=self.epoch)
+        self.breakers, events = breakers.forced(self.breakers, slot, status, self.global_step,
+                                                reason, self.epoch)
         for event in events:
             self._lifecycle_event(event)
 
@@ -290,7 +287,7 @@ class Trainer:
             seed = self.model.seed_slots[slot]
             if seed.state.has_seed and seed.state.stage is not SeedStage.FOSSILIZED:
                 seed.prune(breakers.trip_reason(self.breakers[slot]))
-            self.breakers[slot] = BreakerState(slot, seed_id=seed.state.seed_id)
+            self.breakers = breakers.reset(self.breakers, slot, seed.state.seed_id)
 
     # ------------------------------------------------------------------ epoch boundary
 
@@ -345,7 +342,7 @@ class Trainer:
             for name in blown:
                 slot = self.model.seed_slots[name]
                 slot.prune(breakers.BLOWUP, detail=validation.blowup(name, ratio))
-                self.breakers[name] = BreakerState(name, seed_id=slot.state.seed_id)
+                self.breakers = breakers.reset(self.breakers, name, slot.state.seed_id)
 
     def _validate(self, blended: list[str], probed: dict[str, float]) -> Validation:
         """Validation of the model, of each ``blended`` slot without its seed and of each
@@ -401,7 +398,7 @@ class Trainer:
         outcome = apply_decision(self.model.seed_slots[decision.slot], decision,
                                  telemetry[decision.slot], self.config.blend_algorithm)
         if outcome == GERMINATED:
-            self.breakers[decision.slot] = BreakerState(decision.slot, seed_id=decision.seed_id)
+            self.breakers = breakers.reset(self.breakers, decision.slot, decision.seed_id)
         self._decision_event(decision, outcome)
 
     def run_epoch(self) -> EpochRecord:
