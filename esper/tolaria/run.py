@@ -25,6 +25,7 @@ from ..errors import (
     RunDirectoryLockedError,
 )
 from ..leyline import EventType
+from .compile_cache import CACHE_FILE, load_compile_cache, save_compile_cache
 from .config import GrowConfig
 from .data_parallel import NullWriter, dump_replica, make_trainer
 from .display import Progress, print_summary
@@ -40,7 +41,7 @@ from .trainer import Trainer
 
 CHECKPOINT_DIR = "checkpoint"
 # What a run writes into its directory: what --overwrite deletes before the new run.
-RUN_OUTPUTS = (EVENTS_FILE, METRICS_FILE, SUMMARY_FILE, GROWTH_FILE, CHECKPOINT_DIR)
+RUN_OUTPUTS = (EVENTS_FILE, METRICS_FILE, SUMMARY_FILE, GROWTH_FILE, CHECKPOINT_DIR, CACHE_FILE)
 _REFUSALS: dict[str, type[Exception]] = {
     error.__name__: error for error in (RunDirectoryExistsError, RunDirectoryLockedError,
                                         ValueError)}
@@ -242,6 +243,11 @@ def _grow(config: GrowConfig, resume: Path | None, console: Console | None,
         with (RunWriter(out, slots=slots, append=ends is not None) if main else NullWriter()) \
                 as writer, progress, closing(trainer):
             progress.start(config.epochs)
+            if resume is not None and config.compile:
+                loaded = load_compile_cache(out)
+                if loaded:
+                    progress.note(f"loaded {loaded} compiled artifact(s) from {CACHE_FILE}")
+            cached = compiled_graphs(trainer)
             last = min(config.epochs, config.stop_after or config.epochs)
             while trainer.epoch < last:
                 epoch_record = trainer.run_epoch()
@@ -255,12 +261,20 @@ def _grow(config: GrowConfig, resume: Path | None, console: Console | None,
                     save_checkpoint(out / CHECKPOINT_DIR, model=trainer.model,
                                     optimizer=trainer.optimizer,
                                     trainer_state=trainer.trainer_state())
+                    if compiled_graphs(trainer) != cached:  # something new to keep
+                        save_compile_cache(out)
+                        cached = compiled_graphs(trainer)
             dump_replica(trainer, replicas)
             summary = _summary(config, trainer, baseline, time.perf_counter() - started)
             writer.finish(summary, trainer.records, baseline)
     if main:
         print_summary(summary, console)
     return summary
+
+
+def compiled_graphs(trainer: Trainer) -> int:
+    """Step and probe graphs ``trainer`` has compiled so far."""
+    return trainer.counter.graphs + trainer.probe_counter.graphs
 
 
 def _summary(config: GrowConfig, trainer: Trainer, baseline: list[float] | None,
