@@ -74,7 +74,7 @@ def _verdict(mode: str, run: Run) -> str:
 
 def _table() -> str:
     eager = RESULTS.get("eager")
-    lines = [f"{'mode':8}{'wall s':>9}{'in run s':>10}{'compile s':>11}{'graphs':>8}"
+    lines = [f"{'mode':8}{'wall s':>9}{'in run s':>10}{'compile s':>11}{'probe s':>9}{'graphs':>8}"
              f"{'acc %':>8}{'seeds':>8}{'vs eager':>10}{'target s':>10}{'':>6}"]
     for mode, run in RESULTS.items():
         s = run.summary
@@ -82,6 +82,7 @@ def _table() -> str:
         target = TARGETS.get(mode)
         lines.append(f"{mode:8}{run.process_seconds:9.1f}{s['wall_seconds']:10.1f}"
                      f"{s.get('compile_seconds', 0.0):11.1f}"
+                     f"{s.get('probe_compile_seconds', 0.0):9.1f}"
                      f"{s['compile_count']:>4} + {s['probe_compile_count']}"
                      f"{s['final_accuracy']:8.2f}"
                      f"{s['seeds_germinated']:>4}/{s['seeds_fossilized']}/{s['seeds_pruned']}"

@@ -121,6 +121,7 @@ class RunSummary:
         probe_compile_count: isolation-probe graphs compiled over the run.
         compile_seconds: wall time of the calls that compiled those graphs (tracing,
             compiling and that call's run), step and probe together.
+        probe_compile_seconds: the probe's share of ``compile_seconds``.
         out_dir: where the run directory was written.
         contract_departures: each lifecycle setting that differs from the contract's
             default, ``{name: {"value": ..., "contract": ...}}`` (see
@@ -145,6 +146,7 @@ class RunSummary:
     contract_departures: dict[str, dict[str, Any]] = field(default_factory=dict)
     training: dict[str, str] = field(default_factory=dict)
     compile_seconds: float = 0.0
+    probe_compile_seconds: float = 0.0
 
     @property
     def parameters_added_percent(self) -> float:
