@@ -52,8 +52,12 @@ def resolve_device(name: str) -> torch.device:
 
 
 def cpu_has_bf16() -> bool:
-    """Whether this CPU runs bfloat16 natively (oneDNN's check: AVX512-BF16 or AMX)."""
-    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    """Whether this CPU runs bfloat16 natively (oneDNN's check: AVX512-BF16 or AMX); a torch
+    build without oneDNN cannot say, and counts as no."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
