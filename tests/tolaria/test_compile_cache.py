@@ -77,15 +77,14 @@ def test_the_run_saves_after_an_epoch_that_compiled_and_resume_loads_first(tmp_p
     monkeypatch.setattr(compile_cache.torch.compiler, "save_cache_artifacts", save)
     monkeypatch.setattr(compile_cache.torch.compiler, "load_cache_artifacts", load)
     out = tmp_path / "run"
-    grow(tiny(out, 3, compile=True, compile_backend="aot_eager", max_seeds=0, stop_after=2))
+    config = {"compile": True, "compile_backend": "aot_eager", "max_seeds": 0}
+    grow(tiny(out, 2, **config))
     assert calls == ["save"]  # epoch 1 compiled the step; epoch 2 compiled nothing
     assert (out / CACHE_FILE).read_bytes() == b"graphs"
-    grow(tiny(out, 3, compile=True, compile_backend="aot_eager", max_seeds=0), resume=out)
-    assert calls[1] == "load b'graphs'"
-    assert calls[2:] == ["save"]  # the resumed process compiled its step again: saved
-    grow(tiny(out, 3, compile=True, compile_backend="aot_eager", max_seeds=0),
-         overwrite=True)
-    assert "load" not in calls[-1]  # a new run loads nothing
+    grow(tiny(out, 3, **config), resume=out)  # one more epoch
+    assert calls[1:] == ["load b'graphs'", "save"]  # loaded first; its own compile saved
+    grow(tiny(out, 1, **config), overwrite=True)
+    assert calls[3:] == ["save"]  # a new run loads nothing
 
 
 def test_a_save_replaces_the_file_whole(tmp_path, monkeypatch):
