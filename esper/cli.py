@@ -23,7 +23,8 @@ run on it fails at once, naming the first one's pid.
 
 --resume DIR continues the run in DIR with the configuration its checkpoint
 keeps: an option given again must match the run's, except --epochs (to extend
-the run), --no-compile, --compile-backend, --data-dir, --stop-after and --quiet.
+the run), --compile (or --no-compile), --compile-backend, --device, --data-dir,
+--stop-after and --quiet.
 
 The lifecycle follows the contract's defaults (esper.leyline.constants);
 --blending-steps and --embargo-epochs depart from it, and summary.json lists
@@ -139,7 +140,7 @@ _FIELDS = {
     "task": ("task", None), "epochs": ("epochs", None), "slots": ("slots", tuple),
     "max_seeds": ("max_seeds", None),
     "blueprints": ("blueprints", lambda v: tuple(v) if v else None), "seed": ("seed", None),
-    "baseline": ("baseline", None), "no_compile": ("compile", lambda v: not v),
+    "baseline": ("baseline", None), "compile": ("compile", None),
     "compile_backend": ("compile_backend", None), "data_dir": ("data_dir", None),
     "batch_size": ("batch_size", None), "lr": ("lr", None), "width": ("width", None),
     "seed_lr": ("seed_lr", None), "optimizer": ("optimizer", None),
@@ -202,6 +203,7 @@ def _add_grow(commands: argparse._SubParsersAction) -> None:
     grow.register("action", None, _given(argparse._StoreAction))
     grow.register("action", "store", _given(argparse._StoreAction))
     grow.register("action", "store_true", _given(argparse._StoreTrueAction))
+    grow.register("action", "store_const", _given(argparse._StoreConstAction))
     _add_run_options(grow)
     _add_training_options(grow)
     _add_lifecycle_options(grow)
@@ -250,8 +252,12 @@ def _add_run_options(grow: argparse.ArgumentParser) -> None:
 
 def _add_training_options(grow: argparse.ArgumentParser) -> None:
     """How the host trains: compilation, data, batch size, learning rate, width, length."""
-    grow.add_argument("--no-compile", action="store_true",
-                      help="run the training step eagerly instead of torch.compile")
+    grow.add_argument("--compile", choices=C.COMPILE_MODES, default=C.DEFAULT_COMPILE_MODE,
+                      help="when the training step compiles: auto compiles on CUDA, and on a "
+                           "CPU only when the run's eager steps would take long enough to "
+                           "repay the compile (it times the first few)")
+    grow.add_argument("--no-compile", action="store_const", const="never", dest="compile",
+                      default=argparse.SUPPRESS, help="the same as --compile never")
     grow.add_argument("--compile-backend", type=_compile_backend,
                       default=DEFAULT_COMPILE_BACKEND,
                       help="torch.compile backend of the training step (e.g. aot_eager; "

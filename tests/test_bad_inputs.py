@@ -805,7 +805,7 @@ def _resume_conflicting_option(tmp_path: Path, capsys: pytest.CaptureFixture[str
         assert info.value.code == 2
         err = capsys.readouterr().err
         assert f"esper: error: --resume {out}: {message}" in err
-        assert "only --compile-backend, --data-dir, --device, --epochs, --no-compile, --quiet, " \
+        assert "only --compile, --compile-backend, --data-dir, --device, --epochs, --quiet, " \
                "--stop-after may change" in err
         assert tree_of(out) == before
     with pytest.raises(SystemExit):

@@ -61,6 +61,18 @@ DEFAULT_RUN_BLUEPRINTS: Final = MappingProxyType({
 })
 DEFAULT_RUN_DIR: Final = "runs/grow"
 DEFAULT_COMPILE_BACKEND: Final = "inductor"
+# When the training step compiles: "always", "never", or "auto": on CUDA always; on a CPU
+# the run times its first eager steps and compiles only when the steps it has left would
+# take at least AUTO_COMPILE_MIN_EAGER_SECONDS eagerly, then goes back to eager if its
+# compiled steps are not faster. Measured on a 2-core CPU (python -m bench.compile_choice,
+# torch 2.13, inductor): a cold compile costs 27-30 s per graph, one graph per topology
+# (about four in a default run); it saves 66% of the digits CNN's step (paid back after
+# ~40-55 s of eager steps per graph) and 0-16% of the CIFAR CNN's (~300 s per graph, or
+# never at one thread).
+COMPILE_MODES: Final = ("auto", "always", "never")
+DEFAULT_COMPILE_MODE: Final = "auto"
+AUTO_COMPILE_MIN_EAGER_SECONDS: Final = 600.0
+AUTO_COMPILE_TIMED_STEPS: Final = 5  # eager steps timed, after one untimed warm-up step
 # Under torchrun: how long a rank waits for the others in a collective.
 DEFAULT_DIST_TIMEOUT_S: Final = 120.0
 # The chars task's transformer host: its attention heads (they divide its width).

@@ -14,9 +14,11 @@ from ..errors import UnknownBlueprintError
 from ..leyline import QualityGates, TaskConfig
 from ..leyline.constants import (
     BLEND_ALGORITHMS,
+    COMPILE_MODES,
     DEFAULT_BLEND_ALGORITHM,
     DEFAULT_BLENDING_STEPS,
     DEFAULT_COMPILE_BACKEND,
+    DEFAULT_COMPILE_MODE,
     DEFAULT_DEVICE,
     DEFAULT_EMBARGO_EPOCHS,
     DEFAULT_OPTIMIZER,
@@ -65,6 +67,10 @@ class GrowConfig:
     (``"fp32"``, ``"bf16"``, ``"fp16"``), ``device`` where the run trains
     (``"auto"``: CUDA when available); :mod:`~esper.tolaria.hardware` checks
     that the two go together when the run starts.
+
+    ``compile`` is ``"auto"``, ``"always"`` or ``"never"`` (see
+    :mod:`~esper.tolaria.compile_policy`); ``True`` and ``False`` are taken as
+    ``"always"`` and ``"never"``, as runs recorded them before the modes.
     """
 
     task: str = DEFAULT_RUN_TASK
@@ -75,7 +81,7 @@ class GrowConfig:
     seed: int = DEFAULT_RUN_SEED
     out: Path = Path(DEFAULT_RUN_DIR)
     baseline: bool = False
-    compile: bool = True
+    compile: str = DEFAULT_COMPILE_MODE
     compile_backend: str = DEFAULT_COMPILE_BACKEND
     data_dir: Path | None = None
     batch_size: int = DEFAULT_RUN_BATCH_SIZE
@@ -100,6 +106,8 @@ class GrowConfig:
     blend_algorithm: str = DEFAULT_BLEND_ALGORITHM
 
     def __post_init__(self) -> None:
+        if isinstance(self.compile, bool):
+            object.__setattr__(self, "compile", "always" if self.compile else "never")
         for name in ("epochs", "batch_size", "telemetry_stride", "blending_steps"):
             check_int(name, getattr(self, name), minimum=1)
         check_int("max_seeds", self.max_seeds, minimum=0)
@@ -115,7 +123,8 @@ class GrowConfig:
                                  f"{value!r}")
         check_int("warmup_steps", self.warmup_steps, minimum=0)
         for name, known in (("optimizer", OPTIMIZERS), ("schedule", SCHEDULES),
-                            ("precision", PRECISIONS), ("device", DEVICES)):
+                            ("precision", PRECISIONS), ("device", DEVICES),
+                            ("compile", COMPILE_MODES)):
             if getattr(self, name) not in known:
                 raise ValueError(f"unknown {name} {getattr(self, name)!r}; known: {list(known)}")
         if not str(self.out).strip():

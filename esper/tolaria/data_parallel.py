@@ -143,6 +143,10 @@ class DataParallel:
                     disagreement.item, disagreement.slot, list(disagreement.proposals))
         return agreement
 
+    def share(self, seconds: float) -> float:
+        """The ranks' mean of ``seconds`` (one collective), so every rank chooses alike."""
+        return self.replicas.sum_real([seconds])[0] / self.replicas.world_size
+
 
 def make_trainer(config: GrowConfig, data: TaskData, sink: EventSink | None = None,
                  replicas: Replicas | None = None) -> Trainer:

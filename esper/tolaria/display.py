@@ -225,6 +225,9 @@ def render_summary(summary: RunSummary) -> Table:
     if summary.compile_count or summary.probe_compile_count:
         compiled += f" in {_duration(summary.compile_seconds)}"
     table.add_row("graphs compiled", compiled)
+    if summary.compile_choice:
+        table.add_row("compiled because" if summary.training.get("step") == "compiled"
+                      else "eager because", summary.compile_choice)
     table.add_row("output", summary.out_dir)
     if summary.contract_departures:
         table.add_row("departures from the contract", ", ".join(

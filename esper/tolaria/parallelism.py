@@ -83,6 +83,10 @@ class Parallelism(Protocol):
         """What to apply of this process's ``proposal`` at the end of ``epoch``."""
         ...
 
+    def share(self, seconds: float) -> float:
+        """The processes' mean of a time each measured (so they choose alike; a collective)."""
+        ...
+
 
 class SingleProcess:
     """The one process of a plain run: nothing to share, every proposal applies."""
@@ -118,6 +122,10 @@ class SingleProcess:
     def agree(self, proposal: Proposal, epoch: int) -> Agreement:
         """All of it: every slot's step and every decision."""
         return Agreement(tuple(proposal.states), tuple(proposal.decisions), ())
+
+    def share(self, seconds: float) -> float:
+        """The time itself: there is no other process."""
+        return seconds
 
 
 def isolation_violations(model: MorphogeneticModel) -> dict[str, int]:

@@ -127,7 +127,10 @@ class RunSummary:
             default, ``{name: {"value": ..., "contract": ...}}`` (see
             :meth:`~esper.tolaria.config.GrowConfig.departures`); empty on the contract.
         training: how the steps ran: ``device`` (e.g. ``"cuda:0"``), ``precision``,
-            ``optimizer`` and ``schedule``.
+            ``optimizer``, ``schedule`` and ``step`` (``"compiled"`` or ``"eager"``).
+        compile_choice: why the step ran compiled or eager (``--compile``'s mode and, for
+            ``auto`` on a CPU, the eager seconds it projected; see
+            :mod:`~esper.tolaria.compile_policy`).
     """
 
     task: str
@@ -145,6 +148,7 @@ class RunSummary:
     out_dir: str
     contract_departures: dict[str, dict[str, Any]] = field(default_factory=dict)
     training: dict[str, str] = field(default_factory=dict)
+    compile_choice: str = ""
     compile_seconds: float = 0.0
     probe_compile_seconds: float = 0.0
 

@@ -243,7 +243,7 @@ def _grow(config: GrowConfig, resume: Path | None, console: Console | None,
         with (RunWriter(out, slots=slots, append=ends is not None) if main else NullWriter()) \
                 as writer, progress, closing(trainer):
             progress.start(config.epochs)
-            if resume is not None and config.compile:
+            if resume is not None and config.compile != "never":
                 loaded = load_compile_cache(out)
                 if loaded:
                     progress.note(f"loaded {loaded} compiled artifact(s) from {CACHE_FILE}")
@@ -296,4 +296,6 @@ def _summary(config: GrowConfig, trainer: Trainer, baseline: list[float] | None,
         out_dir=str(config.out),
         contract_departures=config.departures(),
         training={"device": str(trainer.device), "precision": config.precision,
-                  "optimizer": trainer.optimizer.config.name, "schedule": config.schedule})
+                  "optimizer": trainer.optimizer.config.name, "schedule": config.schedule,
+                  "step": "compiled" if trainer.runner.compiling else "eager"},
+        compile_choice=trainer.runner.why())

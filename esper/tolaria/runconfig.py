@@ -43,7 +43,7 @@ ADDED = {"seed_lr": None, "optimizer": "sgd", "schedule": "constant", "warmup_st
 # The command-line option of each field (those without one are set through the API).
 FLAGS = {"task": "--task", "epochs": "--epochs", "slots": "--slots",
          "max_seeds": "--max-seeds", "blueprints": "--blueprints", "seed": "--seed",
-         "baseline": "--baseline", "compile": "--no-compile",
+         "baseline": "--baseline", "compile": "--compile",
          "compile_backend": "--compile-backend", "data_dir": "--data-dir",
          "batch_size": "--batch-size", "lr": "--lr", "seed_lr": "--seed-lr",
          "optimizer": "--optimizer", "schedule": "--schedule", "warmup_steps": "--warmup-steps",
@@ -55,9 +55,9 @@ FLAGS = {"task": "--task", "epochs": "--epochs", "slots": "--slots",
 _INTS = {"epochs": 1, "max_seeds": 0, "seed": 0, "batch_size": 1, "telemetry_stride": 1,
          "blending_steps": 1, "embargo_epochs": 0, "warmup_steps": 0}
 _OPTIONAL_INTS = {"limit": 1, "width": 1}
-_STRINGS = ("task", "compile_backend", "blend_algorithm", "optimizer", "schedule", "precision",
-            "device")
-_BOOLS = ("baseline", "compile")
+_STRINGS = ("task", "compile", "compile_backend", "blend_algorithm", "optimizer", "schedule",
+            "precision", "device")
+_BOOLS = ("baseline",)
 _PATHS = ("data_dir", "commands")
 _PARTS = {"gates": QualityGates, "breaker": BreakerConfig, "controller": ControllerConfig}
 RECORD_KEYS = frozenset(f.name for f in dataclasses.fields(GrowConfig)) - NOT_RECORDED
@@ -132,6 +132,8 @@ def config_from_record(record: object, where: str = "trainer state: config") -> 
     for name, low in _OPTIONAL_INTS.items():
         value = record[name]
         values[name] = None if value is None else _int(where, name, value, low)
+    if isinstance(record["compile"], bool):  # recorded before the modes: true or false
+        record = {**record, "compile": "always" if record["compile"] else "never"}
     for name in _STRINGS:
         if not isinstance(record[name], str) or not record[name]:
             raise _fail(where, name, "a non-empty string", record[name])
@@ -168,8 +170,6 @@ def describe(name: str, value: Any) -> str:
     flag = FLAGS.get(name)
     if flag is None:
         return f"{name}={value!r} (GrowConfig.{name})"
-    if name == "compile":
-        return "compiled (no --no-compile)" if value else "--no-compile"
     if isinstance(value, bool):
         return flag if value else f"no {flag}"
     if value is None:

@@ -33,6 +33,7 @@ from ..errors import describe
 from ..leyline import SeedStage, SlotTelemetry, TelemetryEvent, is_blended
 from ..leyline.constants import DEFAULT_MAX_BLEND_LOSS_RATIO, INITIAL_LOSS_SCALE
 from ..nn.model import MorphogeneticModel
+from ..ops.isolation import probe_squares
 from ..ops.telemetry import GradientEMA, due
 from ..optim import OptimizerState, RunSchedule, optimizer_config
 from ..tamiyo import Decision
@@ -124,10 +125,11 @@ class Trainer:
         self.schedule = RunSchedule(cfg.schedule, max(cfg.epochs * self.steps_per_epoch, 1),
                                     cfg.warmup_steps)
         self.runner = StepRunner(cfg.compile, cfg.compile_backend, autocast_dtype(
-            cfg.precision, self.device), self.parallel.reduce, notify=self._notice)
+            cfg.precision, self.device), self.parallel.reduce, self.device,
+            notify=self._notice, share=self.parallel.share)
         self.counter = self.runner.counter
         self.probe_counter = CompileCounter(self.config.compile_backend)
-        self._probe = build_probe(self.config.compile, self.probe_counter)
+        self._compiled_probe = build_probe(True, self.probe_counter)
         self.parallel.check("configuration, initial weights and slot states", self.config,
                             self.model)
 
@@ -161,7 +163,7 @@ class Trainer:
         :meth:`~.step_runner.StepRunner.run`)."""
         return self.runner.run(self.model, run, xb, yb, measure=measure,
                                lr_scale=self.schedule.factor(self.global_step),
-                               prune=self._prune_raiser)
+                               prune=self._prune_raiser, steps_left=self.steps_left)
 
     def _start_run(self) -> TopologyRun:
         """The steps' inputs and counters for the model's topology now."""
@@ -172,6 +174,11 @@ class Trainer:
         """Training steps in one epoch (full batches only)."""
         count = len(self.data.train[1])
         return count // min(self.config.batch_size, count)
+
+    @property
+    def steps_left(self) -> int:
+        """Training steps the run has left, the next one included."""
+        return max(self.config.epochs * self.steps_per_epoch - self.global_step, 0)
 
     def host_lr(self) -> float:
         """The host's learning rate at the last step taken (the schedule's value)."""
@@ -209,13 +216,13 @@ class Trainer:
             probe = due(index, cfg.telemetry_stride) and bool(run.names)
             # Compiled, the norms are part of the one graph (a flag would make two);
             # eagerly they cost a kernel call, so only the steps that use them pay it.
-            result = self._guarded_step(run, xb, yb, measure=cfg.compile or probe)
+            result = self._guarded_step(run, xb, yb, measure=self.runner.compiling or probe)
             while result is None:  # a seed raised and was pruned: run the batch without it
                 self._flush(run)
                 run = self._start_run()
                 ema = None  # its groups changed
                 probe = probe and bool(run.names)
-                result = self._guarded_step(run, xb, yb, measure=cfg.compile or probe)
+                result = self._guarded_step(run, xb, yb, measure=self.runner.compiling or probe)
             self.global_step += 1
             if self.on_step is not None:
                 self.on_step(index + 1, self.steps_per_epoch)
@@ -243,7 +250,8 @@ class Trainer:
         precision: it checks where gradients flow, and half precision's rounding would
         read as a leak."""
         features = {name: h.float() for name, h in result.features.items()}
-        self.model.probe_isolation(features=features, generator=generator, squares=self._probe)
+        squares = self._compiled_probe if self.runner.compiling else probe_squares
+        self.model.probe_isolation(features=features, generator=generator, squares=squares)
 
     def _flush(self, run: TopologyRun) -> None:
         """Feed the run's counts into the breakers and report skipped updates (one sync)."""

@@ -139,3 +139,40 @@ def test_only_germinate_and_prune_add_graphs(topology: str) -> None:
     assert regerminated <= pruned + 1
     seeded = regerminated
     live_epochs(50)
+
+
+def test_a_scripted_run_compiles_one_graph_per_topology_it_visits() -> None:
+    """Two germinations and a prune, every stage walked between them: the product step
+    compiles one graph for each distinct set of live seeds and reuses it when that set
+    comes back. Today's number for this script is 4 (no seed; norm@mid; norm@mid with
+    conv_light@early; conv_light@early alone), the 5th topology being the 3rd again.
+    Dynamo's guards decide it, whatever the backend: the cheapest one counts."""
+    tiny = build_tiny("cnn", germinate=False)
+    counter = CompileCounterWithBackend("eager")
+    train_step = build_step(True, counter)
+    model = tiny.model
+
+    def steps_through(epochs: int) -> int:
+        for epoch in range(epochs):
+            result = train_step(model, step_inputs(tiny), tiny.x, tiny.y)
+            assert torch.isfinite(result.loss)
+            for name, slot in model.seed_slots.items():
+                if slot.seed is not None:
+                    nudge_training_seeds(model)
+                    model.seed_slots[name].step_epoch(telemetry(epoch))
+        return counter.frame_count
+
+    assert steps_through(2) == 1  # dormant slots: the bare host
+    model.germinate_seed("norm", "a", slot=SEED_SLOT)
+    assert steps_through(4) == 2  # germinated -> training -> blending: one graph
+    model.germinate_seed("conv_light", "b", slot="early")
+    assert steps_through(4) == 3
+    model.prune_seed(slot=SEED_SLOT, reason="test")
+    assert steps_through(2) == 4  # the pruned seed's parameters left the step
+    for epoch in range(50):  # the pruned slot waits out its embargo: still graph 4
+        model.seed_slots[SEED_SLOT].step_epoch(telemetry(epoch))
+        if model.seed_slots[SEED_SLOT].state.stage == SeedStage.DORMANT:
+            break
+    model.germinate_seed("norm", "c", slot=SEED_SLOT)
+    assert steps_through(2) == 4  # the same live set as graph 3: reused
+    assert counter.frame_count == 4

@@ -103,7 +103,8 @@ def test_torchrun_esper_grow_keeps_the_replicas_bit_identical(tmp_path):
     out, dump = tmp_path / "run", tmp_path / "replicas"
     log = torchrun(["-m", "esper", "grow", "--epochs", "7", "--limit", "96", "--max-seeds", "1",
                     "--lr", "0.02", "--blending-steps", "3", "--embargo-epochs", "2",
-                    "--compile-backend", "aot_eager", "--quiet", "--out", str(out)],
+                    "--compile", "always", "--compile-backend", "aot_eager", "--quiet",
+                    "--out", str(out)],
                    **{REPLICA_DUMP_ENV: str(dump)})
     rank0, rank1 = replicas(dump)
     assert_identical(rank0, rank1)
@@ -336,7 +337,8 @@ def test_a_stalled_rank_stops_the_run_within_the_timeout_naming_it(tmp_path, sil
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                "--nproc_per_node", "2", str(STALLING_WORKER), "grow", "--epochs", "4",
                "--limit", "64", "--max-seeds", "0", "--quiet",
-               *(["--compile-backend", "aot_eager"] if compiled else ["--no-compile"]),
+               *(["--compile", "always", "--compile-backend", "aot_eager"] if compiled
+                 else ["--no-compile"]),
                "--dist-timeout", str(DIST_TIMEOUT), "--out", str(out)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT),
            "ESPER_TEST_STALL_RANK": str(silent), "ESPER_TEST_STALL_EPOCH": "2",

@@ -154,7 +154,7 @@ def test_a_resume_with_another_optimizer_names_both(tmp_path):
     summary = grow(tiny(out, 2, optimizer="adamw"), resume=out)
     assert summary.epochs == 2
     assert summary.training == {"device": "cpu", "precision": "fp32", "optimizer": "adamw",
-                                "schedule": "constant"}
+                                "schedule": "constant", "step": "eager"}
 
 
 def test_default_optimizer_is_sgd_at_the_run_rate():

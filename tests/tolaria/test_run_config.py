@@ -72,7 +72,7 @@ def test_the_checkpoint_keeps_the_runs_configuration(stopped: Path) -> None:
     assert (config.epochs, config.limit, config.lr, config.width, config.seed,
             config.batch_size, config.max_seeds, config.slots, config.blend_algorithm,
             config.blending_steps, config.embargo_epochs, config.compile) == (
-        2, 40, 0.1, 6, 7, 16, 1, ("early", "mid"), "linear", 3, 2, False)
+        2, 40, 0.1, 6, 7, 16, 1, ("early", "mid"), "linear", 3, 2, "never")
     assert config == GrowConfig(epochs=2, limit=40, compile=False, lr=0.1, width=6, seed=7,
                                 batch_size=16, max_seeds=1, slots=("early", "mid"),
                                 blend_algorithm="linear", blending_steps=3, embargo_epochs=2)
@@ -132,7 +132,7 @@ def test_resume_refuses_an_option_that_conflicts_with_the_run(
     assert info.value.code == 2
     err = capsys.readouterr().err
     assert f"--resume {stopped}: {given} conflicts with the run's {theirs}" in err
-    assert "only --compile-backend, --data-dir, --device, --epochs, --no-compile, --quiet, " \
+    assert "only --compile, --compile-backend, --data-dir, --device, --epochs, --quiet, " \
            "--stop-after may change" in err
     assert tree_of(stopped) == before
 
@@ -252,6 +252,28 @@ def test_one_source_for_each_default() -> None:
                            C.DEFAULT_PRECISION, C.DEFAULT_DEVICE)
     assert optimizer_config(config.optimizer, lr=config.lr).lr == C.DEFAULT_RUN_LR
     assert optimizer_config("adamw", lr=config.lr).lr == C.DEFAULT_ADAMW_LR
+    assert args.compile == config.compile == C.DEFAULT_COMPILE_MODE == "auto"
+
+
+def test_compile_modes_on_the_command_line_and_in_records() -> None:
+    parser = build_parser()
+    for argv, mode in ((["--no-compile"], "never"), (["--compile", "always"], "always"),
+                       (["--compile", "never"], "never"), ([], "auto")):
+        args = parser.parse_args(["grow", *argv])
+        assert args.compile == mode
+        assert ("compile" in getattr(args, "given", ())) == bool(argv)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["grow", "--compile", "sometimes"])
+    assert GrowConfig(compile=True).compile == "always"
+    assert GrowConfig(compile=False).compile == "never"
+    with pytest.raises(ValueError, match=r"unknown compile 'sometimes'; known: \['auto'"):
+        GrowConfig(compile="sometimes")
+    record = config_record(GrowConfig())
+    assert record["compile"] == "auto"
+    for old, mode in ((True, "always"), (False, "never")):  # a run recorded before the modes
+        assert config_from_record({**record, "compile": old}).compile == mode
+    with pytest.raises(CheckpointError, match=r"config\.compile must be a non-empty string"):
+        config_from_record({**record, "compile": 1})
 
 
 def _grow_help_by_option() -> tuple[dict[str, str], list[argparse.Action]]:
@@ -270,7 +292,7 @@ def test_help_shows_growconfigs_default_for_every_option_that_has_one() -> None:
     config = GrowConfig()
     checked = set()
     for action in actions:
-        if action.dest not in _FIELDS:
+        if action.dest not in _FIELDS or action.default is argparse.SUPPRESS:  # an alias
             continue
         name, convert = _FIELDS[action.dest]
         value = getattr(config, name)
