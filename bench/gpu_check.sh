@@ -29,7 +29,7 @@
 #    graphs compiled, seeds, wall time). Passes when the run exits 0, ran 3 epochs, the
 #    accuracy is finite and the step compiled at least one graph and at most one per
 #    topology (1 + seeds germinated + seeds pruned), and summary.json's "training" says
-#    it trained on cuda in bf16.
+#    it trained on cuda in bf16 with the step compiled (--compile auto compiles on CUDA).
 #
 # 3. The compiled step's graph count on CUDA: a Trainer on digits (bf16, adamw, cosine,
 #    2 epochs, 256 samples) runs two epochs. Prints the graphs compiled, the topologies
@@ -120,6 +120,8 @@ for key in ("epochs", "final_accuracy", "compile_count", "probe_compile_count",
 print(f"{'trained':20} {summary['training']}")
 assert summary["training"]["device"].startswith("cuda"), summary["training"]
 assert summary["training"]["precision"] == "bf16", summary["training"]
+print(f"{'compile_choice':20} {summary['compile_choice']}")
+assert summary["training"]["step"] == "compiled", summary["compile_choice"]  # auto on CUDA
 topologies = 1 + summary["seeds_germinated"] + summary["seeds_pruned"]
 assert summary["epochs"] == 3, summary["epochs"]
 assert math.isfinite(summary["final_accuracy"]), summary["final_accuracy"]
