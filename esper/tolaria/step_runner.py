@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..nn.model import MorphogeneticModel
+from ..ops.isolation import ProbeSquares, probe_squares
 from .compile_policy import (
     CompileChoice,
     StepClock,
@@ -26,7 +27,7 @@ from .compile_policy import (
     choose_up_front,
     slower_than_eager,
 )
-from .compiled import CompileCounter, build_step
+from .compiled import CompileCounter, build_probe, build_step
 from .culprit import step_or_prune
 from .inputs import StepOptions, StepReduce
 from .step import StepFn, StepResult
@@ -42,8 +43,8 @@ Share = Callable[[float], float]
 
 @dataclass
 class StepRunner:
-    """The compiled step and its eager twin, which of them runs, and the topologies
-    already compiled.
+    """The compiled step and its eager twin, which of them runs, the topologies already
+    compiled, and the isolation probe's arithmetic to match.
 
     Arguments:
         mode: ``"auto"``, ``"always"`` or ``"never"`` (see :mod:`~.compile_policy`).
@@ -65,12 +66,15 @@ class StepRunner:
     share: Share | None = None
     clock: Callable[[], float] = time.perf_counter
     counter: CompileCounter = field(init=False)
+    probe_counter: CompileCounter = field(init=False)
     choice: CompileChoice | None = field(init=False)
 
     def __post_init__(self) -> None:
         self.counter = CompileCounter(self.backend)
+        self.probe_counter = CompileCounter(self.backend)
         self._step = build_step(True, self.counter)
         self._eager = build_step(False)
+        self._probe = build_probe(True, self.probe_counter)
         self._compiled: set[tuple[str, ...]] = set()
         self._pace = StepClock()
         self._eager_pace: float | None = None  # auto chose to compile at this eager pace
@@ -82,6 +86,12 @@ class StepRunner:
     def compiling(self) -> bool:
         """Whether the steps run compiled (``False`` while ``"auto"`` is still timing)."""
         return self.choice is not None and self.choice.compile
+
+    @property
+    def probe(self) -> ProbeSquares:
+        """The isolation probe's arithmetic, compiled (through :attr:`probe_counter`)
+        exactly when the steps are."""
+        return self._probe if self.compiling else probe_squares
 
     def why(self) -> str:
         """Why the steps run compiled or eager (``"auto"`` still timing: it says so)."""

@@ -33,13 +33,12 @@ from ..errors import describe
 from ..leyline import SeedStage, SlotTelemetry, TelemetryEvent, is_blended
 from ..leyline.constants import DEFAULT_MAX_BLEND_LOSS_RATIO, INITIAL_LOSS_SCALE
 from ..nn.model import MorphogeneticModel
-from ..ops.isolation import probe_squares
 from ..ops.telemetry import GradientEMA, due
 from ..optim import OptimizerState, RunSchedule, optimizer_config
 from ..tamiyo import Decision
 from . import breakers
 from .apply import GERMINATED, apply_decision, command_rejection
-from .compiled import CompileCounter, build_probe
+from .compiled import CompileCounter
 from .config import GrowConfig, build_host
 from .consensus import Proposal
 from .culprit import survive
@@ -127,9 +126,7 @@ class Trainer:
         self.runner = StepRunner(cfg.compile, cfg.compile_backend, autocast_dtype(
             cfg.precision, self.device), self.parallel.reduce, self.device,
             notify=self._notice, share=self.parallel.share)
-        self.counter = self.runner.counter
-        self.probe_counter = CompileCounter(self.config.compile_backend)
-        self._compiled_probe = build_probe(True, self.probe_counter)
+        self.counter, self.probe_counter = self.runner.counter, self.runner.probe_counter
         self.parallel.check("configuration, initial weights and slot states", self.config,
                             self.model)
 
@@ -250,8 +247,8 @@ class Trainer:
         precision: it checks where gradients flow, and half precision's rounding would
         read as a leak."""
         features = {name: h.float() for name, h in result.features.items()}
-        squares = self._compiled_probe if self.runner.compiling else probe_squares
-        self.model.probe_isolation(features=features, generator=generator, squares=squares)
+        self.model.probe_isolation(features=features, generator=generator,
+                                   squares=self.runner.probe)
 
     def _flush(self, run: TopologyRun) -> None:
         """Feed the run's counts into the breakers and report skipped updates (one sync)."""
