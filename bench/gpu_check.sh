@@ -24,12 +24,14 @@
 #    written). "of copy" is each GB/s over the copy's: the 4x4M Triton row should come
 #    close to the copy (the small set is launch-bound and cache-resident). Informative.
 #
-# 2. esper grow --device cuda --precision bf16 --epochs 3 --quiet into a fresh directory:
+# 2. esper grow --device cuda --precision bf16 --epochs 3 --compile always --quiet into a
+#    fresh directory:
 #    its per-epoch lines and summary table, then summary.json's figures (final accuracy,
 #    graphs compiled, seeds, wall time). Passes when the run exits 0, ran 3 epochs, the
 #    accuracy is finite and the step compiled at least one graph and at most one per
 #    topology (1 + seeds germinated + seeds pruned), and summary.json's "training" says
-#    it trained on cuda in bf16 with the step compiled (--compile auto compiles on CUDA).
+#    it trained on cuda in bf16 with the step compiled (--compile always: auto would train a
+#    run this short eagerly).
 #
 # 3. The compiled step's graph count on CUDA: a Trainer on digits (bf16, adamw, cosine,
 #    2 epochs, 256 samples) runs two epochs. Prints the graphs compiled, the topologies
@@ -112,7 +114,7 @@ from pathlib import Path
 
 out = Path(os.environ["ESPER_CHECK_DIR"]) / "grow"
 subprocess.run([sys.executable, "-m", "esper", "grow", "--device", "cuda", "--precision", "bf16",
-                "--epochs", "3", "--out", str(out), "--quiet"], check=True)
+                "--epochs", "3", "--compile", "always", "--out", str(out), "--quiet"], check=True)
 summary = json.loads((out / "summary.json").read_text())
 for key in ("epochs", "final_accuracy", "compile_count", "probe_compile_count",
             "seeds_germinated", "seeds_pruned", "wall_seconds"):
@@ -121,7 +123,7 @@ print(f"{'trained':20} {summary['training']}")
 assert summary["training"]["device"].startswith("cuda"), summary["training"]
 assert summary["training"]["precision"] == "bf16", summary["training"]
 print(f"{'compile_choice':20} {summary['compile_choice']}")
-assert summary["training"]["step"] == "compiled", summary["compile_choice"]  # auto on CUDA
+assert summary["training"]["step"] == "compiled", summary["compile_choice"]
 topologies = 1 + summary["seeds_germinated"] + summary["seeds_pruned"]
 assert summary["epochs"] == 3, summary["epochs"]
 assert math.isfinite(summary["final_accuracy"]), summary["final_accuracy"]
@@ -140,8 +142,8 @@ from esper.tolaria.config import GrowConfig
 from esper.tolaria.trainer import EXCEPTION, Trainer
 
 device = os.environ["ESPER_BENCH_DEVICE"]
-config = GrowConfig(device=device, precision="bf16", optimizer="adamw", schedule="cosine",
-                    epochs=2, limit=256, quiet=True,
+config = GrowConfig(device=device, compile="always", precision="bf16", optimizer="adamw",
+                    schedule="cosine", epochs=2, limit=256, quiet=True,
                     out=Path(os.environ["ESPER_CHECK_DIR"]) / "trainer")
 raised = []  # seeds pruned mid-epoch for raising: the rest of that epoch is a new topology
 

@@ -253,9 +253,10 @@ def _add_run_options(grow: argparse.ArgumentParser) -> None:
 def _add_training_options(grow: argparse.ArgumentParser) -> None:
     """How the host trains: compilation, data, batch size, learning rate, width, length."""
     grow.add_argument("--compile", choices=C.COMPILE_MODES, default=C.DEFAULT_COMPILE_MODE,
-                      help="when the training step compiles: auto compiles on CUDA, and on a "
-                           "CPU only when the run's eager steps would take long enough to "
-                           "repay the compile (it times the first few)")
+                      help="when the training step compiles: auto times the first few eager "
+                           "steps and compiles only when the rest of the run would take long "
+                           f"enough eagerly to repay the compile "
+                           f"({C.AUTO_COMPILE_MIN_EAGER_SECONDS:.0f} s)")
     grow.add_argument("--no-compile", action="store_const", const="never", dest="compile",
                       default=argparse.SUPPRESS, help="the same as --compile never")
     grow.add_argument("--compile-backend", type=_compile_backend,

@@ -61,8 +61,8 @@ DEFAULT_RUN_BLUEPRINTS: Final = MappingProxyType({
 })
 DEFAULT_RUN_DIR: Final = "runs/grow"
 DEFAULT_COMPILE_BACKEND: Final = "inductor"
-# When the training step compiles: "always", "never", or "auto": on CUDA always; on a CPU
-# the run times its first eager steps and compiles only when the steps it has left would
+# When the training step compiles: "always", "never", or "auto": on every device the run
+# times its first eager steps and compiles only when the steps it has left would
 # take at least AUTO_COMPILE_MIN_EAGER_SECONDS eagerly, then goes back to eager if its
 # compiled steps are not faster. Measured on a 2-core CPU (python -m bench.compile_choice,
 # torch 2.13, inductor): a cold compile costs 27-30 s per graph, one graph per topology

@@ -1,25 +1,27 @@
-"""When the training step compiles: the run's ``--compile`` mode, its device and, for
-``"auto"`` on a CPU, the pace of its first eager steps.
+"""When the training step compiles: the run's ``--compile`` mode and, for ``"auto"``, the
+pace of its first eager steps.
 
 Compiling pays when the time it saves on the steps left exceeds the time it
-costs. On CUDA a compiled step saves launch overhead on every step and the
-compile runs on otherwise idle CPU cores: ``"auto"`` compiles. On a CPU the
-compile competes with training for the same cores and costs 20-30 s per graph
-cold (one graph per topology), while a small model's eager step is already
-fast: the default ``esper grow`` on digits has about 5 s of eager steps in
-all, so even one warm compile (6 s) costs more than it can save. ``"auto"`` on
-a CPU therefore times a few eager steps (:class:`StepClock`) and compiles
-only when the steps left would take at least
+costs, and both depend on the model and the machine. Measured on this
+repository's 2-core CPU (``python -m bench.compile_choice``): a cold compile
+costs 27-30 s per graph, one graph per topology (about four in a default
+run); it saves 66% of the digits CNN's step and 0-16% of the CIFAR CNN's. The
+default ``esper grow`` on digits has about 5 s of eager steps in all, so even
+one warm compile (6 s) costs more than it can save. ``"auto"`` therefore times
+a few eager steps (:class:`StepClock`, on a :func:`device_clock` that waits
+for the device) and compiles only when the steps left would take at least
 :data:`~esper.leyline.constants.AUTO_COMPILE_MIN_EAGER_SECONDS` eagerly
 (:func:`choose_by_pace`); it then times a few compiled steps and goes back to
 eager for good if they were not faster (:func:`slower_than_eager`: on this
 CPU the CIFAR CNN's inductor step at one thread was slower than its eager
-one). ``bench/test_time_to_result.py`` measures the
-outcome; the README's performance section has the table.
+one). The rule is the same on every device: a GPU's launch-bound eager steps
+gain more from a compile, so a long GPU run passes the threshold, and a short
+one is over before a compile could have paid. ``bench/test_time_to_result.py``
+measures the outcome; the README's performance section has the tables.
 
 Example::
 
-    choice = choose_up_front("auto", torch.device("cpu"))  # None: time the steps first
+    choice = choose_up_front("auto")  # None: time the steps first
     clock = StepClock()
     ...  # clock.add(seconds) after each eager step, until clock.ready
     choice = choose_by_pace(clock.pace, steps_left=600)  # CompileChoice(False, "auto: ...")
@@ -28,6 +30,8 @@ Example::
 from __future__ import annotations
 
 import statistics
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -43,9 +47,9 @@ class CompileChoice:
     reason: str
 
 
-def choose_up_front(mode: str, device: torch.device) -> CompileChoice | None:
-    """The choice that needs no measurement, or ``None`` (``"auto"`` on a CPU: time the
-    eager steps with a :class:`StepClock`, then :func:`choose_by_pace`).
+def choose_up_front(mode: str) -> CompileChoice | None:
+    """The choice that needs no measurement, or ``None`` (``"auto"``: time the eager steps
+    with a :class:`StepClock`, then :func:`choose_by_pace`).
 
     Raises:
         ValueError: an unknown mode.
@@ -56,9 +60,20 @@ def choose_up_front(mode: str, device: torch.device) -> CompileChoice | None:
         return CompileChoice(False, "--compile never")
     if mode != "auto":
         raise ValueError(f"unknown compile mode {mode!r}; known: ['auto', 'always', 'never']")
-    if device.type != "cpu":
-        return CompileChoice(True, f"auto: compiled on {device.type}")
     return None
+
+
+def device_clock(device: torch.device) -> Callable[[], float]:
+    """Seconds, read once the work queued on ``device`` is done (CUDA runs asynchronously:
+    without the wait, a step would be timed when it was queued, not when it ended)."""
+    if device.type != "cuda":
+        return time.perf_counter
+
+    def clock() -> float:
+        torch.cuda.synchronize(device)
+        return time.perf_counter()
+
+    return clock
 
 
 def choose_by_pace(step_seconds: float, steps_left: int,
@@ -68,9 +83,9 @@ def choose_by_pace(step_seconds: float, steps_left: int,
     projected = step_seconds * steps_left
     if projected >= threshold:
         return CompileChoice(True, f"auto: about {projected:.0f} s of eager steps left; "
-                                   f"compiling pays past {threshold:.0f} s on a CPU")
+                                   f"compiling pays past {threshold:.0f} s")
     return CompileChoice(False, f"auto: eager, about {projected:.0f} s of steps left; "
-                                f"compiling pays only past {threshold:.0f} s on a CPU "
+                                f"compiling pays only past {threshold:.0f} s "
                                 "(--compile always to compile)")
 
 
@@ -113,5 +128,5 @@ class StepClock:
         return statistics.median(self.seconds)
 
 
-__all__ = ["CompileChoice", "StepClock", "choose_by_pace", "choose_up_front",
+__all__ = ["CompileChoice", "StepClock", "choose_by_pace", "choose_up_front", "device_clock",
            "slower_than_eager"]

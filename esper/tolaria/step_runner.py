@@ -12,7 +12,6 @@ Example::
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -25,6 +24,7 @@ from .compile_policy import (
     StepClock,
     choose_by_pace,
     choose_up_front,
+    device_clock,
     slower_than_eager,
 )
 from .compiled import CompileCounter, build_probe, build_step
@@ -51,10 +51,11 @@ class StepRunner:
         backend: the compile backend (counted by :attr:`counter`).
         autocast: the forward's autocast dtype, ``None`` for fp32.
         reduce: the data-parallel reduction, ``None`` in a single process.
-        device: where the steps run (``"auto"`` compiles off the CPU at once).
+        device: where the steps run.
         notify: where the compile notices go (``None``: nowhere).
         share: the data-parallel ranks' mean of a step time (``None``: one process).
-        clock: the timer of the eager steps ``"auto"`` measures.
+        clock: the timer of the steps ``"auto"`` measures (``None``: the device's
+            :func:`~.compile_policy.device_clock`).
     """
 
     mode: str
@@ -64,7 +65,7 @@ class StepRunner:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     notify: Notice | None = None
     share: Share | None = None
-    clock: Callable[[], float] = time.perf_counter
+    clock: Callable[[], float] | None = None
     counter: CompileCounter = field(init=False)
     probe_counter: CompileCounter = field(init=False)
     choice: CompileChoice | None = field(init=False)
@@ -78,9 +79,8 @@ class StepRunner:
         self._compiled: set[tuple[str, ...]] = set()
         self._pace = StepClock()
         self._eager_pace: float | None = None  # auto chose to compile at this eager pace
-        self.choice = choose_up_front(self.mode, self.device)
-        if self.choice is not None and self.mode == "auto":
-            self._say(f"the training step compiles ({self.choice.reason})")
+        self.choice = choose_up_front(self.mode)
+        self._clock = self.clock if self.clock is not None else device_clock(self.device)
 
     @property
     def compiling(self) -> bool:
@@ -118,9 +118,9 @@ class StepRunner:
             return lambda: step(model, run.step_inputs(), xb, yb, options)
 
         if self.choice is None:
-            started = self.clock()
+            started = self._clock()
             result = step_or_prune(run_with(self._eager), None, model.seed_slots, prune)
-            self._time(self.clock() - started, steps_left)
+            self._time(self._clock() - started, steps_left)
             return result
         if not self.choice.compile:
             return step_or_prune(run_with(self._eager), None, model.seed_slots, prune)
@@ -130,7 +130,7 @@ class StepRunner:
             self._say("compiling the training step... (first time for these seeds: "
                       "germinating or pruning one compiles again)")
         graphs, seconds = self.counter.graphs, self.counter.seconds
-        started = self.clock() if self._eager_pace is not None else 0.0
+        started = self._clock() if self._eager_pace is not None else 0.0
         result = step_or_prune(run_with(self._step), run_with(self._eager), model.seed_slots,
                                prune)
         if first:
@@ -139,11 +139,11 @@ class StepRunner:
                 self._say(f"compiled the training step in {self.counter.seconds - seconds:.1f}s "
                           f"({self.counter.graphs} graph(s) so far)")
         elif self._eager_pace is not None:
-            self._check_compiled(self.clock() - started)
+            self._check_compiled(self._clock() - started)
         return result
 
     def _time(self, seconds: float, steps_left: int) -> None:
-        """Count an eager step of ``"auto"`` on a CPU; once enough are timed, choose (every
+        """Count an eager step of ``"auto"``; once enough are timed, choose (every
         rank of a data-parallel run at the same step: :attr:`share` is a collective; the
         clock's median shrugs off a step that ran twice because a seed raised)."""
         self._pace.add(seconds)
