@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import time
+from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
@@ -18,8 +20,10 @@ from esper.tolaria.compile_policy import (
     device_clock,
     slower_than_eager,
 )
+from esper.tolaria.run import grow
 from esper.tolaria.step_runner import StepRunner
 from esper.tolaria.topology_run import TopologyRun
+from tests.tolaria.test_tolaria_grow import tiny
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
 
@@ -166,3 +170,17 @@ def test_a_run_that_ends_before_choosing_says_so() -> None:
     steps(2, 2)
     assert runner.choice is None and runner.counter.graphs == 0
     assert "ended before enough eager steps were timed" in runner.why()
+
+
+def test_a_long_run_under_auto_compiles_after_timing_and_says_why(tmp_path: Path) -> None:
+    """The trainer's wiring: the steps the run has left reach the runner (100,000 epochs of
+    a dozen steps project far past the threshold; the same run in one epoch does not)."""
+    config = tiny(tmp_path / "run", 100_000, compile="auto", compile_backend="eager",
+                  batch_size=8, stop_after=1)
+    summary = grow(config)
+    assert summary.training["step"] == "compiled"
+    assert summary.compile_choice.startswith("auto: about ")
+    assert summary.compile_count == 1  # no seed in epoch 1: one topology
+    short = grow(replace(config, out=tmp_path / "short", epochs=1, stop_after=None))
+    assert short.training["step"] == "eager" and short.compile_count == 0
+    assert "compiling pays only past" in short.compile_choice
