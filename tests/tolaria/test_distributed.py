@@ -170,11 +170,16 @@ def test_rank_0_reads_the_external_commands_and_every_rank_applies_them(tmp_path
     command = LifecycleCommand("germinate", "mid", "norm", "ext-1", time.time(), "n-1")
     commands.write_text(sign(command, key.encode()).to_json() + "\n")
     out, dump = tmp_path / "run", tmp_path / "replicas"
-    torchrun(["-m", "esper", "grow", "--epochs", "3", "--limit", "96", "--no-compile",
+    # --compile auto (the default): the ranks time their first steps and choose from their
+    # mean pace, one collective; a short run like this one trains eagerly on both.
+    torchrun(["-m", "esper", "grow", "--epochs", "3", "--limit", "96", "--batch-size", "8",
               "--quiet", "--out", str(out), "--controller", "external", "--commands",
               str(commands)], **{REPLICA_DUMP_ENV: str(dump), "ESPER_COMMAND_KEY": key})
     rank0, rank1 = replicas(dump)
     assert_identical(rank0, rank1)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["compile_choice"].startswith("auto: eager, about "), summary
+    assert summary["compile_count"] == 0
     assert rank0.model.slot_states()["mid"].seed_id == "ext-1"
     events = [json.loads(x) for x in (out / "events.jsonl").read_text().splitlines()]
     assert [(e["slot"], e["outcome"]) for e in events if e["kind"] == "decision"] == [
