@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One GPU check of Esper: kernels, a CUDA run, the step's graph count and the step benchmarks.
 #
-#   bench/gpu_check.sh        (PYTHON=... to use another interpreter than .venv/bin/python)
+#   bench/gpu_check.sh        (PYTHON=... to use another interpreter than .venv/bin/python;
+#                              PARTS="2 3" to run only those parts)
 #
 # Needs a CUDA machine; without CUDA it stops at once with exit status 2. Every part runs
 # under its own timeout and the whole stays under TOTAL_SECONDS (8 minutes); a part that
@@ -31,7 +32,8 @@
 #    accuracy is finite and the step compiled at least one graph and at most one per
 #    topology (1 + seeds germinated + seeds pruned), and summary.json's "training" says
 #    it trained on cuda in bf16 with the step compiled (--compile always: auto would train a
-#    run this short eagerly).
+#    run this short eagerly). Then --resume of that run with --epochs 4 must train the 4th
+#    epoch on cuda (the checkpoint, written from CUDA tensors, loads back onto the GPU).
 #
 # 3. The compiled step's graph count on CUDA: a Trainer on digits (bf16, adamw, cosine,
 #    2 epochs, 256 samples) runs two epochs. Prints the graphs compiled, the topologies
@@ -56,7 +58,7 @@ export ESPER_BENCH_DEVICE=cuda
 
 TOTAL_SECONDS=470
 NORMS_SECONDS=90
-GROW_SECONDS=120
+GROW_SECONDS=180
 GRAPHS_SECONDS=100
 
 if ! command -v "$PYTHON" >/dev/null; then
@@ -81,6 +83,9 @@ FAILED=0
 run_part() {
     local title=$1 cap=$2 left=$((DEADLINE - SECONDS))
     shift 2
+    if [[ -n ${PARTS:-} && " $PARTS " != *" ${title%%.*} "* ]]; then
+        return 0
+    fi
     local limit=$((cap < left ? cap : left)) started=$SECONDS status=0 verdict=PASS
     printf '\n=== %s (timeout %ss) ===\n' "$title" "$limit"
     if ((limit <= 0)); then
@@ -128,6 +133,11 @@ topologies = 1 + summary["seeds_germinated"] + summary["seeds_pruned"]
 assert summary["epochs"] == 3, summary["epochs"]
 assert math.isfinite(summary["final_accuracy"]), summary["final_accuracy"]
 assert 1 <= summary["compile_count"] <= topologies, (summary["compile_count"], topologies)
+subprocess.run([sys.executable, "-m", "esper", "grow", "--resume", str(out), "--epochs", "4",
+                "--quiet"], check=True)
+resumed = json.loads((out / "summary.json").read_text())
+print(f"{'resumed to epoch':20} {resumed['epochs']} on {resumed['training']['device']}")
+assert resumed["epochs"] == 4 and resumed["training"]["device"].startswith("cuda"), resumed
 EOF
 
 run_part "3. step graphs on cuda (Trainer)" "$GRAPHS_SECONDS" "$PYTHON" - <<'EOF'

@@ -49,12 +49,14 @@ def check_alpha(value: object, *, where: str, channels: int,
             ``"channel"`` slot's own alpha (a ``ValueError``).
         AlphaValueError: a value outside [0, 1] or not finite (a ``ValueError``).
             A tensor's values are read (one host sync) except while
-            ``torch.compile`` traces, where only its shape and dtype are checked.
+            ``torch.compile`` traces or on the ``meta`` device (no values), where
+            only its shape and dtype are checked.
     """
     noun = "alpha" if mode is not None else "alpha override"
     if isinstance(value, torch.Tensor):
         _check_shape(value, where, channels, mode)
-        if torch.compiler.is_compiling() or bool(((value >= 0) & (value <= 1)).all()):
+        if (torch.compiler.is_compiling() or value.device.type == "meta"
+                or bool(((value >= 0) & (value <= 1)).all())):
             return value  # NaN fails both comparisons
         shown = value.detach().cpu().flatten()[:8].tolist()
     elif is_real(value):

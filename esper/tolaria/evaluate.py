@@ -59,17 +59,22 @@ def _score(tally: Tensor, total: int) -> Score:
 
 
 @torch.no_grad()
-def score(model: MorphogeneticModel, x: Tensor, y: Tensor, batch_size: int = 256) -> Score:
-    """The model's :class:`Score` on ``(x, y)`` (eval mode, restored afterwards; one sync)."""
+def tally(model: MorphogeneticModel, x: Tensor, y: Tensor, batch_size: int = 256) -> Tensor:
+    """``[2]`` float64 on ``x``'s device: the model's correct count and summed loss on
+    ``(x, y)`` (eval mode, restored afterwards; no sync)."""
     was_training = model.training
     model.eval()
     try:
-        tally = sum((_tallies(model(xb), yb, 1)[0]
-                     for xb, yb in batches(x, y, batch_size, shuffle=False)),
-                    torch.zeros(2, dtype=torch.float64))
+        return sum((_tallies(model(xb), yb, 1)[0]
+                    for xb, yb in batches(x, y, batch_size, shuffle=False)),
+                   torch.zeros(2, dtype=torch.float64, device=x.device))
     finally:
         model.train(was_training)
-    return _score(tally, y.numel())
+
+
+def score(model: MorphogeneticModel, x: Tensor, y: Tensor, batch_size: int = 256) -> Score:
+    """The model's :class:`Score` on ``(x, y)`` (eval mode, restored afterwards; one sync)."""
+    return _score(tally(model, x, y, batch_size), y.numel())
 
 
 def count_correct(model: MorphogeneticModel, x: Tensor, y: Tensor, batch_size: int = 256) -> int:
@@ -96,20 +101,31 @@ def scores_with(model: MorphogeneticModel, x: Tensor, y: Tensor, alphas: Mapping
     a per-sample alpha changes slot ``i`` on copy ``i`` only. Other slots are
     measured one forward each (a gated slot's override bypasses its gate).
     """
+    slots = list(alphas)
+    table = tallies_with(model, x, y, alphas, batch_size).tolist() if slots else []
+    return {name: Score(int(c), float(loss), y.numel())
+            for name, (c, loss) in zip(slots, table, strict=True)}
+
+
+@torch.no_grad()
+def tallies_with(model: MorphogeneticModel, x: Tensor, y: Tensor, alphas: Mapping[str, float],
+                 batch_size: int = 256) -> Tensor:
+    """``[len(alphas), 2]`` float64 on ``x``'s device: :func:`tally` of the model with each
+    slot's alpha replaced in turn (see :func:`scores_with`; no sync)."""
     was_training = model.training
     model.eval()
     try:
-        return _scores_with(model, x, y, alphas, batch_size)
+        return _tallies_with(model, x, y, alphas, batch_size)
     finally:
         model.train(was_training)
 
 
-def _scores_with(model: MorphogeneticModel, x: Tensor, y: Tensor, alphas: Mapping[str, float],
-                 batch_size: int) -> dict[str, Score]:
+def _tallies_with(model: MorphogeneticModel, x: Tensor, y: Tensor, alphas: Mapping[str, float],
+                  batch_size: int) -> Tensor:
     slots = list(alphas)
     batched = [s for s in slots if model.seed_slots[s].gate is None
                and model.seed_slots[s].state.alpha_mode == "scalar"]
-    tallies = {s: torch.zeros(2, dtype=torch.float64) for s in slots}
+    tallies = {s: torch.zeros(2, dtype=torch.float64, device=x.device) for s in slots}
     if batched:
         k = len(batched)
         for xb, yb in batches(x, y, max(1, batch_size // k), shuffle=False):
@@ -124,9 +140,9 @@ def _scores_with(model: MorphogeneticModel, x: Tensor, y: Tensor, alphas: Mappin
     for name in (s for s in slots if s not in batched):
         for xb, yb in batches(x, y, batch_size, shuffle=False):
             tallies[name] += _tallies(model(xb, alpha_overrides={name: alphas[name]}), yb, 1)[0]
-    table = torch.stack([tallies[s] for s in slots]).tolist() if slots else []
-    return {name: Score(int(c), float(loss), y.numel())
-            for name, (c, loss) in zip(slots, table, strict=True)}
+    if not slots:
+        return torch.zeros(0, 2, dtype=torch.float64, device=x.device)
+    return torch.stack([tallies[s] for s in slots])
 
 
 def counterfactuals(model: MorphogeneticModel, x: Tensor, y: Tensor, slots: Sequence[str],
@@ -208,4 +224,4 @@ def validate(model: MorphogeneticModel, x: Tensor, y: Tensor, blended: Sequence[
 
 __all__ = ["Score", "Validation", "accuracy", "count_correct", "count_correct_without",
            "counterfactuals", "percent", "probe_loss_reduction", "score", "scores_with",
-           "validate"]
+           "tallies_with", "tally", "validate"]

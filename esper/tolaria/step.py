@@ -92,8 +92,9 @@ def group_finite(grads: Mapping[str, Tensor], groups: tuple[tuple[str, ...], ...
     every element is (or the values are too large to square, which is a
     failure too).
     """
+    device = next(iter(grads.values())).device if grads else None
     flags = [torch.stack(torch._foreach_norm([grads[n] for n in group])).sum().isfinite()
-             if group else torch.ones((), dtype=torch.bool) for group in groups]
+             if group else torch.ones((), dtype=torch.bool, device=device) for group in groups]
     return torch.stack(flags)
 
 
