@@ -53,6 +53,11 @@ class SeedRaisedError(EsperError, RuntimeError):
 # --------------------------------------------------------------------------- slots and stages
 
 
+class CandidatesUnsupportedError(EsperError, ValueError):
+    """A blueprint whose seeds cannot run as a tournament of stacked candidates
+    (:func:`torch.func.vmap` refused them, or they have nothing to train)."""
+
+
 class UnknownSlotError(EsperError, ValueError):
     """A slot name the model does not have (the message lists the model's slots)."""
 

@@ -12,6 +12,7 @@ from collections.abc import Callable
 import torch
 
 from ..leyline import SeedStage, SlotTelemetry
+from ..leyline.constants import NON_FINITE
 from . import gates as G
 from .schedule import alpha_at
 from .state import SeedMetrics, SlotState
@@ -35,7 +36,7 @@ def run_epoch(state: SlotState, telemetry: SlotTelemetry) -> SlotState:
     if state.stage == _S.FOSSILIZED:
         return state
     if not telemetry.is_finite:
-        return enter_pruned(state, "non_finite")
+        return enter_pruned(state, NON_FINITE)
     return _SEEDED[state.stage](state, telemetry)
 
 

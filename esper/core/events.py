@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from ..leyline import EventType, SeedStage, TelemetryEvent
+from ..leyline.constants import LOST_SELECTION, NON_FINITE
 from .movement import FROZEN_HINT, became_frozen, frozen_message
 from .state import SlotState, TransitionRecord
+from .tournament import candidate_id
 
 
 def _outcome(after: SlotState, record: TransitionRecord) -> dict[str, object]:
@@ -37,7 +39,7 @@ def _record_events(after: SlotState, record: TransitionRecord) -> list[Telemetry
     elif record.to_stage == SeedStage.PRUNED:
         found.append(event(EventType.SEED_PRUNED, {**_outcome(after, record),
                                                    "reason": record.reason,
-                                                   "detail": record.detail}))
+                                                   "detail": record.detail, "scores": None}))
     return found
 
 
@@ -45,6 +47,42 @@ def _frozen_event(after: SlotState) -> TelemetryEvent:
     return TelemetryEvent(EventType.SEED_FROZEN, after.slot_id, after.seed_id, after.epoch, {
         "slot": after.slot_id, "seed_id": after.seed_id, "blueprint_id": after.blueprint_id,
         "params": after.seed_params, "detail": frozen_message(after), "hint": FROZEN_HINT})
+
+
+def _candidate_pruned(after: SlotState, index: int, reason: str, detail: str,
+                      scores: list[float | None] | None) -> TelemetryEvent:
+    assert after.seed_id is not None
+    m = after.metrics
+    return TelemetryEvent(EventType.SEED_PRUNED, after.slot_id, candidate_id(after.seed_id, index),
+                          after.epoch, {
+                              "reason": reason, "blueprint_id": after.blueprint_id,
+                              "seed_id": candidate_id(after.seed_id, index),
+                              "improvement": m.improvement, "blending_delta": 0.0,
+                              "counterfactual": None, "epochs_total": m.epochs_total,
+                              "epochs_in_stage": m.epochs_in_stage, "detail": detail,
+                              "scores": scores})
+
+
+def _tournament_events(before: SlotState, after: SlotState) -> list[TelemetryEvent]:
+    """Candidates newly dropped, then the selection and its losers (one slot, one seed)."""
+    if after.seed_id != before.seed_id or after.seed_id is None:
+        return []
+    found = [_candidate_pruned(after, k, NON_FINITE, "its output or gradients were not finite; "
+                               "the other candidates go on", None)
+             for k in after.dropped[len(before.dropped):]]
+    selection = after.selection
+    if selection is not None and before.selection is None:
+        scores = list(selection.scores)
+        found.append(TelemetryEvent(EventType.CANDIDATE_SELECTED, after.slot_id, after.seed_id,
+                                    after.epoch, {
+                                        "blueprint_id": after.blueprint_id,
+                                        "seed_id": candidate_id(after.seed_id, selection.winner),
+                                        "winner": selection.winner, "candidates": len(scores),
+                                        "scores": scores}))
+        found.extend(_candidate_pruned(
+            after, k, LOST_SELECTION, f"candidate {selection.winner} scored higher", scores)
+            for k in range(len(scores)) if k != selection.winner and k not in after.dropped)
+    return found
 
 
 def events(before: SlotState, after: SlotState) -> tuple[TelemetryEvent, ...]:
@@ -73,6 +111,7 @@ def events(before: SlotState, after: SlotState) -> tuple[TelemetryEvent, ...]:
         seed = after.seed_id if after.seed_id is not None else before.seed_id
         found.append(TelemetryEvent(EventType.SEED_GATE_EVALUATED, after.slot_id, seed,
                                     after.epoch, gate))
+    found.extend(_tournament_events(before, after))
     records = after.history[len(after.history) - min(new_records, len(after.history)):]
     for record in records:
         found.extend(_record_events(after, record))

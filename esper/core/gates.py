@@ -70,6 +70,7 @@ def g2_ready_to_blend(state: SlotState) -> GateResult:
     probe = m.probe_loss_reduction
     checks = dict([
         _tagged(state.stage == SeedStage.TRAINING, "in_training", "not_in_training"),
+        _tagged(not state.in_tournament, "one_seed", "tournament_undecided"),
         _tagged(m.epochs_in_stage >= state.task.training_dwell, "dwell_met", "dwell_short"),
         _tagged(probe is not None and probe >= gates.min_probe_loss_reduction,
                 "probe_helps", "probe_loss_rose" if probe is not None else "probe_unmeasured"),

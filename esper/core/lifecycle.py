@@ -31,7 +31,12 @@ from ..errors import (
     StageError,
 )
 from ..leyline import GateResult, SeedStage, SlotTelemetry, is_live, is_valid_transition
-from ..leyline.constants import BLEND_ALGORITHMS, DEFAULT_BLEND_ALGORITHM
+from ..leyline.constants import (
+    BLEND_ALGORITHMS,
+    DEFAULT_BLEND_ALGORITHM,
+    DEFAULT_CANDIDATES,
+    MAX_CANDIDATES,
+)
 from ..validation import check_int
 from . import gates as G
 from .alpha import check_alpha
@@ -62,22 +67,28 @@ def germinate(
     *,
     blend_algorithm_id: str = DEFAULT_BLEND_ALGORITHM,
     seed_params: int = 0,
+    candidates: int = DEFAULT_CANDIDATES,
 ) -> SlotState:
-    """Plant a seed in a DORMANT slot (gate G0).
+    """Plant a seed, or a tournament of candidate seeds, in a DORMANT slot (gate G0).
 
     Arguments:
         state: a DORMANT slot.
         blueprint_id: which blueprint the seed was built from.
         seed_id: a name for this seed, unique in the run.
         blend_algorithm_id: ``"linear"``, ``"sigmoid"`` or ``"gated"``.
-        seed_params: the seed's parameter count (reported in events).
+        seed_params: the seed's parameter count (reported in events; all the
+            candidates' together in a tournament).
+        candidates: how many candidate seeds of the blueprint incubate (see
+            :mod:`esper.core.tournament`); 1, the default, plants one seed.
 
     Returns:
         The GERMINATED state.
 
     Raises:
         SlotOccupiedError: the slot is not DORMANT (a ``RuntimeError``).
-        ValueError: a missing id, an unknown blend algorithm or a negative count.
+        ValueError: a missing id, an unknown blend algorithm, a negative count, or
+            ``candidates`` above :data:`~esper.leyline.constants.MAX_CANDIDATES`.
+        TypeError: ``candidates`` is not an int.
     """
     check_state(state)
     if state.stage != _S.DORMANT:
@@ -89,10 +100,12 @@ def germinate(
         raise ValueError(f"unknown blend algorithm {blend_algorithm_id!r}; "
                          f"known: {', '.join(BLEND_ALGORITHMS)}")
     check_int("seed_params", seed_params, minimum=0)
+    check_int("candidates", candidates, minimum=1, maximum=MAX_CANDIDATES, type_error=TypeError)
     state = with_gate(state, result)
     return enter(state, _S.GERMINATED, "germinate", blueprint_id=blueprint_id, seed_id=seed_id,
                   blend_algorithm_id=blend_algorithm_id, seed_params=seed_params,
-                  metrics=SeedMetrics(), prune_reason=None)
+                  metrics=SeedMetrics(), prune_reason=None, candidates=candidates, dropped=(),
+                  selection=None)
 
 
 def _occupied_message(state: SlotState) -> str:

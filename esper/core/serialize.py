@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from ..leyline import GateLevel, GateResult, QualityGates, SeedStage, TaskConfig
-from .state import SeedMetrics, SlotState, TransitionRecord, stage_coefficients
+from .state import SeedMetrics, Selection, SlotState, TransitionRecord, stage_coefficients
 
 # Fields added to a persisted dataclass after documents without them were written
 # (such a document loads, and the field takes its default), and fields removed
@@ -28,6 +28,7 @@ ADDED_FIELDS: Mapping[type, frozenset[str]] = MappingProxyType({
     SeedMetrics: frozenset({"probe_loss_reduction", "holding_contribution",
                             "training_fingerprint", "weights_moved"}),
     QualityGates: frozenset({"probe_alpha", "min_probe_loss_reduction", "min_holding_epochs"}),
+    SlotState: frozenset({"candidates", "dropped", "selection"}),
 })
 REMOVED_FIELDS: Mapping[type, frozenset[str]] = MappingProxyType({
     # G2 judged the host's accuracy gain; it now judges the seed's probe (issue 10).
@@ -63,6 +64,11 @@ def state_to_dict(state: SlotState) -> dict[str, Any]:
         "last_gate": None if gate is None else gate.to_dict(),
         "gate_evaluations": state.gate_evaluations,
         "prune_reason": state.prune_reason,
+        "candidates": state.candidates,
+        "dropped": list(state.dropped),
+        "selection": None if state.selection is None else {
+            "winner": state.selection.winner, "scores": list(state.selection.scores),
+            "epoch": state.selection.epoch},
     }
 
 
@@ -116,6 +122,14 @@ def _record_from_dict(data: object) -> TransitionRecord:
         None if data.get("detail") is None else str(data["detail"]))
 
 
+def _selection_from_dict(data: object) -> Selection | None:
+    if data is None:
+        return None
+    data = _exact_keys("selection", data, _fields(Selection))
+    scores = tuple(None if v is None else float(v) for v in data["scores"])
+    return Selection(int(data["winner"]), scores, int(data["epoch"]))
+
+
 def state_from_dict(data: object, *, device: torch.device | str = "cpu") -> SlotState:
     """Decode what :func:`state_to_dict` produced.
 
@@ -123,7 +137,9 @@ def state_from_dict(data: object, *, device: torch.device | str = "cpu") -> Slot
         ValueError: the document is not a valid encoded state (the message names the field).
     """
     names = _fields(SlotState) - {"b", "g", "alpha_overridden"}
-    data = _exact_keys("slot state", data, names)
+    data = _exact_keys("slot state", data, names, ADDED_FIELDS[SlotState])
+    # A state saved before tournaments holds one seed.
+    data = {"candidates": 1, "dropped": [], "selection": None, **data}
     try:
         stage = SeedStage.parse(data["stage"])
         history = tuple(_record_from_dict(r) for r in data["history"])
@@ -135,9 +151,10 @@ def state_from_dict(data: object, *, device: torch.device | str = "cpu") -> Slot
         scalar = {k: torch.tensor(v, dtype=torch.float32, device=device)
                   for k, v in (("b", b), ("g", g))}
         plain = {k: data[k] for k in names - {"stage", "history", "task", "gates", "metrics",
-                                               "alpha", "last_gate"}}
+                                               "alpha", "last_gate", "dropped", "selection"}}
         gate = None if data["last_gate"] is None else _gate_from_dict(data["last_gate"])
         return SlotState(stage=stage, history=history, task=task, gates=gates, metrics=metrics,
-                         alpha=alpha, last_gate=gate, **scalar, **plain)
+                         alpha=alpha, last_gate=gate, dropped=tuple(data["dropped"]),
+                         selection=_selection_from_dict(data["selection"]), **scalar, **plain)
     except (TypeError, KeyError, AttributeError) as error:
         raise ValueError(f"malformed slot state: {error}") from error

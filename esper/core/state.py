@@ -17,7 +17,12 @@ import torch
 import torch.utils._pytree as pytree
 
 from ..leyline import GateResult, QualityGates, SeedStage, TaskConfig, is_active
-from ..leyline.constants import BLEND_ALGORITHMS, DEFAULT_BLEND_ALGORITHM, DEFAULT_MAX_HISTORY
+from ..leyline.constants import (
+    BLEND_ALGORITHMS,
+    DEFAULT_BLEND_ALGORITHM,
+    DEFAULT_MAX_HISTORY,
+    MAX_CANDIDATES,
+)
 from ..validation import check_int
 from .alpha import ALPHA_MODES, AlphaMode, check_alpha
 
@@ -88,6 +93,28 @@ class SeedMetrics:
         return _delta(self.current_accuracy, self.accuracy_at_blending_start)
 
 
+@dataclass(frozen=True, slots=True)
+class Selection:
+    """How a tournament ended: the candidate that won and every candidate's score.
+
+    Attributes:
+        winner: the winning candidate's index.
+        scores: each candidate's score (its relative validation-loss reduction at
+            the probe alpha; higher is better); ``None`` for a candidate dropped
+            before the selection.
+        epoch: the slot's epoch counter when it was selected.
+    """
+
+    winner: int
+    scores: tuple[float | None, ...]
+    epoch: int
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.winner < len(self.scores):
+            raise ValueError(f"Selection.winner {self.winner} is not one of the "
+                             f"{len(self.scores)} candidates")
+
+
 def _delta(now: float | None, then: float | None) -> float:
     return 0.0 if now is None or then is None else now - then
 
@@ -143,6 +170,11 @@ class SlotState:
     gate_evaluations: int = 0
     prune_reason: str | None = None
     alpha_overridden: bool = False
+    # How many candidate seeds of ``blueprint_id`` incubate in a tournament (1: one seed).
+    # More than 1 only in GERMINATED and TRAINING, before a winner is selected.
+    candidates: int = 1
+    dropped: tuple[int, ...] = ()  # candidates dropped (non-finite) before the selection
+    selection: Selection | None = None  # how the seed's tournament ended, if it had one
 
     @classmethod
     def dormant(
@@ -199,6 +231,14 @@ class SlotState:
             raise ValueError(f"a {self.stage.name} slot needs blueprint_id and seed_id")
         if self.stage == SeedStage.DORMANT and (self.blueprint_id or self.seed_id):
             raise ValueError("a DORMANT slot holds no seed: blueprint_id and seed_id must be None")
+        check_int("candidates", self.candidates, minimum=1, maximum=MAX_CANDIDATES,
+                  type_error=TypeError)
+        if self.candidates > 1 and self.stage not in (SeedStage.GERMINATED, SeedStage.TRAINING):
+            raise ValueError(f"a {self.stage.name} slot holds one seed, not a tournament of "
+                             f"{self.candidates} candidates: they incubate in GERMINATED and "
+                             "TRAINING only, until one is selected")
+        if not all(isinstance(k, int) and k >= 0 for k in self.dropped):
+            raise ValueError(f"dropped must hold candidate indices, got {self.dropped!r}")
         self._check_tensors()
 
     def _check_tensors(self) -> None:
@@ -222,6 +262,11 @@ class SlotState:
     def alpha_value(self) -> float:
         """Mean alpha as a Python float (one host sync)."""
         return float(self.alpha.mean())
+
+    @property
+    def in_tournament(self) -> bool:
+        """Whether candidate seeds incubate here (no winner selected yet)."""
+        return self.candidates > 1
 
     @property
     def has_seed(self) -> bool:
@@ -284,6 +329,7 @@ class SlotState:
         alpha = self.alpha.tolist()
         alpha_text = f"{alpha:.3f}" if isinstance(alpha, float) else f"[{len(alpha)} channels]"
         seed = f", seed={self.seed_id!r} ({self.blueprint_id})" if self.seed_id else ""
+        seed += f", {self.candidates} candidates" if self.in_tournament else ""
         return f"SlotState({self.slot_id!r}, {self.stage.name}, alpha={alpha_text}{seed})"
 
 
@@ -322,5 +368,6 @@ pytree.register_pytree_node(
     flatten_with_keys_fn=lambda m: ([], m),
 )
 
-__all__ = ["ALPHA_MODES", "AlphaMode", "SeedMetrics", "SlotState", "TransitionRecord",
+__all__ = ["ALPHA_MODES", "AlphaMode", "SeedMetrics", "Selection", "SlotState",
+           "TransitionRecord",
            "stage_coefficients"]

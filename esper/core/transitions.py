@@ -47,6 +47,8 @@ def enter(state: SlotState, target: SeedStage, reason: str, **changes: object) -
         raise InvalidTransitionError(f"invalid transition {state.stage.name} -> {target.name} "
                                      f"(allowed: {allowed(state.stage)})")
     a, b, g = stage_coefficients(target, state.isolate)
+    if target not in (SeedStage.GERMINATED, SeedStage.TRAINING):
+        changes.setdefault("candidates", 1)  # a tournament never outlives TRAINING
     alpha = changes.pop("alpha", None)
     if alpha is None:
         alpha = state.alpha if a is None else alpha_tensor(state, a)

@@ -36,6 +36,13 @@ DEFAULT_MIN_HOLDING_TIMEOUT_EPOCHS: Final = 5
 
 # State bookkeeping.
 DEFAULT_MAX_HISTORY: Final = 100
+
+# Tournaments (esper.nn.candidates): K candidate seeds of one blueprint in one slot.
+MAX_CANDIDATES: Final = 16  # the stacked forward holds K copies of the slot's features
+DEFAULT_CANDIDATES: Final = 1  # one seed: no tournament
+CANDIDATE_INIT_JITTER: Final = 1e-2  # std of the noise on what a blueprint zero-initialises
+LOST_SELECTION: Final = "lost_selection"  # the prune reason of a tournament's losers
+NON_FINITE: Final = "non_finite"  # the prune reason of a seed or candidate that went non-finite
 DEFAULT_BLEND_ALGORITHM: Final = "sigmoid"
 BLEND_ALGORITHMS: Final = ("linear", "sigmoid", "gated")
 # Steepness of the sigmoid alpha ramp over its normalised [0, 1] time axis.

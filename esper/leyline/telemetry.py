@@ -18,7 +18,11 @@ class EventType(StrEnum):
 
     ``SEED_FROZEN`` is a warning, given once per seed: a TRAINING seed's weights had not
     moved at all since it began TRAINING (it is in no optimizer step), so G2 refuses it.
-    ``SEED_CULLED`` is the older revision's name of ``SEED_PRUNED`` (as
+    ``CANDIDATE_SELECTED`` ends a tournament (K candidate seeds in one slot): its
+    payload has every candidate's score and the winner; each other candidate gets a
+    ``SEED_PRUNED`` (reason ``lost_selection``, the scores in its payload; a
+    candidate dropped earlier for a non-finite output got one then, reason
+    ``non_finite``). ``SEED_CULLED`` is the older revision's name of ``SEED_PRUNED`` (as
     ``SeedStage.CULLED`` is of ``PRUNED``) and is accepted as an alias.
     """
 
@@ -30,10 +34,12 @@ class EventType(StrEnum):
     COMMAND_REJECTED = "COMMAND_REJECTED"
     BREAKER_CHANGED = "BREAKER_CHANGED"
     SEED_FROZEN = "SEED_FROZEN"
+    CANDIDATE_SELECTED = "CANDIDATE_SELECTED"
     SEED_CULLED = "SEED_PRUNED"
 
 
-# The payload keys each event carries (the specification's lists).
+# The payload keys each event carries (the specification's lists; SEED_PRUNED's "scores"
+# and CANDIDATE_SELECTED are Esper's, for tournaments).
 EVENT_PAYLOAD_FIELDS: Mapping[EventType, tuple[str, ...]] = MappingProxyType({
     EventType.SEED_GERMINATED: ("blueprint_id", "seed_id", "params"),
     EventType.SEED_STAGE_CHANGED: ("from", "to", "reason"),
@@ -44,11 +50,12 @@ EVENT_PAYLOAD_FIELDS: Mapping[EventType, tuple[str, ...]] = MappingProxyType({
         "params_added", "epochs_total", "epochs_in_stage"),
     EventType.SEED_PRUNED: (
         "reason", "blueprint_id", "seed_id", "improvement", "blending_delta", "counterfactual",
-        "epochs_total", "epochs_in_stage", "detail"),
+        "epochs_total", "epochs_in_stage", "detail", "scores"),
     EventType.COMMAND_REJECTED: ("reason", "slot", "nonce", "detail"),
     EventType.BREAKER_CHANGED: (
         "from", "to", "reason", "step", "failures", "probe_successes", "forced"),
     EventType.SEED_FROZEN: ("slot", "seed_id", "blueprint_id", "params", "detail", "hint"),
+    EventType.CANDIDATE_SELECTED: ("blueprint_id", "seed_id", "winner", "candidates", "scores"),
 })
 
 

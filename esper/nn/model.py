@@ -12,7 +12,7 @@ from ..core.alpha import check_alpha
 from ..core.state import AlphaMode, SlotState
 from ..errors import StateDictMismatchError, TelemetryTypeError, UnknownSlotError
 from ..leyline import QualityGates, SlotTelemetry, TaskConfig
-from ..leyline.constants import DEFAULT_BLEND_ALGORITHM
+from ..leyline.constants import DEFAULT_BLEND_ALGORITHM, DEFAULT_CANDIDATES
 from ..ops.health import SeedHealth
 from ..ops.isolation import IsolationReport, ProbeSquares, probe_squares
 from ..ops.telemetry import GradientCapture, GradientEMA, GradientStats, materialize
@@ -249,10 +249,19 @@ class MorphogeneticModel(nn.Module):
         return self.seed_slots[slot]  # type: ignore[return-value]
 
     def germinate_seed(self, blueprint_id: str, seed_id: str, *, slot: str,
-                       blend_algorithm_id: str = DEFAULT_BLEND_ALGORITHM) -> SlotState:
-        """Germinate a seed in ``slot`` (see :meth:`SeedSlot.germinate`)."""
+                       blend_algorithm_id: str = DEFAULT_BLEND_ALGORITHM,
+                       candidates: int = DEFAULT_CANDIDATES) -> SlotState:
+        """Germinate a seed, or a tournament of ``candidates`` seeds, in ``slot`` (see
+        :meth:`SeedSlot.germinate`)."""
         return self._slot(slot).germinate(blueprint_id, seed_id,
-                                          blend_algorithm_id=blend_algorithm_id)
+                                          blend_algorithm_id=blend_algorithm_id,
+                                          candidates=candidates)
+
+    def select_candidate(self, *, slot: str, scores: Sequence[float | None]) -> SlotState:
+        """End the tournament in ``slot``: the best-scoring live candidate stays (see
+        :meth:`SeedSlot.select`; :func:`~esper.tolaria.evaluate.candidate_scores`
+        measures the scores the trainer uses)."""
+        return self._slot(slot).select(list(scores))
 
     def prune_seed(self, *, slot: str, reason: str = "manual") -> SlotState:
         """Prune the seed in ``slot`` (see :meth:`SeedSlot.prune`)."""

@@ -17,10 +17,11 @@ import torch
 from torch import Tensor, nn
 
 from ..core.state import SlotState
-from ..errors import EsperError, SeedRaisedError, describe
+from ..errors import CandidatesUnsupportedError, EsperError, SeedRaisedError, describe
 from ..leyline import Topology
 from . import blueprints
 from .blending import create_blend
+from .candidates import CandidateSeeds, build_candidates
 
 
 @dataclass(frozen=True)
@@ -112,8 +113,70 @@ def build_seed(site: SeedSite, blueprint_id: str,
     return seed, site.gate(blend_algorithm_id)
 
 
+def build_tournament(site: SeedSite, blueprint_id: str, blend_algorithm_id: str,
+                     count: int) -> tuple[CandidateSeeds, nn.Module | None]:
+    """``count`` >= 2 checked candidates of ``blueprint_id``, stacked, and the blend gate.
+
+    The candidates are drawn from generators seeded by one draw of the CPU
+    generator (:func:`~esper.nn.candidates.build_candidates`). The first is
+    checked as :func:`build_seed` checks a seed; then the stack runs forward and
+    backward on the probe under ``torch.func.vmap`` (eval mode), so a blueprint
+    that cannot be vmapped is refused here, not mid-training.
+
+    Raises:
+        as :func:`build_seed`, and
+        CandidatesUnsupportedError: the seeds have no trainable parameters, or the
+            stacked forward or backward raised (a ``ValueError``).
+    """
+    features = site.probe()
+    base = int(torch.randint(2**62, ()))
+    try:
+        seeds = build_candidates(lambda: site.seed(blueprint_id), count, base)
+        blueprints.check_seed(seeds[0], features, name=blueprint_id, slot=site.slot_id)
+    except EsperError:
+        raise
+    except Exception as error:
+        raise SeedRaisedError(f"blueprint {blueprint_id!r} raised while its candidates for slot "
+                              f"{site.slot_id!r} were built and checked: {describe(error)}; "
+                              "the slot is unchanged") from error
+    if not any(p.requires_grad for p in seeds[0].parameters()):
+        raise CandidatesUnsupportedError(
+            f"blueprint {blueprint_id!r} has no trainable parameters: its {count} candidates "
+            "would all be the same seed; germinate it alone (candidates=1)")
+    stacked = CandidateSeeds(seeds)
+    _check_stacked(stacked, features, blueprint_id, site.slot_id)
+    return stacked, site.gate(blend_algorithm_id)
+
+
+def _check_stacked(stacked: CandidateSeeds, features: Tensor, blueprint_id: str,
+                   slot: str) -> None:
+    """Run the stacked candidates forward and backward once; refuse them if that fails."""
+    modes = {module: module.training for module in stacked.modules()}
+    stacked.eval()
+    try:
+        with torch.enable_grad():
+            out = stacked(features)
+            if out.shape != (stacked.count, *features.shape):
+                raise ValueError(f"the stacked output has shape {tuple(out.shape)}, not "
+                                 f"{(stacked.count, *features.shape)}")
+            torch.autograd.grad(out.float().sum(), [p for p in stacked.parameters()],
+                                allow_unused=True)
+    except Exception as error:
+        raise CandidatesUnsupportedError(
+            f"blueprint {blueprint_id!r} cannot run as {stacked.count} stacked candidates in "
+            f"slot {slot!r} (torch.func.vmap over its seeds failed: {describe(error)}); "
+            "germinate it alone (candidates=1), or make its forward vmappable") from error
+    finally:
+        for module, mode in modes.items():
+            module.train(mode)
+
+
 def rebuild_seed(site: SeedSite, state: SlotState) -> tuple[nn.Module | None, nn.Module | None]:
-    """The seed and gate ``state`` names (``None`` for a state without a seed)."""
+    """The seed (the stacked candidates of a tournament) and gate ``state`` names
+    (``None`` for a state without a seed), before a checkpoint's weights load."""
     if not state.has_seed:
         return None, None
+    if state.in_tournament:
+        seeds = build_candidates(lambda: site.seed(state.blueprint_id), state.candidates, 0)
+        return CandidateSeeds(seeds), site.gate(state.blend_algorithm_id)
     return site.seed(state.blueprint_id), site.gate(state.blend_algorithm_id)

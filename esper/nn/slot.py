@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from ..core import lifecycle as L
+from ..core import tournament as T
 from ..core.alpha import check_alpha
 from ..core.events import events
 from ..core.serialize import state_from_dict, state_to_dict
@@ -23,15 +24,17 @@ from ..core.state import AlphaMode, SlotState
 from ..core.transitions import check_telemetry
 from ..errors import TopologyMismatchError
 from ..leyline import GateResult, QualityGates, SeedStage, SlotTelemetry, TaskConfig, Topology
-from ..leyline.constants import DEFAULT_BLEND_ALGORITHM
+from ..leyline.constants import DEFAULT_BLEND_ALGORITHM, DEFAULT_CANDIDATES, NON_FINITE
+from ..ops.candidates import candidates_forward, candidates_probe
 from ..ops.formula import blend_weight, isolate, slot_forward, slot_forward_checked
-from ..ops.health import SeedHealth
+from ..ops.health import SeedHealth, seed_health
 from ..ops.isolation import IsolationReport, ProbeSquares, isolation_probe, probe_squares
 from ..ops.telemetry import GradientReport, capture, latest_telemetry, materialize, record
 from .assignment import check_assignable
+from .candidates import CandidateSeeds, check_candidates
 from .delivery import TelemetryCallback, TelemetryCallbackWarning, deliver
 from .movement import measured, warn_if_frozen, with_baseline
-from .seed_parts import SeedSite, build_seed, rebuild_seed
+from .seed_parts import SeedSite, build_seed, build_tournament, rebuild_seed
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,8 +182,13 @@ class SeedSlot(nn.Module):
     # ------------------------------------------------------------------ lifecycle
 
     def germinate(self, blueprint_id: str, seed_id: str, *,
-                  blend_algorithm_id: str = DEFAULT_BLEND_ALGORITHM) -> SlotState:
+                  blend_algorithm_id: str = DEFAULT_BLEND_ALGORITHM,
+                  candidates: int = DEFAULT_CANDIDATES) -> SlotState:
         """Build, validate and plant a seed; the slot is unchanged if anything fails.
+
+        With ``candidates`` = K >= 2 it plants a tournament: K seeds of the
+        blueprint, stacked (:class:`~esper.nn.candidates.CandidateSeeds`), incubate
+        side by side until :meth:`select` keeps the best one.
 
         A failed germination also leaves the CPU random number generator as it
         was (building the refused seed drew from it).
@@ -191,19 +199,29 @@ class SeedSlot(nn.Module):
             TopologyMismatchError: a blueprint of the other topology (a ``ValueError``).
             SeedShapeError: the seed changes the feature shape (a ``ValueError``).
             SeedRaisedError: the blueprint's code raised (a ``RuntimeError``).
-            ValueError: bad ids or an unknown blend algorithm.
+            CandidatesUnsupportedError: the blueprint's seeds cannot be stacked and
+                vmapped as candidates (a ``ValueError``).
+            ValueError: bad ids, an unknown blend algorithm, or ``candidates`` out of
+                range (1 to :data:`~esper.leyline.constants.MAX_CANDIDATES`).
+            TypeError: ``candidates`` is not an int.
         """
         self._require_unforced()
-        L.germinate(self._state, blueprint_id, seed_id, blend_algorithm_id=blend_algorithm_id)
+        check_candidates(candidates)
+        L.germinate(self._state, blueprint_id, seed_id, blend_algorithm_id=blend_algorithm_id,
+                    candidates=candidates)
         rng = torch.get_rng_state()
         try:
-            seed, gate = build_seed(self.site, blueprint_id, blend_algorithm_id)
+            seed, gate = (build_seed(self.site, blueprint_id, blend_algorithm_id)
+                          if candidates == 1 else
+                          build_tournament(self.site, blueprint_id, blend_algorithm_id,
+                                           candidates))
         except BaseException:
             torch.set_rng_state(rng)
             raise
         params = sum(p.numel() for m in (seed, gate) if m is not None for p in m.parameters())
         new = L.germinate(self._state, blueprint_id, seed_id,
-                          blend_algorithm_id=blend_algorithm_id, seed_params=params)
+                          blend_algorithm_id=blend_algorithm_id, seed_params=params,
+                          candidates=candidates)
         self.seed, self.gate = seed, gate
         try:
             return self._commit(new)
@@ -230,6 +248,68 @@ class SeedSlot(nn.Module):
 
     def _drop_seed(self) -> None:
         self.seed = self.gate = None
+
+    # ------------------------------------------------------------------ tournament
+
+    @property
+    def candidates(self) -> CandidateSeeds | None:
+        """The stacked candidates while a tournament runs here, else ``None``."""
+        return self.seed if isinstance(self.seed, CandidateSeeds) else None
+
+    def dropped_by_step(self) -> list[int]:
+        """Candidates the training step dropped (its ``live`` buffer is 0) that the state
+        still counts as live (one host sync)."""
+        stacked = self.candidates
+        if stacked is None:
+            return []
+        live = stacked.live.tolist()
+        return [k for k in T.live_candidates(self._state) if live[k] == 0.0]
+
+    def drop_candidates(self, indices: list[int]) -> SlotState:
+        """Drop candidates ``indices`` from the tournament (one ``SEED_PRUNED`` each, reason
+        ``non_finite``); if none is left, the slot's seed is pruned (same reason).
+
+        Raises:
+            StageError: no tournament here (a ``ValueError``).
+            ValueError: an index that is not a live candidate.
+        """
+        self._require_unforced()
+        new = T.drop(self._state, indices)
+        stacked = self.candidates
+        assert stacked is not None
+        with torch.no_grad():
+            for k in indices:
+                stacked.live[k] = 0.0
+        self._commit(new)
+        if not T.live_candidates(new):
+            return self.prune(NON_FINITE, detail="every candidate of the tournament went "
+                                                 "non-finite")
+        return self._state
+
+    def select(self, scores: list[float | None]) -> SlotState:
+        """End the tournament: the best-scoring live candidate becomes the slot's one seed
+        (see :func:`~esper.core.tournament.select`); the others' weights leave the slot.
+
+        The tournament's weights are checked for movement first (G2 reads it): the
+        winner inherits whether any candidate trained.
+
+        Raises:
+            StageError: no tournament here (a ``ValueError``).
+            ValueError: not one score per candidate, or no live candidate with a
+                finite score.
+        """
+        self._require_unforced()
+        self.record_movement()
+        new = T.select(self._state, scores)
+        stacked = self.candidates
+        assert stacked is not None and new.selection is not None
+        winner = stacked.member(new.selection.winner)
+        self.seed = winner.to(self.device, memory_format=self.memory_format)
+        try:
+            return self._commit(new)
+        except BaseException:
+            self.seed = stacked
+            raise
 
     def advance_stage(self, target: SeedStage | str,
                       telemetry: SlotTelemetry | None = None) -> GateResult:
@@ -342,6 +422,9 @@ class SeedSlot(nn.Module):
                                generator=generator, squares=squares)
 
     def _probe_slot(self, host: Tensor, state: SlotState, a: Tensor) -> Tensor:
+        stacked = self.candidates
+        if stacked is not None:  # the incubation formula (a is the state's own 0)
+            return candidates_forward(state, stacked, host, stacked.live)[0]
         return self(host, state, alpha=a)
 
     def _probe_gate(self, host: Tensor, state: SlotState) -> Tensor:
@@ -368,6 +451,8 @@ class SeedSlot(nn.Module):
         if self.seed is None:
             return host
         state, alpha = self._inputs(host, state, alpha)
+        if self.candidates is not None:
+            return self._tournament(host, state, alpha)[0]
         if alpha is None:
             return slot_forward(state, self.seed, host, gate=self.gate)
         return slot_forward(state, self.seed, host, alpha=alpha)
@@ -384,9 +469,23 @@ class SeedSlot(nn.Module):
             raise RuntimeError(f"slot {self.slot_id!r} holds no seed whose health could be "
                                "checked")
         state, alpha = self._inputs(host, state, alpha)
+        if self.candidates is not None:
+            return self._tournament(host, state, alpha)
         if alpha is None:
             return slot_forward_checked(state, self.seed, host, gate=self.gate)
         return slot_forward_checked(state, self.seed, host, alpha=alpha)
+
+    def _tournament(self, host: Tensor, state: SlotState,
+                    alpha: Tensor | None) -> tuple[Tensor, SeedHealth]:
+        """A tournament's forward: incubation at the state's own alpha, else scoring (the
+        batch holds one copy per candidate; see :mod:`esper.ops.candidates`)."""
+        stacked = self.candidates
+        assert stacked is not None
+        if alpha is None and not state.alpha_overridden:
+            return candidates_forward(state, stacked, host, stacked.live)
+        alpha = state.alpha if alpha is None else alpha
+        out = candidates_probe(state, stacked.chunked, host, alpha)
+        return out, seed_health(host, out, blend_weight(alpha, host))
 
     def _inputs(self, host: Tensor, state: SlotState | None,
                 alpha: Tensor | float | None) -> tuple[SlotState, Tensor | None]:

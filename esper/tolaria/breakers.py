@@ -28,8 +28,8 @@ from ..core.breaker import (
     tick,
 )
 from ..leyline import TelemetryEvent
+from ..leyline.constants import NON_FINITE
 
-NON_FINITE = "non_finite"
 BLOWUP = "blowup"
 Breakers = dict[str, BreakerState]
 Observed = tuple[Breakers, tuple[TelemetryEvent, ...]]

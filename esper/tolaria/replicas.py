@@ -103,7 +103,8 @@ class Replicas:
         Arguments:
             grads: parameter name -> gradient of this rank's batch.
             loss: this rank's 0-d batch loss.
-            faults: slot name -> 0-d bool, a seed's activation fault on this rank.
+            faults: flag name -> bool tensor (0-d, or one per candidate of a tournament),
+                a seed's activation fault on this rank.
 
         Returns:
             The averaged gradients (contiguous, same dtypes), the averaged loss
@@ -114,7 +115,7 @@ class Replicas:
                                  torch.float32)  # the bucket: float32 unless float64 grads
         parts = [grads[n].reshape(-1).to(dtype) for n in names]
         parts.append(loss.detach().reshape(1).to(dtype))
-        parts += [faults[n].reshape(1).to(dtype) for n in flagged]
+        parts += [faults[n].reshape(-1).to(dtype) for n in flagged]
         total = fcol.all_reduce(torch.cat(parts), "sum", self.group)
         mean = total / self.world_size
         out: dict[str, Tensor] = {}
@@ -125,8 +126,11 @@ class Replicas:
             offset += grad.numel()
         averaged_loss = mean[offset].to(loss.dtype).reshape(loss.shape)
         offset += 1
-        flags = {n: (total[offset + i] > 0).reshape(faults[n].shape)
-                 for i, n in enumerate(flagged)}
+        flags = {}
+        for name in flagged:
+            size = faults[name].numel()
+            flags[name] = (total[offset:offset + size] > 0).reshape(faults[name].shape)
+            offset += size
         return out, averaged_loss, flags
 
     # ------------------------------------------------------------------ between steps

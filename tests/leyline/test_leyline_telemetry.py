@@ -13,7 +13,8 @@ from esper.leyline import EVENT_PAYLOAD_FIELDS, EventType, SlotTelemetry, Teleme
 def test_event_types_are_strings():
     assert {e.value for e in EventType} == {
         "SEED_GERMINATED", "SEED_STAGE_CHANGED", "SEED_GATE_EVALUATED", "SEED_FOSSILIZED",
-        "SEED_PRUNED", "COMMAND_REJECTED", "BREAKER_CHANGED", "SEED_FROZEN"}
+        "SEED_PRUNED", "COMMAND_REJECTED", "BREAKER_CHANGED", "SEED_FROZEN",
+        "CANDIDATE_SELECTED"}
     assert EventType.SEED_PRUNED == "SEED_PRUNED"
 
 
@@ -127,4 +128,4 @@ def test_seed_culled_is_the_older_name_of_seed_pruned():
     assert EventType.SEED_CULLED.value == "SEED_PRUNED"
     fields = EVENT_PAYLOAD_FIELDS
     assert fields[EventType.SEED_CULLED] == fields[EventType.SEED_PRUNED]
-    assert len(list(EventType)) == 8
+    assert len(list(EventType)) == 9

@@ -29,7 +29,14 @@ class NoopSeed(nn.Module):
 
 
 class NormSeed(nn.Module):
-    """``x + GroupNorm(x)`` with a zero-initialised affine (starts as the identity)."""
+    """``x + GroupNorm(x)`` with a zero-initialised affine (starts as the identity).
+
+    The affine is applied after the normalisation rather than inside it: under
+    ``torch.func.vmap`` over stacked candidates (:mod:`esper.nn.candidates`)
+    the normalisation of the shared input then runs once and only the affine
+    is batched; and while the input needs no gradient (an isolated seed) the
+    backward never enters the norm.
+    """
 
     def __init__(self, channels: int, groups: int | None = None, eps: float = 1e-5) -> None:
         super().__init__()
@@ -39,7 +46,9 @@ class NormSeed(nn.Module):
         self.bias = nn.Parameter(torch.zeros(channels))
 
     def forward(self, x: Tensor) -> Tensor:
-        return group_norm(x, self.groups, self.weight, self.bias, self.eps).add_(x)
+        shape = (-1,) + (1,) * (x.dim() - 2)  # per channel, along dim 1
+        normalized = group_norm(x, self.groups, eps=self.eps)
+        return torch.addcmul(self.bias.view(shape), normalized, self.weight.view(shape)).add_(x)
 
 
 class SqueezeExciteSeed(nn.Module):

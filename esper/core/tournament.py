@@ -1,0 +1,107 @@
+"""A tournament's pure verbs: drop a candidate, say when to select, select the winner.
+
+A slot germinated with K candidates (:func:`~esper.core.lifecycle.germinate`
+with ``candidates=K``) incubates them in GERMINATED and TRAINING. G2 cannot
+judge K seeds at once, so a tournament waits at the end of its TRAINING dwell
+(G2 fails with ``tournament_undecided``) until :func:`select` names the
+winner: from then on the slot holds one seed, which G2 judges as any other.
+Candidate ``k`` of seed ``s`` is called :func:`candidate_id` ``(s, k)`` in events.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from ..errors import StageError
+from ..leyline import SeedStage
+from .state import Selection, SlotState
+from .transitions import check_state
+
+
+def candidate_id(seed_id: str, index: int) -> str:
+    """The name of candidate ``index`` of the tournament germinated as ``seed_id``."""
+    return f"{seed_id}#{index}"
+
+
+def live_candidates(state: SlotState) -> tuple[int, ...]:
+    """The candidates of ``state``'s tournament not dropped (empty without a tournament)."""
+    if not state.in_tournament:
+        return ()
+    return tuple(k for k in range(state.candidates) if k not in state.dropped)
+
+
+def selection_due(state: SlotState) -> bool:
+    """Whether ``state``'s tournament must be decided before its next epoch step: it is
+    in TRAINING and that step ends its dwell (where G2 would judge a single seed)."""
+    return (state.in_tournament and state.stage == SeedStage.TRAINING
+            and state.metrics.epochs_in_stage + 1 >= state.task.training_dwell)
+
+
+def _require_tournament(state: SlotState, verb: str) -> None:
+    check_state(state)
+    if not state.in_tournament:
+        raise StageError(f"cannot {verb} in slot {state.slot_id!r}: it is {state.stage.name} "
+                         "with no tournament of candidates (germinate with candidates=K >= 2)")
+
+
+def drop(state: SlotState, indices: Sequence[int]) -> SlotState:
+    """``state`` with candidates ``indices`` dropped (their output or gradients stopped
+    being finite); dropping every live candidate is left to the caller (prune the slot).
+
+    Raises:
+        StageError: no tournament in the slot (a ``ValueError``).
+        ValueError: an index that is not a live candidate.
+    """
+    _require_tournament(state, "drop a candidate")
+    live = live_candidates(state)
+    unknown = [k for k in indices if k not in live]
+    if unknown:
+        raise ValueError(f"candidates {unknown} of slot {state.slot_id!r} are not live; live: "
+                         f"{list(live)}")
+    return state.replace(dropped=(*state.dropped, *sorted(set(indices))))
+
+
+def winner_of(scores: Sequence[float | None], live: Sequence[int]) -> int | None:
+    """The live candidate with the highest finite score (the lowest index on a tie);
+    ``None`` when no live candidate has one."""
+    ranked = [(score, -k) for k in live
+              if (score := scores[k]) is not None and math.isfinite(score)]
+    return -max(ranked)[1] if ranked else None
+
+
+def select(state: SlotState, scores: Sequence[float | None]) -> SlotState:
+    """End the tournament: the live candidate with the best score wins (:func:`winner_of`).
+
+    The slot keeps its stage and seed id and holds one seed from here on; the
+    winner's score becomes the seed's ``probe_loss_reduction`` (G2's evidence).
+    The events (:func:`~esper.core.events.events`) are a ``CANDIDATE_SELECTED``
+    and one ``SEED_PRUNED`` (reason ``lost_selection``) per other live candidate.
+
+    Arguments:
+        state: a slot in a tournament, GERMINATED or TRAINING.
+        scores: one per candidate (relative validation-loss reduction at the probe
+            alpha, higher is better); a dropped candidate's is ignored.
+
+    Raises:
+        StageError: no tournament in the slot (a ``ValueError``).
+        ValueError: not one score per candidate, or no live candidate with a finite
+            score (prune the slot instead).
+    """
+    _require_tournament(state, "select a candidate")
+    if len(scores) != state.candidates:
+        raise ValueError(f"slot {state.slot_id!r} has {state.candidates} candidates, got "
+                         f"{len(scores)} scores")
+    live = live_candidates(state)
+    winner = winner_of(scores, live)
+    if winner is None:
+        raise ValueError(f"no live candidate of slot {state.slot_id!r} has a finite score "
+                         f"(scores {list(scores)}, live {list(live)}): prune the slot")
+    kept = tuple(float(scores[k]) if k in live and scores[k] is not None
+                 and math.isfinite(scores[k]) else None for k in range(state.candidates))
+    metrics = state.metrics.replace(probe_loss_reduction=kept[winner])
+    return state.replace(candidates=1, metrics=metrics,
+                         selection=Selection(winner, kept, state.epoch))
+
+
+__all__ = ["candidate_id", "drop", "live_candidates", "select", "selection_due", "winner_of"]
