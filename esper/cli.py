@@ -66,6 +66,14 @@ def _seed(text: str) -> int:
     return value
 
 
+def _candidates(text: str) -> int:
+    value = _positive(text)
+    if value > C.MAX_CANDIDATES:
+        raise argparse.ArgumentTypeError(f"must be an integer in [1, {C.MAX_CANDIDATES}], got "
+                                         f"{value}")
+    return value
+
+
 def _width(text: str) -> int:
     value = _positive(text)
     if value > MAX_WIDTH:
@@ -148,7 +156,8 @@ _FIELDS = {
     "device": ("device", None), "precision": ("precision", None),
     "limit": ("limit", None), "stop_after": ("stop_after", None), "quiet": ("quiet", None),
     "commands": ("commands", None), "blending_steps": ("blending_steps", None),
-    "embargo_epochs": ("embargo_epochs", None), "blend": ("blend_algorithm", None)}
+    "embargo_epochs": ("embargo_epochs", None), "blend": ("blend_algorithm", None),
+    "candidates": ("candidates", None)}
 
 
 def _settings(args: argparse.Namespace, only: frozenset[str] | None = None) -> dict:
@@ -307,6 +316,11 @@ def _add_lifecycle_options(grow: argparse.ArgumentParser) -> None:
                       help="alpha ramp of the seeds the controller germinates (a signed "
                            "command may name its own); another than the contract's "
                            f"{C.DEFAULT_BLEND_ALGORITHM} is a departure listed in summary.json")
+    grow.add_argument("--candidates", type=_candidates, default=C.DEFAULT_CANDIDATES,
+                      help="candidate seeds of the blueprint each germination plants in its "
+                           "slot (a tournament: they train side by side, invisible to the "
+                           "host, and the one that helps validation most at the probe alpha "
+                           f"goes on; at most {C.MAX_CANDIDATES}); 1 plants one seed")
     grow.add_argument("--blending-steps", type=_positive, default=C.DEFAULT_BLENDING_STEPS,
                       help="epochs of a seed's alpha ramp; the contract's value is "
                            f"{C.DEFAULT_BLENDING_STEPS}: another is a departure listed in "

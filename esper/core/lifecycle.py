@@ -35,13 +35,13 @@ from ..leyline.constants import (
     BLEND_ALGORITHMS,
     DEFAULT_BLEND_ALGORITHM,
     DEFAULT_CANDIDATES,
-    MAX_CANDIDATES,
 )
 from ..validation import check_int
 from . import gates as G
 from .alpha import check_alpha
 from .epoch import run_epoch
 from .state import SeedMetrics, SlotState
+from .tournament import check_candidates
 from .transitions import (
     allowed,
     alpha_tensor,
@@ -100,7 +100,7 @@ def germinate(
         raise ValueError(f"unknown blend algorithm {blend_algorithm_id!r}; "
                          f"known: {', '.join(BLEND_ALGORITHMS)}")
     check_int("seed_params", seed_params, minimum=0)
-    check_int("candidates", candidates, minimum=1, maximum=MAX_CANDIDATES, type_error=TypeError)
+    check_candidates(candidates)
     state = with_gate(state, result)
     return enter(state, _S.GERMINATED, "germinate", blueprint_id=blueprint_id, seed_id=seed_id,
                   blend_algorithm_id=blend_algorithm_id, seed_params=seed_params,

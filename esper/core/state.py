@@ -232,7 +232,7 @@ class SlotState:
         if self.stage == SeedStage.DORMANT and (self.blueprint_id or self.seed_id):
             raise ValueError("a DORMANT slot holds no seed: blueprint_id and seed_id must be None")
         check_int("candidates", self.candidates, minimum=1, maximum=MAX_CANDIDATES,
-                  type_error=TypeError)
+                  type_error=TypeError)  # tournament.check_candidates's rule (state comes first)
         if self.candidates > 1 and self.stage not in (SeedStage.GERMINATED, SeedStage.TRAINING):
             raise ValueError(f"a {self.stage.name} slot holds one seed, not a tournament of "
                              f"{self.candidates} candidates: they incubate in GERMINATED and "

@@ -15,13 +15,31 @@ from collections.abc import Sequence
 
 from ..errors import StageError
 from ..leyline import SeedStage
+from ..leyline.constants import MAX_CANDIDATES
+from ..validation import check_int
 from .state import Selection, SlotState
 from .transitions import check_state
+
+
+def check_candidates(candidates: object, name: str = "candidates") -> int:
+    """``candidates`` itself if it is a valid candidate count: an int from 1 (one seed, no
+    tournament) to :data:`~esper.leyline.constants.MAX_CANDIDATES`.
+
+    Raises:
+        TypeError: not an int (a bool is not one).
+        ValueError: out of that range.
+    """
+    return check_int(name, candidates, minimum=1, maximum=MAX_CANDIDATES, type_error=TypeError)
 
 
 def candidate_id(seed_id: str, index: int) -> str:
     """The name of candidate ``index`` of the tournament germinated as ``seed_id``."""
     return f"{seed_id}#{index}"
+
+
+def is_candidate_id(seed_id: str | None) -> bool:
+    """Whether ``seed_id`` names a tournament's candidate (:func:`candidate_id`)."""
+    return seed_id is not None and "#" in seed_id
 
 
 def live_candidates(state: SlotState) -> tuple[int, ...]:
@@ -70,7 +88,8 @@ def winner_of(scores: Sequence[float | None], live: Sequence[int]) -> int | None
     return -max(ranked)[1] if ranked else None
 
 
-def select(state: SlotState, scores: Sequence[float | None]) -> SlotState:
+def select(state: SlotState, scores: Sequence[float | None],
+           seed_params: int | None = None) -> SlotState:
     """End the tournament: the live candidate with the best score wins (:func:`winner_of`).
 
     The slot keeps its stage and seed id and holds one seed from here on; the
@@ -82,6 +101,7 @@ def select(state: SlotState, scores: Sequence[float | None]) -> SlotState:
         state: a slot in a tournament, GERMINATED or TRAINING.
         scores: one per candidate (relative validation-loss reduction at the probe
             alpha, higher is better); a dropped candidate's is ignored.
+        seed_params: the winner's parameter count (``None``: the tournament's, unchanged).
 
     Raises:
         StageError: no tournament in the slot (a ``ValueError``).
@@ -100,8 +120,10 @@ def select(state: SlotState, scores: Sequence[float | None]) -> SlotState:
     kept = tuple(float(scores[k]) if k in live and scores[k] is not None
                  and math.isfinite(scores[k]) else None for k in range(state.candidates))
     metrics = state.metrics.replace(probe_loss_reduction=kept[winner])
-    return state.replace(candidates=1, metrics=metrics,
+    params = state.seed_params if seed_params is None else check_int("seed_params", seed_params)
+    return state.replace(candidates=1, metrics=metrics, seed_params=params,
                          selection=Selection(winner, kept, state.epoch))
 
 
-__all__ = ["candidate_id", "drop", "live_candidates", "select", "selection_due", "winner_of"]
+__all__ = ["candidate_id", "check_candidates", "drop", "is_candidate_id", "live_candidates",
+           "select", "selection_due", "winner_of"]

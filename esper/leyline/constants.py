@@ -42,6 +42,7 @@ MAX_CANDIDATES: Final = 16  # the stacked forward holds K copies of the slot's f
 DEFAULT_CANDIDATES: Final = 1  # one seed: no tournament
 CANDIDATE_INIT_JITTER: Final = 1e-2  # std of the noise on what a blueprint zero-initialises
 LOST_SELECTION: Final = "lost_selection"  # the prune reason of a tournament's losers
+NO_WINNER: Final = "no_winner"  # a tournament pruned: no live candidate had a finite score
 NON_FINITE: Final = "non_finite"  # the prune reason of a seed or candidate that went non-finite
 DEFAULT_BLEND_ALGORITHM: Final = "sigmoid"
 BLEND_ALGORITHMS: Final = ("linear", "sigmoid", "gated")

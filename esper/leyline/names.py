@@ -15,6 +15,11 @@ SLOT_PREFIX: Final = "seed_slots."
 """The prefix of every seed slot's parameters and buffers in a model."""
 
 
+CANDIDATE_STACK: Final = "stack"
+"""The child of a tournament's seed that holds the candidates' stacked parameters, each
+``[K, ...]``: they are named ``seed_slots.<key>.seed.stack.<the seed's own name>``."""
+
+
 def check_slot_name(name: str) -> str:
     """``name`` itself if it can name a slot (a non-empty string without a dash).
 
@@ -43,4 +48,24 @@ def slot_of(parameter_name: str) -> str | None:
     return slot_name(parameter_name[len(SLOT_PREFIX):].split(".", 1)[0])
 
 
-__all__ = ["SLOT_PREFIX", "check_slot_name", "slot_key", "slot_name", "slot_of"]
+def is_stacked(parameter_name: str) -> bool:
+    """Whether a model parameter holds a tournament's K candidates along its first dimension."""
+    parts = parameter_name.split(".")
+    return (parameter_name.startswith(SLOT_PREFIX) and len(parts) > 4
+            and parts[2:4] == ["seed", CANDIDATE_STACK])
+
+
+def unstacked(parameter_name: str) -> str:
+    """The name a stacked parameter takes in the tournament's winner (``.stack`` removed).
+
+    Raises:
+        ValueError: ``parameter_name`` is not a stacked parameter.
+    """
+    if not is_stacked(parameter_name):
+        raise ValueError(f"{parameter_name!r} is not a tournament's stacked parameter")
+    parts = parameter_name.split(".")
+    return ".".join(parts[:3] + parts[4:])
+
+
+__all__ = ["CANDIDATE_STACK", "SLOT_PREFIX", "check_slot_name", "is_stacked", "slot_key",
+           "slot_name", "slot_of", "unstacked"]

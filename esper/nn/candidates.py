@@ -3,7 +3,8 @@
 A tournament germinates K seeds of one blueprint in one slot. Their weights are
 stacked along a new leading dimension (:func:`torch.func.stack_module_state`):
 one parameter ``[K, ...]`` per parameter of the blueprint's seed, registered
-under ``stack.<the seed's own parameter name>``. :meth:`CandidateSeeds.forward`
+under ``stack.<the seed's own parameter name>``
+(:data:`~esper.leyline.names.CANDIDATE_STACK`). :meth:`CandidateSeeds.forward`
 runs all K on the same input with :func:`torch.func.vmap` over
 :func:`torch.func.functional_call` and returns ``[K, *input.shape]``;
 :meth:`CandidateSeeds.chunked` runs candidate ``k`` on chunk ``k`` of a batch
@@ -33,22 +34,9 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
-from ..leyline.constants import CANDIDATE_INIT_JITTER, MAX_CANDIDATES
+from ..leyline.constants import CANDIDATE_INIT_JITTER
+from ..leyline.names import CANDIDATE_STACK
 from ..validation import check_int
-
-STACK = "stack"
-"""The child module that holds the stacked parameters: their names start ``stack.``."""
-
-
-def check_candidates(candidates: object) -> int:
-    """``candidates`` itself if it is a valid candidate count (an int in 1..MAX_CANDIDATES).
-
-    Raises:
-        TypeError: not an int (a bool is not one).
-        ValueError: below 1 or above :data:`~esper.leyline.constants.MAX_CANDIDATES`.
-    """
-    return check_int("candidates", candidates, minimum=1, maximum=MAX_CANDIDATES,
-                     type_error=TypeError)
 
 
 def candidate_generator(base: int, index: int) -> torch.Generator:
@@ -97,11 +85,12 @@ class CandidateSeeds(nn.Module):
         params, buffers = torch.func.stack_module_state(list(seeds))
         self.count = len(seeds)
         template = copy.deepcopy(seeds[0])
-        self.stack = copy.deepcopy(seeds[0])  # its tensors are replaced by the stacked ones
+        stack = copy.deepcopy(seeds[0])  # its tensors are replaced by the stacked ones
         for name, value in params.items():
-            _set(self.stack, name, nn.Parameter(value.detach().clone()))
+            _set(stack, name, nn.Parameter(value.detach().clone()))
         for name, value in buffers.items():
-            _set(self.stack, name, value.detach().clone())
+            _set(stack, name, value.detach().clone())
+        self.add_module(CANDIDATE_STACK, stack)
         self.register_buffer("live", torch.ones(self.count, dtype=torch.float32,
                                                 device=_device_of(seeds[0])))
         object.__setattr__(self, "_template", template)  # not a submodule: no parameters
@@ -127,7 +116,8 @@ class CandidateSeeds(nn.Module):
             raise ValueError(f"a batch of {x.shape[0]} does not split into {self.count} "
                              "equal chunks, one per candidate")
         params, buffers = self._weights()
-        chunks = x.reshape(self.count, x.shape[0] // self.count, *x.shape[1:])
+        # Contiguous chunks: a seed's layout queries (channels_last checks) have no vmap rule.
+        chunks = x.reshape(self.count, x.shape[0] // self.count, *x.shape[1:]).contiguous()
         out = torch.func.vmap(self._one, in_dims=(0, 0, 0))(params, buffers, chunks)
         return out.reshape(x.shape)
 
@@ -169,5 +159,4 @@ def _device_of(module: nn.Module) -> torch.device:
     return tensors[0].device if tensors else torch.device("cpu")
 
 
-__all__ = ["STACK", "CandidateSeeds", "build_candidates", "candidate_generator",
-           "check_candidates"]
+__all__ = ["CandidateSeeds", "build_candidates", "candidate_generator"]

@@ -120,8 +120,9 @@ def build_tournament(site: SeedSite, blueprint_id: str, blend_algorithm_id: str,
     The candidates are drawn from generators seeded by one draw of the CPU
     generator (:func:`~esper.nn.candidates.build_candidates`). The first is
     checked as :func:`build_seed` checks a seed; then the stack runs forward and
-    backward on the probe under ``torch.func.vmap`` (eval mode), so a blueprint
-    that cannot be vmapped is refused here, not mid-training.
+    backward on the probe under ``torch.func.vmap``, and scores on K copies of it
+    (eval mode), so a blueprint that cannot be vmapped is refused here, not
+    mid-training.
 
     Raises:
         as :func:`build_seed`, and
@@ -161,6 +162,8 @@ def _check_stacked(stacked: CandidateSeeds, features: Tensor, blueprint_id: str,
                                  f"{(stacked.count, *features.shape)}")
             torch.autograd.grad(out.float().sum(), [p for p in stacked.parameters()],
                                 allow_unused=True)
+        with torch.no_grad():  # scoring: candidate k on the k-th copy of the batch
+            stacked.chunked(features.repeat((stacked.count,) + (1,) * (features.dim() - 1)))
     except Exception as error:
         raise CandidatesUnsupportedError(
             f"blueprint {blueprint_id!r} cannot run as {stacked.count} stacked candidates in "

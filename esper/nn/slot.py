@@ -31,7 +31,7 @@ from ..ops.health import SeedHealth, seed_health
 from ..ops.isolation import IsolationReport, ProbeSquares, isolation_probe, probe_squares
 from ..ops.telemetry import GradientReport, capture, latest_telemetry, materialize, record
 from .assignment import check_assignable
-from .candidates import CandidateSeeds, check_candidates
+from .candidates import CandidateSeeds
 from .delivery import TelemetryCallback, TelemetryCallbackWarning, deliver
 from .movement import measured, warn_if_frozen, with_baseline
 from .seed_parts import SeedSite, build_seed, build_tournament, rebuild_seed
@@ -206,7 +206,7 @@ class SeedSlot(nn.Module):
             TypeError: ``candidates`` is not an int.
         """
         self._require_unforced()
-        check_candidates(candidates)
+        T.check_candidates(candidates)
         L.germinate(self._state, blueprint_id, seed_id, blend_algorithm_id=blend_algorithm_id,
                     candidates=candidates)
         rng = torch.get_rng_state()
@@ -299,11 +299,14 @@ class SeedSlot(nn.Module):
                 finite score.
         """
         self._require_unforced()
-        self.record_movement()
-        new = T.select(self._state, scores)
+        chosen = T.select(self._state, scores).selection  # refused here: nothing changed
         stacked = self.candidates
-        assert stacked is not None and new.selection is not None
-        winner = stacked.member(new.selection.winner)
+        assert stacked is not None and chosen is not None
+        self.record_movement()
+        winner = stacked.member(chosen.winner)
+        params = sum(p.numel() for m in (winner, self.gate) if m is not None
+                     for p in m.parameters())
+        new = T.select(self._state, scores, seed_params=params)
         self.seed = winner.to(self.device, memory_format=self.memory_format)
         try:
             return self._commit(new)

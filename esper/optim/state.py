@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from torch import Tensor, nn
 
-from ..leyline.names import slot_of
+from ..leyline.names import is_stacked, slot_of
 from .config import HOST_GROUP, OptimizerConfig, SGDConfig
 
 Buffers = Mapping[str, Mapping[str, Tensor]]
@@ -28,10 +28,11 @@ def group_of(parameter_name: str) -> str:
     return HOST_GROUP if slot is None else slot
 
 
-def decays(param: Tensor) -> bool:
-    """Whether weight decay applies to ``param``: matrices and kernels yes, norms and
-    biases (fewer than 2 dimensions) no."""
-    return param.dim() >= 2
+def decays(name: str, param: Tensor) -> bool:
+    """Whether weight decay applies to parameter ``name``: matrices and kernels yes, norms
+    and biases (fewer than 2 dimensions) no; a tournament's stacked parameter is judged
+    by one candidate's slice, as that candidate alone would be."""
+    return param.dim() - is_stacked(name) >= 2
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,22 @@ class OptimizerState:
                     old = fresh[kind]
                 kept[name] = old
         return OptimizerState(self.config, {g: tuple(n) for g, n in groups.items()}, buffers)
+
+    def handed_over(self, renames: Mapping[str, tuple[str, int]]) -> OptimizerState:
+        """These buffers plus, for each ``new name -> (stacked name, index)``, the stacked
+        parameter's buffers at row ``index`` (copies; a 0-d buffer, such as AdamW's step
+        count, is copied whole): a tournament's winner goes on with the optimizer state
+        it had as a candidate. :meth:`synced` then drops the stacked names.
+
+        Raises:
+            KeyError: a stacked name this state has no buffers for.
+        """
+        buffers = {kind: dict(owned) for kind, owned in self.buffers.items()}
+        for new, (stacked, index) in renames.items():
+            for owned in buffers.values():
+                value = owned[stacked]
+                owned[new] = (value if value.dim() == 0 else value[index]).detach().clone()
+        return OptimizerState(self.config, self.groups, buffers)
 
     def group_order(self) -> tuple[str, ...]:
         """The groups in the step's order: the host's first, then each seed's."""

@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from ..leyline.constants import BLEND_ALGORITHMS
+from ..core.tournament import check_candidates
+from ..leyline.constants import BLEND_ALGORITHMS, DEFAULT_CANDIDATES
 
 Action = Literal["germinate", "fossilize", "prune"]
 ACTIONS: tuple[Action, ...] = ("germinate", "fossilize", "prune")
@@ -42,6 +43,8 @@ class Decision:
         seed_id: the seed to create or the seed concerned.
         blend_algorithm_id: the alpha ramp of the seed to germinate (germinate only;
             ``None``: the run's own, ``esper grow --blend``).
+        candidates: how many candidate seeds of the blueprint the germination plants
+            (a tournament, :mod:`esper.core.tournament`; 1: one seed; germinate only).
     """
 
     action: Action
@@ -50,15 +53,23 @@ class Decision:
     blueprint_id: str | None = None
     seed_id: str | None = None
     blend_algorithm_id: str | None = None
+    candidates: int = DEFAULT_CANDIDATES
 
     def __post_init__(self) -> None:
         if self.action not in ACTIONS:
             raise ValueError(f"unknown action {self.action!r}; actions are {ACTIONS}")
         check_germination("decision", self.action, self.blueprint_id, self.seed_id,
                           self.blend_algorithm_id)
+        check_candidates(self.candidates, "Decision.candidates")
+        if self.candidates != DEFAULT_CANDIDATES and self.action != "germinate":
+            raise ValueError(f"only a germinate decision plants candidates, not a {self.action}")
 
-    def to_dict(self) -> dict[str, str | None]:
-        """A JSON-ready view."""
-        return {"action": self.action, "slot": self.slot, "reason": self.reason,
-                "blueprint_id": self.blueprint_id, "seed_id": self.seed_id,
-                "blend_algorithm_id": self.blend_algorithm_id}
+    def to_dict(self) -> dict[str, str | int | None]:
+        """A JSON-ready view (``candidates`` only when a germination plants several)."""
+        view: dict[str, str | int | None] = {
+            "action": self.action, "slot": self.slot, "reason": self.reason,
+            "blueprint_id": self.blueprint_id, "seed_id": self.seed_id,
+            "blend_algorithm_id": self.blend_algorithm_id}
+        if self.candidates != DEFAULT_CANDIDATES:
+            view["candidates"] = self.candidates
+        return view

@@ -19,6 +19,8 @@ The policy, applied once per epoch after the slots have stepped:
    ``max_germinations_per_slot`` seeds, while fewer than ``max_seeds`` seeds
    are alive (germinated through fossilized). Blueprints are taken in turn
    from ``blueprints``; each seed blends in with ``blend_algorithm``'s alpha ramp.
+   With ``candidates`` K >= 2 a germination plants a tournament of K seeds of
+   the blueprint; the trainer keeps the best at the end of its TRAINING dwell.
 
 Everything is pure: :meth:`HeuristicController.decide` takes the memory and
 returns the decisions and the new memory.
@@ -31,6 +33,7 @@ from dataclasses import dataclass, field, replace
 
 from ..core.gates import g5_contribution
 from ..core.state import SlotState
+from ..core.tournament import check_candidates
 from ..leyline import SeedStage, is_active
 from ..leyline import constants as C
 from ..leyline.constants import BLEND_ALGORITHMS, DEFAULT_BLEND_ALGORITHM
@@ -51,8 +54,10 @@ class ControllerConfig:
     stall_epochs: int = C.DEFAULT_STALL_EPOCHS
     prune_below: float = C.DEFAULT_PRUNE_BELOW
     blend_algorithm: str = DEFAULT_BLEND_ALGORITHM
+    candidates: int = C.DEFAULT_CANDIDATES
 
     def __post_init__(self) -> None:
+        check_candidates(self.candidates, "ControllerConfig.candidates")
         if self.blend_algorithm not in BLEND_ALGORITHMS:
             raise ValueError(f"ControllerConfig.blend_algorithm must be one of "
                              f"{BLEND_ALGORITHMS}, got {self.blend_algorithm!r}")
@@ -138,5 +143,5 @@ class HeuristicController:
                 blueprint = cfg.blueprints[memory.seeds_created % len(cfg.blueprints)]
                 seed_id = f"seed-{memory.seeds_created + 1}"
                 return Decision("germinate", name, "plateau", blueprint, seed_id,
-                                cfg.blend_algorithm)
+                                cfg.blend_algorithm, cfg.candidates)
         return None

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..core.state import SlotState
-from ..errors import SeedRaisedError
+from ..errors import CandidatesUnsupportedError, SeedRaisedError
 from ..leyline import SlotTelemetry, TelemetryEvent
 from ..nn.slot import SeedSlot
 from ..tamiyo import Decision
@@ -18,7 +18,9 @@ def apply_decision(slot: SeedSlot, decision: Decision, telemetry: SlotTelemetry,
     """Germinate, fossilize or prune ``slot`` as ``decision`` says; the outcome in words.
 
     A blueprint whose code raises while its seed is built is untrusted code
-    failing: the slot stays as it was and the run goes on without it.
+    failing, and one whose seeds cannot run as the candidates the decision asks
+    for cannot be planted so: either way the slot stays as it was and the run
+    goes on without it.
 
     Arguments:
         slot: the decision's slot.
@@ -37,8 +39,9 @@ def apply_decision(slot: SeedSlot, decision: Decision, telemetry: SlotTelemetry,
         assert decision.blueprint_id is not None and decision.seed_id is not None
         try:
             slot.germinate(decision.blueprint_id, decision.seed_id,
-                           blend_algorithm_id=decision.blend_algorithm_id or blend_algorithm)
-        except SeedRaisedError as error:
+                           blend_algorithm_id=decision.blend_algorithm_id or blend_algorithm,
+                           candidates=decision.candidates)
+        except (SeedRaisedError, CandidatesUnsupportedError) as error:
             return f"failed: {error}"
         return GERMINATED
     if decision.action == "fossilize":

@@ -9,6 +9,7 @@ from pathlib import Path
 from torch import nn
 
 from ..core.breaker import BreakerConfig
+from ..core.tournament import check_candidates
 from ..data import TaskData
 from ..errors import UnknownBlueprintError
 from ..leyline import QualityGates, TaskConfig
@@ -17,6 +18,7 @@ from ..leyline.constants import (
     COMPILE_MODES,
     DEFAULT_BLEND_ALGORITHM,
     DEFAULT_BLENDING_STEPS,
+    DEFAULT_CANDIDATES,
     DEFAULT_COMPILE_BACKEND,
     DEFAULT_COMPILE_MODE,
     DEFAULT_DEVICE,
@@ -104,8 +106,10 @@ class GrowConfig:
     blending_steps: int = DEFAULT_BLENDING_STEPS
     embargo_epochs: int = DEFAULT_EMBARGO_EPOCHS
     blend_algorithm: str = DEFAULT_BLEND_ALGORITHM
+    candidates: int = DEFAULT_CANDIDATES
 
     def __post_init__(self) -> None:
+        check_candidates(self.candidates)
         if isinstance(self.compile, bool):
             object.__setattr__(self, "compile", "always" if self.compile else "never")
         for name in ("epochs", "batch_size", "telemetry_stride", "blending_steps"):
@@ -148,7 +152,8 @@ class GrowConfig:
         base = self.controller if self.controller is not None else ControllerConfig()
         return dataclasses.replace(base, blueprints=self.blueprints_for(topology),
                                    max_seeds=self.max_seeds,
-                                   blend_algorithm=self.blend_algorithm)
+                                   blend_algorithm=self.blend_algorithm,
+                                   candidates=self.candidates)
 
     def task_config(self, topology: str) -> TaskConfig:
         """Lifecycle timing scaled to the run's length, with its blending and embargo."""

@@ -111,15 +111,21 @@ class DataParallel:
                 model.seed_slots[name].record(isolation_violations=total - own)
 
     def reduce_validation(self, validation: Validation) -> Validation:
-        """Every score of this rank's validation, counts and losses summed over the ranks."""
-        scores = [validation.model, *validation.without.values(), *validation.probed.values()]
+        """Every score of this rank's validation, counts and losses summed over the ranks
+        (a tournament's candidate scores too: every rank selects the same winner)."""
+        candidates = [s for scores in validation.candidates.values() for s in scores]
+        scores = [validation.model, *validation.without.values(), *validation.probed.values(),
+                  *candidates]
         counts = self.replicas.sum([n for s in scores for n in (s.correct, s.total)])
         losses = self.replicas.sum_real([s.loss for s in scores])
-        summed = [Score(counts[2 * i], losses[i], counts[2 * i + 1]) for i in range(len(scores))]
-        model, rest = summed[0], summed[1:]
-        blended = len(validation.without)
-        return Validation(model, dict(zip(validation.without, rest[:blended], strict=True)),
-                          dict(zip(validation.probed, rest[blended:], strict=True)))
+        summed = iter([Score(counts[2 * i], losses[i], counts[2 * i + 1])
+                       for i in range(len(scores))])
+        model = next(summed)
+        without = {name: next(summed) for name in validation.without}
+        probed = {name: next(summed) for name in validation.probed}
+        tournaments = {name: tuple(next(summed) for _ in scores)
+                       for name, scores in validation.candidates.items()}
+        return Validation(model, without, probed, tournaments)
 
     def poll(self, source: CommandSource | None) -> tuple[list[Decision], dict[str, Any]]:
         """Rank 0 reads and verifies the new commands; every rank gets their decisions and

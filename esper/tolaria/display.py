@@ -56,7 +56,8 @@ def format_epoch_line(record: EpochRecord, total_epochs: int | None = None) -> s
     parts.append(f"{record.seconds:.1f}s")
     for s in record.slots:
         if s.stage.upper() not in _IDLE:
-            blueprint = f"({s.blueprint_id})" if s.blueprint_id else ""
+            many = f"x{s.candidates}" if s.candidates > 1 else ""
+            blueprint = f"({s.blueprint_id}{many})" if s.blueprint_id else ""
             parts.append(f"{s.slot}={s.stage}{blueprint} a={s.alpha:.2f}")
     return "  ".join(parts)
 
@@ -217,6 +218,8 @@ def render_summary(summary: RunSummary) -> Table:
     table.add_row("seeds germinated", str(summary.seeds_germinated))
     table.add_row("seeds fossilized", str(summary.seeds_fossilized))
     table.add_row("seeds pruned", str(summary.seeds_pruned))
+    if summary.candidates_lost:
+        table.add_row("candidates lost", str(summary.candidates_lost))
     table.add_row("parameters (host)", f"{summary.parameters_host:,}")
     share = f"{summary.parameters_added_percent:+.2f}% of host"
     table.add_row("parameters added", f"{summary.parameters_added:,} ({share})")

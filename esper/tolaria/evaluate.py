@@ -10,7 +10,7 @@ small probe alpha gives a training seed's own evidence for G2.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -182,11 +182,14 @@ class Validation:
         model: the model as it runs.
         without: blended slot -> the score with its alpha at 0 (the host alone there).
         probed: training slot -> the score with its seed blended in at the probe alpha.
+        candidates: tournament slot -> each candidate's score blended in alone at the
+            probe alpha (measured only when the tournament is to be decided).
     """
 
     model: Score
     without: Mapping[str, Score]
     probed: Mapping[str, Score]
+    candidates: Mapping[str, tuple[Score, ...]] = field(default_factory=dict)
 
     @property
     def accuracy(self) -> float:
@@ -201,6 +204,11 @@ class Validation:
         """Each training slot's :func:`probe_loss_reduction` (G2's evidence)."""
         return {name: probe_loss_reduction(self.model, s) for name, s in self.probed.items()}
 
+    def candidate_reductions(self) -> dict[str, list[float]]:
+        """Each candidate's :func:`probe_loss_reduction`, per tournament slot: its score."""
+        return {name: [probe_loss_reduction(self.model, s) for s in scores]
+                for name, scores in self.candidates.items()}
+
     def blown_up(self, max_ratio: float) -> list[str]:
         """Blended slots whose model loss exceeds ``max_ratio`` times the host-alone loss."""
         return [name for name, s in self.without.items()
@@ -212,16 +220,49 @@ class Validation:
                 f"the host-alone loss {self.without[slot].mean_loss:.4g} at the slot")
 
 
+@torch.no_grad()
+def candidate_tallies(model: MorphogeneticModel, x: Tensor, y: Tensor, slot: str, alpha: float,
+                      batch_size: int = 256) -> Tensor:
+    """``[K, 2]`` float64 on ``x``'s device: :func:`tally` of the model with candidate ``k``
+    of ``slot``'s tournament alone blended in at ``alpha``, for each ``k``.
+
+    One pass: each batch is repeated K times and the slot blends candidate ``k``
+    into copy ``k`` only (see :mod:`esper.ops.candidates`). Eval mode, restored.
+    """
+    count = model.seed_slots[slot].state.candidates
+    was_training = model.training
+    model.eval()
+    try:
+        total = torch.zeros(count, 2, dtype=torch.float64, device=x.device)
+        for xb, yb in batches(x, y, max(1, batch_size // count), shuffle=False):
+            copies = xb.repeat((count,) + (1,) * (xb.dim() - 1))
+            total += _tallies(model(copies, alpha_overrides={slot: alpha}), yb, count)
+        return total
+    finally:
+        model.train(was_training)
+
+
+def candidate_scores(model: MorphogeneticModel, x: Tensor, y: Tensor, slot: str, alpha: float,
+                     batch_size: int = 256) -> tuple[Score, ...]:
+    """Each candidate's :class:`Score` (see :func:`candidate_tallies`; one sync)."""
+    rows = candidate_tallies(model, x, y, slot, alpha, batch_size).tolist()
+    return tuple(Score(int(c), float(loss), y.numel()) for c, loss in rows)
+
+
 def validate(model: MorphogeneticModel, x: Tensor, y: Tensor, blended: Sequence[str],
-             probed: Mapping[str, float], batch_size: int = 256) -> Validation:
-    """The model's score, each ``blended`` slot without its seed and each ``probed``
-    slot with its alpha at ``probed[slot]``, in two passes (one of them batched)."""
+             probed: Mapping[str, float], batch_size: int = 256,
+             tournaments: Mapping[str, float] | None = None) -> Validation:
+    """The model's score, each ``blended`` slot without its seed, each ``probed`` slot
+    with its alpha at ``probed[slot]`` (two passes, one of them batched) and each
+    candidate of each ``tournaments`` slot alone at ``tournaments[slot]`` (a pass each)."""
     scores = scores_with(model, x, y, {**dict.fromkeys(blended, 0.0), **probed}, batch_size)
+    candidates = {name: candidate_scores(model, x, y, name, alpha, batch_size)
+                  for name, alpha in (tournaments or {}).items()}
     return Validation(score(model, x, y, batch_size),
                       {name: scores[name] for name in blended},
-                      {name: scores[name] for name in probed})
+                      {name: scores[name] for name in probed}, candidates)
 
 
-__all__ = ["Score", "Validation", "accuracy", "count_correct", "count_correct_without",
-           "counterfactuals", "percent", "probe_loss_reduction", "score", "scores_with",
-           "tallies_with", "tally", "validate"]
+__all__ = ["Score", "Validation", "accuracy", "candidate_scores", "candidate_tallies",
+           "count_correct", "count_correct_without", "counterfactuals", "percent",
+           "probe_loss_reduction", "score", "scores_with", "tallies_with", "tally", "validate"]

@@ -13,12 +13,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
 from ..core.state import SlotState
 from ..leyline import SeedStage
+from ..leyline.names import SLOT_PREFIX, is_stacked, slot_key
 from ..nn.model import MorphogeneticModel
 from ..optim.config import OptimizerConfig
 from ..optim.state import Buffers, OptimizerState, decays, group_of
@@ -27,6 +29,20 @@ StepReduce = Callable[[dict[str, Tensor], Tensor, dict[str, Tensor]],
                       tuple[dict[str, Tensor], Tensor, dict[str, Tensor]]]
 """Data-parallel reduction of (gradients, loss, health flags) inside the step
 (:meth:`esper.tolaria.replicas.Replicas.reduce_step`)."""
+
+
+class Tournament(NamedTuple):
+    """A slot's candidates as the step sees them.
+
+    Attributes:
+        slot: the slot's name.
+        live: the name of its ``[K]`` float buffer (1 for a candidate still in).
+        stacked: the names of its stacked ``[K, ...]`` parameters.
+    """
+
+    slot: str
+    live: str
+    stacked: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -85,10 +101,20 @@ class StepInputs:
                              device=device),
             lr_scale=torch.ones((), dtype=torch.float32, device=device),
             states=states, groups=groups, config=optimizer.config,
-            decayed=frozenset(n for n, p in params.items() if decays(p)),
+            decayed=frozenset(n for n, p in params.items() if decays(n, p)),
             watched=torch.tensor([states[n].stage != SeedStage.FOSSILIZED for n in order[1:]],
                                  dtype=torch.bool, device=device),
             loss_scale=loss_scale)
+
+    @property
+    def tournaments(self) -> tuple[Tournament, ...]:
+        """The seed groups that hold a tournament of candidates, in group order."""
+        found = []
+        for name, group in zip(self.seeds, self.groups[1:], strict=True):
+            if self.states[name].in_tournament:
+                live = f"{SLOT_PREFIX}{slot_key(name)}.seed.live"
+                found.append(Tournament(name, live, tuple(n for n in group if is_stacked(n))))
+        return tuple(found)
 
     @property
     def seeds(self) -> tuple[str, ...]:
@@ -117,4 +143,4 @@ class StepOptions:
     autocast: torch.dtype | None = None
 
 
-__all__ = ["StepInputs", "StepOptions", "StepReduce"]
+__all__ = ["StepInputs", "StepOptions", "StepReduce", "Tournament"]

@@ -26,6 +26,7 @@ class SlotSnapshot:
         counterfactual: the seed's contribution in accuracy points, when measured.
         gradient_ratio: the parameter-normalised seed/host gradient ratio, when measured.
         last_gate: a short text of the last gate result, e.g. ``"G2 failed: probe_loss_rose"``.
+        candidates: the candidate seeds incubating in a tournament (1: one seed).
     """
 
     slot: str
@@ -36,6 +37,7 @@ class SlotSnapshot:
     counterfactual: float | None = None
     gradient_ratio: float | None = None
     last_gate: str | None = None
+    candidates: int = 1
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready view."""
@@ -54,7 +56,8 @@ class SlotSnapshot:
                    seed_id=state.seed_id, blueprint_id=state.blueprint_id,
                    counterfactual=counterfactual,
                    gradient_ratio=state.metrics.seed_gradient_norm_ratio,
-                   last_gate=None if gate is None else gate.message)
+                   last_gate=None if gate is None else gate.message,
+                   candidates=state.candidates)
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,7 +116,9 @@ class RunSummary:
         baseline_accuracy: the host-alone accuracy at the end, when a baseline ran.
         seeds_germinated: seeds created over the run.
         seeds_fossilized: seeds made permanent.
-        seeds_pruned: seeds removed.
+        seeds_pruned: seeds removed (a tournament's candidates not counted).
+        candidates_lost: tournament candidates pruned (lost the selection or went
+            non-finite); the winner counts as the one seed germinated.
         parameters_host: parameters of the host.
         parameters_added: parameters of the seeds alive at the end, fossilized included.
         wall_seconds: wall time of the run.
@@ -151,6 +156,7 @@ class RunSummary:
     compile_choice: str = ""
     compile_seconds: float = 0.0
     probe_compile_seconds: float = 0.0
+    candidates_lost: int = 0
 
     @property
     def parameters_added_percent(self) -> float:

@@ -37,7 +37,7 @@ from .report import EVENTS_FILE, GROWTH_FILE, METRICS_FILE, SUMMARY_FILE, RunWri
 from .runconfig import changeable_flags, resume_conflicts
 from .rundir import check_run_dir, claim_run_dir
 from .runlog import LogEnds, check_logs, trim_logs
-from .trainer import Trainer
+from .trainer import CANDIDATE_PRUNED, Trainer
 
 CHECKPOINT_DIR = "checkpoint"
 # What a run writes into its directory: what --overwrite deletes before the new run.
@@ -287,6 +287,7 @@ def _summary(config: GrowConfig, trainer: Trainer, baseline: list[float] | None,
         seeds_germinated=tally.get(EventType.SEED_GERMINATED.value, 0),
         seeds_fossilized=tally.get(EventType.SEED_FOSSILIZED.value, 0),
         seeds_pruned=tally.get(EventType.SEED_PRUNED.value, 0),
+        candidates_lost=tally.get(CANDIDATE_PRUNED, 0),
         parameters_host=sum(p.numel() for p in model.get_host_parameters()),
         parameters_added=sum(p.numel() for p in model.get_seed_parameters()),
         wall_seconds=seconds, compile_count=trainer.counter.graphs,

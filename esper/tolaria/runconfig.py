@@ -39,7 +39,7 @@ CHANGEABLE = frozenset({"epochs", "compile", "compile_backend", "data_dir", "dev
 # The settings added since runs first kept their configuration, with the value every
 # run recorded before them had: such a record still resumes.
 ADDED = {"seed_lr": None, "optimizer": "sgd", "schedule": "constant", "warmup_steps": 0,
-         "precision": "fp32", "device": "auto"}
+         "precision": "fp32", "device": "auto", "candidates": 1}
 # The command-line option of each field (those without one are set through the API).
 FLAGS = {"task": "--task", "epochs": "--epochs", "slots": "--slots",
          "max_seeds": "--max-seeds", "blueprints": "--blueprints", "seed": "--seed",
@@ -51,9 +51,10 @@ FLAGS = {"task": "--task", "epochs": "--epochs", "slots": "--slots",
          "limit": "--limit", "width": "--width",
          "commands": "--commands", "blending_steps": "--blending-steps",
          "embargo_epochs": "--embargo-epochs", "blend_algorithm": "--blend",
+         "candidates": "--candidates",
          "out": "--out", "quiet": "--quiet", "stop_after": "--stop-after"}
 _INTS = {"epochs": 1, "max_seeds": 0, "seed": 0, "batch_size": 1, "telemetry_stride": 1,
-         "blending_steps": 1, "embargo_epochs": 0, "warmup_steps": 0}
+         "blending_steps": 1, "embargo_epochs": 0, "warmup_steps": 0, "candidates": 1}
 _OPTIONAL_INTS = {"limit": 1, "width": 1}
 _STRINGS = ("task", "compile", "compile_backend", "blend_algorithm", "optimizer", "schedule",
             "precision", "device")

@@ -130,6 +130,7 @@ def train_step(model: MorphogeneticModel, inputs: StepInputs, x: Tensor, y: Tens
     grads, loss, features, flags = _gradients(model, inputs, work, x, y, options)
     if options.reduce is not None:
         grads, loss, flags = options.reduce(grads, loss, flags)
+    grads = settle_candidates(inputs, work, grads, loss, flags)
     squared = group_squares(grads, inputs.groups) if options.measure else loss.new_empty(0)
     finite = squared.isfinite() if options.measure else group_finite(grads, inputs.groups)
     overflow = None
@@ -147,6 +148,41 @@ def train_step(model: MorphogeneticModel, inputs: StepInputs, x: Tensor, y: Tens
     return StepResult(loss.detach(), squared, features, torch.stack(updated),
                       torch.stack(faults) if faults else none,
                       torch.stack(blowups) if blowups else none)
+
+
+def settle_candidates(inputs: StepInputs, work: Mapping[str, Tensor], grads: dict[str, Tensor],
+                      loss: Tensor, flags: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Drop, on the device, every candidate that went non-finite in this step, and zero the
+    gradients of the dropped ones: the gradients with those rows zeroed (the others kept).
+
+    A candidate goes: when its output was not finite (its health flag), or, under a
+    finite loss and without fp16's loss scale (whose overflows are nobody's fault),
+    when its gradients are not. Its ``live`` entry becomes 0 in place, in the buffer
+    and in its working copy ``work`` (which the step commits later: a drop is never
+    undone; the trainer reads it at the epoch's end), and its rows of the stacked
+    gradients become 0,
+    so its weights are never updated with a non-finite gradient and the other
+    candidates' update goes on.
+    """
+    tournaments = inputs.tournaments
+    if not tournaments:
+        return grads
+    grads = dict(grads)
+    with torch.no_grad():
+        for slot, live_name, stacked in tournaments:
+            live = inputs.buffers[live_name]
+            bad = flags[f"candidates:{slot}"]
+            if inputs.loss_scale is None:
+                finite = torch.stack([grads[n].flatten(1).isfinite().all(1)
+                                      for n in stacked]).all(0)
+                bad = bad | (loss.isfinite() & ~finite)
+            keep = (live > 0) & ~bad
+            live.copy_(keep.to(live.dtype))
+            work[live_name].copy_(live)
+            for name in stacked:
+                rows = keep.view(-1, *([1] * (grads[name].dim() - 1)))
+                grads[name] = torch.where(rows, grads[name], 0.0)
+    return grads
 
 
 def _rescale(scale: Tensor, overflow: Tensor) -> None:

@@ -28,15 +28,16 @@ import torch
 
 from ..core import lifecycle
 from ..core.breaker import BreakerState, BreakerStatus
+from ..core.tournament import is_candidate_id
 from ..data import TaskData, batches
 from ..errors import describe
-from ..leyline import SeedStage, SlotTelemetry, TelemetryEvent, is_blended
+from ..leyline import EventType, SeedStage, SlotTelemetry, TelemetryEvent, is_blended
 from ..leyline.constants import DEFAULT_MAX_BLEND_LOSS_RATIO, INITIAL_LOSS_SCALE
 from ..nn.model import MorphogeneticModel
 from ..ops.telemetry import GradientEMA, due
 from ..optim import OptimizerState, RunSchedule, optimizer_config
 from ..tamiyo import Decision
-from . import breakers
+from . import breakers, tournaments
 from .apply import GERMINATED, apply_decision, command_rejection
 from .compiled import CompileCounter
 from .config import GrowConfig, build_host
@@ -54,6 +55,7 @@ from .step_runner import Notice, StepRunner
 from .topology_run import TopologyRun
 
 EXCEPTION = "exception"  # the prune reason of a seed that raised
+CANDIDATE_PRUNED = "CANDIDATE_PRUNED"  # the tally's count of tournament candidates pruned
 EventSink = Callable[[dict[str, Any]], None]
 StepHook = Callable[[int, int], None]
 """Called after each training step with (steps done this epoch, steps per epoch)."""
@@ -145,7 +147,9 @@ class Trainer:
         slot's own counter moves only when the slots step at the end of an epoch: a seed
         pruned before that, its breaker tripped or it raised, would carry the previous one)."""
         event = dataclasses.replace(event, epoch=self.epoch)
-        self.tally[event.type.value] = self.tally.get(event.type.value, 0) + 1
+        kind = (CANDIDATE_PRUNED if event.type == EventType.SEED_PRUNED
+                and is_candidate_id(event.seed_id) else event.type.value)
+        self.tally[kind] = self.tally.get(kind, 0) + 1
         self._emit({"kind": "lifecycle", **event.to_dict()})
 
     def _decision_event(self, decision: Decision, outcome: str) -> None:
@@ -187,7 +191,7 @@ class Trainer:
         if seed_slot.state.stage == SeedStage.FOSSILIZED:
             raise error  # part of the host now: its failure is the host's
         seed_slot.prune(EXCEPTION, detail=describe(error))
-        self.breakers = breakers.reset(self.breakers, slot, seed_slot.state.seed_id)
+        self._fresh_breaker(slot)
         self.optimizer = self.optimizer.synced(self.model)
 
     def train_epoch(self) -> tuple[float, GradientEMA | None]:
@@ -275,6 +279,11 @@ class Trainer:
         for slot in breakers.tripped(self.breakers):
             run.deny(slot)
 
+    def _fresh_breaker(self, slot: str) -> None:
+        """A closed breaker for ``slot``'s seed now (after a germinate or a prune)."""
+        self.breakers = breakers.reset(self.breakers, slot,
+                                       self.model.seed_slots[slot].state.seed_id)
+
     def override_breaker(self, slot: str, status: BreakerStatus, reason: str) -> None:
         """Manually set ``slot``'s breaker (an event is emitted even if unchanged).
 
@@ -292,7 +301,7 @@ class Trainer:
             seed = self.model.seed_slots[slot]
             if seed.state.has_seed and seed.state.stage is not SeedStage.FOSSILIZED:
                 seed.prune(breakers.trip_reason(self.breakers[slot]))
-            self.breakers = breakers.reset(self.breakers, slot, seed.state.seed_id)
+            self._fresh_breaker(slot)
 
     # ------------------------------------------------------------------ epoch boundary
 
@@ -308,12 +317,18 @@ class Trainer:
         model = self.model
         topology = [name for name, _ in model.named_parameters()]
         self._prune_tripped()
+        for slot in tournaments.commit_drops(model):
+            self._fresh_breaker(slot)
         validation = self._measure()
         if ema is not None:
             model.record_gradients(ema)
+        decided = tournaments.decide(model, self.optimizer, validation)
+        self.optimizer = decided.optimizer
+        for slot in decided.pruned:
+            self._fresh_breaker(slot)
         val = validation.accuracy
         contributions = validation.counterfactuals()
-        probes = validation.probe_reductions()
+        probes = {**validation.probe_reductions(), **decided.winners}
         finite = math.isfinite(loss) and math.isfinite(val)
         telemetry = {name: SlotTelemetry(val, contributions.get(name), finite=finite,
                                          probe_loss_reduction=probes.get(name))
@@ -336,9 +351,10 @@ class Trainer:
             states = self.model.slot_states()
             blended = [n for n, s in states.items() if is_blended(s.stage)]
             probed = {n: s.gates.probe_alpha for n, s in states.items()
-                      if s.stage == SeedStage.TRAINING}
-            validation, _ = survive(lambda b=blended, p=probed: self._validate(b, p),
-                                    self.model.seed_slots, self._prune_raiser)
+                      if s.stage == SeedStage.TRAINING and not s.in_tournament}
+            validation, _ = survive(  # a tournament pruned for raising is not scored again
+                lambda b=blended, p=probed: self._validate(b, p, tournaments.due(self.model)),
+                self.model.seed_slots, self._prune_raiser)
             ratio = DEFAULT_MAX_BLEND_LOSS_RATIO
             blown = [n for n in validation.blown_up(ratio)
                      if states[n].stage != SeedStage.FOSSILIZED]
@@ -347,14 +363,16 @@ class Trainer:
             for name in blown:
                 slot = self.model.seed_slots[name]
                 slot.prune(breakers.BLOWUP, detail=validation.blowup(name, ratio))
-                self.breakers = breakers.reset(self.breakers, name, slot.state.seed_id)
+                self._fresh_breaker(name)
 
-    def _validate(self, blended: list[str], probed: dict[str, float]) -> Validation:
-        """Validation of the model, of each ``blended`` slot without its seed and of each
-        ``probed`` slot with its seed at the probe alpha, over the whole split."""
+    def _validate(self, blended: list[str], probed: dict[str, float],
+                  due: dict[str, float]) -> Validation:
+        """Validation of the model, of each ``blended`` slot without its seed, of each
+        ``probed`` slot with its seed at the probe alpha and of each candidate of each
+        ``due`` tournament alone at the probe alpha, over the whole split."""
         vx, vy = self.data.val
         with autocast(self.device, self.runner.autocast):
-            validation = validate(self.model, vx, vy, blended, probed)
+            validation = validate(self.model, vx, vy, blended, probed, tournaments=due)
         return self.parallel.reduce_validation(validation)
 
     # ------------------------------------------------------------------ lifecycle
@@ -403,7 +421,7 @@ class Trainer:
         outcome = apply_decision(self.model.seed_slots[decision.slot], decision,
                                  telemetry[decision.slot], self.config.blend_algorithm)
         if outcome == GERMINATED:
-            self.breakers = breakers.reset(self.breakers, decision.slot, decision.seed_id)
+            self._fresh_breaker(decision.slot)
         self._decision_event(decision, outcome)
 
     def run_epoch(self) -> EpochRecord:

@@ -90,7 +90,7 @@ def test_masked_update_matches_torch_and_skips_bit_for_bit(name, compiled):
         {"params": [theirs["b"]], "weight_decay": 0.0},
         {"params": [theirs["seed.w"]], "weight_decay": config.weight_decay, "lr": config.lr / 2}])
     state = {kind: {n: config.fresh(t)[kind] for n, t in ours.items()} for kind in config.buffers}
-    groups, decayed = (("w", "b"), ("seed.w",)), frozenset(n for n in ours if decays(ours[n]))
+    groups, decayed = (("w", "b"), ("seed.w",)), frozenset(n for n in ours if decays(n, ours[n]))
     assert decayed == {"w", "seed.w"}
     lrs = [torch.tensor(config.lr), torch.tensor(config.lr / 2)]
     yes, no = torch.tensor(True), torch.tensor(False)
