@@ -78,7 +78,8 @@ def _tournament_events(before: SlotState, after: SlotState) -> list[TelemetryEve
                                         "blueprint_id": after.blueprint_id,
                                         "seed_id": candidate_id(after.seed_id, selection.winner),
                                         "winner": selection.winner, "candidates": len(scores),
-                                        "scores": scores}))
+                                        "scores": scores,
+                                        "gradient_ratios": list(selection.gradient_ratios)}))
         found.extend(_candidate_pruned(
             after, k, LOST_SELECTION, f"candidate {selection.winner} scored higher", scores)
             for k in range(len(scores)) if k != selection.winner and k not in after.dropped)

@@ -68,7 +68,8 @@ def state_to_dict(state: SlotState) -> dict[str, Any]:
         "dropped": list(state.dropped),
         "selection": None if state.selection is None else {
             "winner": state.selection.winner, "scores": list(state.selection.scores),
-            "epoch": state.selection.epoch},
+            "epoch": state.selection.epoch,
+            "gradient_ratios": list(state.selection.gradient_ratios)},
     }
 
 
@@ -127,7 +128,8 @@ def _selection_from_dict(data: object) -> Selection | None:
         return None
     data = _exact_keys("selection", data, _fields(Selection))
     scores = tuple(None if v is None else float(v) for v in data["scores"])
-    return Selection(int(data["winner"]), scores, int(data["epoch"]))
+    ratios = tuple(None if v is None else float(v) for v in data["gradient_ratios"])
+    return Selection(int(data["winner"]), scores, int(data["epoch"]), ratios)
 
 
 def state_from_dict(data: object, *, device: torch.device | str = "cpu") -> SlotState:

@@ -103,11 +103,14 @@ class Selection:
             the probe alpha; higher is better); ``None`` for a candidate dropped
             before the selection.
         epoch: the slot's epoch counter when it was selected.
+        gradient_ratios: each candidate's gradient ratio (as G2 reads a seed's), when
+            measured; empty when not.
     """
 
     winner: int
     scores: tuple[float | None, ...]
     epoch: int
+    gradient_ratios: tuple[float | None, ...] = ()
 
     def __post_init__(self) -> None:
         if not 0 <= self.winner < len(self.scores):

@@ -89,7 +89,8 @@ def winner_of(scores: Sequence[float | None], live: Sequence[int]) -> int | None
 
 
 def select(state: SlotState, scores: Sequence[float | None],
-           seed_params: int | None = None) -> SlotState:
+           seed_params: int | None = None,
+           gradient_ratios: Sequence[float | None] = ()) -> SlotState:
     """End the tournament: the live candidate with the best score wins (:func:`winner_of`).
 
     The slot keeps its stage and seed id and holds one seed from here on; the
@@ -102,27 +103,39 @@ def select(state: SlotState, scores: Sequence[float | None],
         scores: one per candidate (relative validation-loss reduction at the probe
             alpha, higher is better); a dropped candidate's is ignored.
         seed_params: the winner's parameter count (``None``: the tournament's, unchanged).
+        gradient_ratios: each candidate's gradient ratio (empty: not measured); the
+            winner's becomes the seed's ``seed_gradient_norm_ratio``, which G2 reads.
 
     Raises:
         StageError: no tournament in the slot (a ``ValueError``).
-        ValueError: not one score per candidate, or no live candidate with a finite
-            score (prune the slot instead).
+        ValueError: not one score (or ratio) per candidate, or no live candidate
+            with a finite score (prune the slot instead).
     """
     _require_tournament(state, "select a candidate")
-    if len(scores) != state.candidates:
-        raise ValueError(f"slot {state.slot_id!r} has {state.candidates} candidates, got "
-                         f"{len(scores)} scores")
+    for what, values in (("scores", scores), ("gradient ratios", gradient_ratios or scores)):
+        if len(values) != state.candidates:
+            raise ValueError(f"slot {state.slot_id!r} has {state.candidates} candidates, got "
+                             f"{len(values)} {what}")
     live = live_candidates(state)
     winner = winner_of(scores, live)
     if winner is None:
         raise ValueError(f"no live candidate of slot {state.slot_id!r} has a finite score "
                          f"(scores {list(scores)}, live {list(live)}): prune the slot")
-    kept = tuple(float(scores[k]) if k in live and scores[k] is not None
-                 and math.isfinite(scores[k]) else None for k in range(state.candidates))
+    kept = _finite(scores, live, state.candidates)
+    ratios = _finite(gradient_ratios, live, state.candidates) if gradient_ratios else ()
     metrics = state.metrics.replace(probe_loss_reduction=kept[winner])
+    if ratios and ratios[winner] is not None:
+        metrics = metrics.replace(seed_gradient_norm_ratio=ratios[winner])
     params = state.seed_params if seed_params is None else check_int("seed_params", seed_params)
     return state.replace(candidates=1, metrics=metrics, seed_params=params,
-                         selection=Selection(winner, kept, state.epoch))
+                         selection=Selection(winner, kept, state.epoch, ratios))
+
+
+def _finite(values: Sequence[float | None], live: Sequence[int],
+            count: int) -> tuple[float | None, ...]:
+    """``values`` as floats, ``None`` where a candidate is dropped or a value not finite."""
+    return tuple(float(v) if k in live and (v := values[k]) is not None and math.isfinite(v)
+                 else None for k in range(count))
 
 
 __all__ = ["candidate_id", "check_candidates", "drop", "is_candidate_id", "live_candidates",

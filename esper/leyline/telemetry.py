@@ -55,7 +55,8 @@ EVENT_PAYLOAD_FIELDS: Mapping[EventType, tuple[str, ...]] = MappingProxyType({
     EventType.BREAKER_CHANGED: (
         "from", "to", "reason", "step", "failures", "probe_successes", "forced"),
     EventType.SEED_FROZEN: ("slot", "seed_id", "blueprint_id", "params", "detail", "hint"),
-    EventType.CANDIDATE_SELECTED: ("blueprint_id", "seed_id", "winner", "candidates", "scores"),
+    EventType.CANDIDATE_SELECTED: ("blueprint_id", "seed_id", "winner", "candidates", "scores",
+                                   "gradient_ratios"),
 })
 
 

@@ -10,6 +10,7 @@ from torch import Tensor, nn
 
 from ..core.alpha import check_alpha
 from ..core.state import AlphaMode, SlotState
+from ..core.tournament import is_candidate_id
 from ..errors import StateDictMismatchError, TelemetryTypeError, UnknownSlotError
 from ..leyline import QualityGates, SlotTelemetry, TaskConfig
 from ..leyline.constants import DEFAULT_BLEND_ALGORITHM, DEFAULT_CANDIDATES
@@ -257,11 +258,12 @@ class MorphogeneticModel(nn.Module):
                                           blend_algorithm_id=blend_algorithm_id,
                                           candidates=candidates)
 
-    def select_candidate(self, *, slot: str, scores: Sequence[float | None]) -> SlotState:
+    def select_candidate(self, *, slot: str, scores: Sequence[float | None],
+                         gradient_ratios: Sequence[float | None] = ()) -> SlotState:
         """End the tournament in ``slot``: the best-scoring live candidate stays (see
         :meth:`SeedSlot.select`; :func:`~esper.tolaria.evaluate.candidate_scores`
         measures the scores the trainer uses)."""
-        return self._slot(slot).select(list(scores))
+        return self._slot(slot).select(list(scores), list(gradient_ratios))
 
     def prune_seed(self, *, slot: str, reason: str = "manual") -> SlotState:
         """Prune the seed in ``slot`` (see :meth:`SeedSlot.prune`)."""
@@ -294,9 +296,12 @@ class MorphogeneticModel(nn.Module):
     # ------------------------------------------------------------------ telemetry
 
     def record_gradients(self, source: GradientCapture | GradientEMA) -> dict[str, GradientStats]:
-        """Materialize a capture or average (one sync) into each seed's metrics."""
+        """Materialize a capture or average (one sync) into each seed's metrics; a
+        tournament candidate's (``"<slot>#<k>"``) is returned, not recorded."""
         stats = materialize(source)
         for name, measured in stats.items():
+            if is_candidate_id(name):
+                continue
             slot = self._slot(name)
             if slot.seed is not None:
                 slot.record(seed_gradient_norm_ratio=measured.ratio)

@@ -286,9 +286,11 @@ class SeedSlot(nn.Module):
                                                  "non-finite")
         return self._state
 
-    def select(self, scores: list[float | None]) -> SlotState:
+    def select(self, scores: list[float | None],
+               gradient_ratios: list[float | None] | None = None) -> SlotState:
         """End the tournament: the best-scoring live candidate becomes the slot's one seed
-        (see :func:`~esper.core.tournament.select`); the others' weights leave the slot.
+        (see :func:`~esper.core.tournament.select`, which also takes each candidate's
+        ``gradient_ratios``); the others' weights leave the slot.
 
         The tournament's weights are checked for movement first (G2 reads it): the
         winner inherits whether any candidate trained.
@@ -299,14 +301,15 @@ class SeedSlot(nn.Module):
                 finite score.
         """
         self._require_unforced()
-        chosen = T.select(self._state, scores).selection  # refused here: nothing changed
+        ratios = gradient_ratios or ()
+        chosen = T.select(self._state, scores, None, ratios).selection  # refused: no change
         stacked = self.candidates
         assert stacked is not None and chosen is not None
         self.record_movement()
         winner = stacked.member(chosen.winner)
         params = sum(p.numel() for m in (winner, self.gate) if m is not None
                      for p in m.parameters())
-        new = T.select(self._state, scores, seed_params=params)
+        new = T.select(self._state, scores, params, ratios)
         self.seed = winner.to(self.device, memory_format=self.memory_format)
         try:
             return self._commit(new)

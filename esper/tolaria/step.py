@@ -29,7 +29,7 @@ from ..optim.config import HOST_GROUP
 from ..optim.state import group_of
 from ..optim.update import masked_update
 from .hardware import autocast
-from .inputs import StepInputs, StepOptions
+from .inputs import StepInputs, StepOptions, Tournament
 
 
 class StepResult(NamedTuple):
@@ -49,6 +49,9 @@ class StepResult(NamedTuple):
             swamped the host's activations at its slot (see
             :func:`~esper.ops.health.seed_health`); every group's update of
             that step was skipped.
+        candidates: float32 squared gradient norm of each candidate of each
+            tournament, in group order (empty when the step did not measure or
+            no slot holds a tournament): the per-candidate gradient telemetry.
     """
 
     loss: Tensor
@@ -57,6 +60,7 @@ class StepResult(NamedTuple):
     updated: Tensor
     faults: Tensor
     blowups: Tensor
+    candidates: Tensor
 
 
 StepFn = Callable[[MorphogeneticModel, StepInputs, Tensor, Tensor, StepOptions], StepResult]
@@ -132,6 +136,8 @@ def train_step(model: MorphogeneticModel, inputs: StepInputs, x: Tensor, y: Tens
         grads, loss, flags = options.reduce(grads, loss, flags)
     grads = settle_candidates(inputs, work, grads, loss, flags)
     squared = group_squares(grads, inputs.groups) if options.measure else loss.new_empty(0)
+    candidates = (candidate_squares(grads, inputs.tournaments) if options.measure
+                  else loss.new_empty(0))
     finite = squared.isfinite() if options.measure else group_finite(grads, inputs.groups)
     overflow = None
     if inputs.loss_scale is not None:  # an overflow anywhere skips the step, nobody's fault
@@ -147,7 +153,16 @@ def train_step(model: MorphogeneticModel, inputs: StepInputs, x: Tensor, y: Tens
     none = updated[0].new_zeros(0)
     return StepResult(loss.detach(), squared, features, torch.stack(updated),
                       torch.stack(faults) if faults else none,
-                      torch.stack(blowups) if blowups else none)
+                      torch.stack(blowups) if blowups else none, candidates)
+
+
+def candidate_squares(grads: Mapping[str, Tensor], tournaments: tuple[Tournament, ...]) -> Tensor:
+    """Float32 squared gradient norm of each candidate (the rows of each tournament's stacked
+    gradients), tournaments in group order; empty without one."""
+    rows = [sum(grads[n].float().square().flatten(1).sum(1) for n in t.stacked)
+            for t in tournaments]
+    zero = next(iter(grads.values())).new_zeros(0, dtype=torch.float32)
+    return torch.cat(rows) if rows else zero
 
 
 def settle_candidates(inputs: StepInputs, work: Mapping[str, Tensor], grads: dict[str, Tensor],

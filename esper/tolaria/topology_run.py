@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from ..core.state import SlotState
+from ..core.tournament import candidate_id
 from ..nn.model import MorphogeneticModel
 from ..ops.telemetry import GradientCapture
 from ..optim.config import HOST_GROUP
@@ -33,6 +34,8 @@ class TopologyRun:
         inputs: what every step reads (its states are the committed ones).
         names: the seed groups (slot names), in the step's group order.
         counts: parameter count of each group, host first (for the gradient telemetry).
+        candidates: each tournament candidate's telemetry name (``"<slot>#<k>"``) and
+            parameter count, in the order of the step's ``candidates`` norms.
         denied: bool per seed group: the seed misbehaved this epoch and is muted.
         faults: per seed group, steps with a non-finite activation or gradient.
         blowups: per seed group, steps whose alpha-weighted output swamped the host.
@@ -48,6 +51,7 @@ class TopologyRun:
     blowups: Tensor
     skipped: Tensor
     scale: float = 1.0  # the value in inputs.lr_scale
+    candidates: tuple[tuple[str, int], ...] = ()
 
     @classmethod
     def start(cls, model: MorphogeneticModel, optimizer: OptimizerState,
@@ -57,13 +61,16 @@ class TopologyRun:
         inputs = StepInputs.of(model, optimizer, loss_scale)
         names, device = inputs.seeds, inputs.lrs.device
         counts = tuple(sum(inputs.params[n].numel() for n in group) for group in inputs.groups)
+        candidates = tuple(
+            (candidate_id(t.slot, k), sum(inputs.params[n][k].numel() for n in t.stacked))
+            for t in inputs.tournaments for k in range(inputs.params[t.stacked[0]].shape[0]))
 
         def zeros(n: int, dtype: torch.dtype) -> Tensor:
             return torch.zeros(n, dtype=dtype, device=device)
 
         return cls(inputs, names, counts, denied=zeros(len(names), torch.bool),
                    faults=zeros(len(names), torch.int64), blowups=zeros(len(names), torch.int64),
-                   skipped=zeros(len(inputs.groups), torch.int64))
+                   skipped=zeros(len(inputs.groups), torch.int64), candidates=candidates)
 
     def step_inputs(self) -> StepInputs:
         """The inputs the next step runs with: each denied seed's alpha selected to 0."""
@@ -118,8 +125,12 @@ class TopologyRun:
             self.scale = scale
 
     def capture(self, result: StepResult) -> GradientCapture:
-        """The gradient telemetry of a step that measured (its squared group norms)."""
-        return GradientCapture(self.names, result.squared, self.counts[0], self.counts[1:])
+        """The gradient telemetry of a step that measured: its squared group norms, then
+        each tournament candidate's (named ``"<slot>#<k>"``)."""
+        names = self.names + tuple(name for name, _ in self.candidates)
+        counts = self.counts[1:] + tuple(count for _, count in self.candidates)
+        squared = torch.cat([result.squared, result.candidates])
+        return GradientCapture(names, squared, self.counts[0], counts)
 
 
 __all__ = ["TopologyRun"]

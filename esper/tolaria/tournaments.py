@@ -12,12 +12,14 @@ the optimizer; the winner keeps the optimizer state it had as a candidate.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from ..core.tournament import selection_due
+from ..core.tournament import candidate_id, selection_due
 from ..leyline.constants import NO_WINNER
 from ..leyline.names import is_stacked, slot_of, unstacked
 from ..nn.model import MorphogeneticModel
+from ..ops.telemetry import GradientStats
 from ..optim import OptimizerState
 from .evaluate import Validation
 
@@ -56,17 +58,21 @@ def commit_drops(model: MorphogeneticModel) -> list[str]:
     return pruned
 
 
-def decide(model: MorphogeneticModel, optimizer: OptimizerState,
-           validation: Validation) -> Decided:
-    """Select the winner of every tournament ``validation`` scored (see the module docstring)."""
+def decide(model: MorphogeneticModel, optimizer: OptimizerState, validation: Validation,
+           gradients: Mapping[str, GradientStats] | None = None) -> Decided:
+    """Select the winner of every tournament ``validation`` scored (see the module docstring);
+    ``gradients`` holds each candidate's gradient telemetry (``"<slot>#<k>"``), if measured:
+    the winner's ratio is then its own, as G2 reads it."""
     decided = Decided(optimizer)
     for name, scores in validation.candidate_reductions().items():
         slot = model.seed_slots[name]
         if not slot.state.in_tournament:  # pruned since it was scored
             continue
         stacked = [n for n, _ in model.named_parameters() if is_stacked(n) and slot_of(n) == name]
+        named = [(gradients or {}).get(candidate_id(name, k)) for k in range(len(scores))]
+        ratios = [None if g is None else g.ratio for g in named] if any(named) else None
         try:
-            state = slot.select(scores)
+            state = slot.select(scores, ratios)
         except ValueError as error:
             slot.prune(NO_WINNER, detail=str(error))
             decided.pruned.append(name)

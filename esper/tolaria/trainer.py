@@ -320,9 +320,8 @@ class Trainer:
         for slot in tournaments.commit_drops(model):
             self._fresh_breaker(slot)
         validation = self._measure()
-        if ema is not None:
-            model.record_gradients(ema)
-        decided = tournaments.decide(model, self.optimizer, validation)
+        gradients = model.record_gradients(ema) if ema is not None else {}
+        decided = tournaments.decide(model, self.optimizer, validation, gradients)
         self.optimizer = decided.optimizer
         for slot in decided.pruned:
             self._fresh_breaker(slot)

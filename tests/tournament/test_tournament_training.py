@@ -24,7 +24,7 @@ from esper.tolaria.config import GrowConfig
 from esper.tolaria.evaluate import validate
 from esper.tolaria.inputs import StepInputs, StepOptions
 from esper.tolaria.run import grow
-from esper.tolaria.step import train_step
+from esper.tolaria.step import StepResult, train_step
 from tests.tolaria.test_resume_crash import assert_same_run
 
 K = 3
@@ -57,15 +57,14 @@ def _lone(tournament: MorphogeneticModel, blueprint: str, index: int) -> Morphog
     return lone
 
 
-def _steps(model: MorphogeneticModel, count: int, step=train_step, measure: bool = True
-           ) -> OptimizerState:
+def _steps(model: MorphogeneticModel, count: int, measure: bool = True) -> list[StepResult]:
     optimizer = OptimizerState(SGD).synced(model)
     inputs = StepInputs.of(model, optimizer)
     x, y = _batch()
-    for _ in range(count):
-        result = step(model, inputs, x, y, StepOptions(measure=measure))
-        assert result.loss.isfinite()
-    return optimizer
+    results = [train_step(model, inputs, x, y, StepOptions(measure=measure))
+               for _ in range(count)]
+    assert all(result.loss.isfinite() for result in results)
+    return results
 
 
 @pytest.mark.parametrize("blueprint", ["norm", "conv_light"])
@@ -73,10 +72,16 @@ def _steps(model: MorphogeneticModel, count: int, step=train_step, measure: bool
 def test_each_candidate_trains_as_it_would_alone(blueprint: str, measure: bool) -> None:
     tournament = _tournament(blueprint)
     lones = [_lone(tournament, blueprint, k) for k in range(K)]
-    _steps(tournament, 3, measure=measure)
+    together = _steps(tournament, 3, measure=measure)
     stacked = dict(tournament.seed_slots["mid"].seed.stack.named_parameters())
     for k, lone in enumerate(lones):
-        _steps(lone, 3, measure=measure)
+        alone = _steps(lone, 3, measure=measure)
+        if measure:  # the step's per-candidate gradient telemetry is the lone seed's own
+            for mine, theirs in zip(together, alone, strict=True):
+                torch.testing.assert_close(mine.candidates[k], theirs.squared[1], rtol=1e-4,
+                                           atol=1e-9)
+        else:
+            assert together[0].candidates.numel() == 0
         for name, param in lone.seed_slots["mid"].seed.named_parameters():
             torch.testing.assert_close(stacked[name][k], param, rtol=1e-5, atol=1e-6)
         for (name, mine), (_, theirs) in zip(tournament.host.named_parameters(),
@@ -191,6 +196,8 @@ def test_a_run_stopped_mid_tournament_resumes_to_the_same_run(tmp_path: Path) ->
     grow(_run(reference))
     selected = [e for e in _events(reference) if e.get("type") == "CANDIDATE_SELECTED"]
     assert len(selected) == 1 and selected[0]["epoch"] == 5
+    payload = selected[0]["payload"]
+    assert len(payload["gradient_ratios"]) == 2 and all(r > 0 for r in payload["gradient_ratios"])
     out = tmp_path / "stopped"
     grow(_run(out, stop_after=4))  # the resumed run's first epoch decides the tournament
     stopped = load_checkpoint(out / "checkpoint").model.seed_slots["mid"].state
