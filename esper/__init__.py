@@ -13,6 +13,7 @@ from ._version import __version__ as __version__
 from .errors import AlphaShapeError as AlphaShapeError
 from .errors import AlphaValueError as AlphaValueError
 from .errors import AlreadyGraftedError as AlreadyGraftedError
+from .errors import CandidatesUnsupportedError as CandidatesUnsupportedError
 from .errors import CheckpointError as CheckpointError
 from .errors import CommandSourceError as CommandSourceError
 from .errors import DatasetError as DatasetError

@@ -293,6 +293,7 @@ __all__ = [
     "AlphaShapeError",
     "AlphaValueError",
     "AlreadyGraftedError",
+    "CandidatesUnsupportedError",
     "CheckpointError",
     "CommandSourceError",
     "DatasetError",

@@ -33,6 +33,7 @@ from esper.errors import (
     AlphaShapeError,
     AlphaValueError,
     AlreadyGraftedError,
+    CandidatesUnsupportedError,
     EsperError,
     ExampleInputError,
     FastModeBindError,
@@ -52,6 +53,7 @@ from esper.errors import (
     SeedShapeError,
     SharedParameterError,
     SlotOccupiedError,
+    StageError,
     StateDictMismatchError,
     TelemetryTypeError,
     TelemetryValueError,
@@ -241,6 +243,73 @@ def _raising_seed(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
         with pytest.raises(SeedRaisedError) as info:
             model.germinate_seed("unbuildable", "s1", slot="mid")
     assert isinstance(info.value.__cause__, SeedFailure)
+
+
+# --------------------------------------------------------------------------- tournaments
+
+
+class _DataDependent(nn.Module):
+    """A seed whose forward branches on a parameter's value: torch.func.vmap refuses it."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(channels))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * self.scale.view(-1, 1, 1) if float(self.scale.sum()) > 0 else x
+
+
+@case("bad-candidate-count", "ValueError", "TypeError")
+def _bad_candidate_count(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    model = cnn_model()
+    with unchanged(model):
+        for bad, error in ((0, ValueError), (17, ValueError), (2.0, TypeError),
+                           (True, TypeError)):
+            expect(error, "candidates must be an int",
+                   lambda b=bad: model.germinate_seed("norm", "t", slot="mid", candidates=b))
+    expect(ValueError, "candidates must be an int in [1, 16], got 0",
+           lambda: GrowConfig(candidates=0))
+
+
+@case("candidates-not-vmappable", "CandidatesUnsupportedError", "ValueError")
+def _candidates_not_vmappable(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    model = cnn_model()
+    with registered("data_dependent", _DataDependent), unchanged(model):
+        message = expect(CandidatesUnsupportedError, "blueprint 'data_dependent' cannot run as "
+                         "2 stacked candidates in slot 'mid' (torch.func.vmap",
+                         lambda: model.germinate_seed("data_dependent", "t", slot="mid",
+                                                      candidates=2))
+        assert "germinate it alone (candidates=1)" in message
+        expect(CandidatesUnsupportedError, "'noop' has no trainable parameters",
+               lambda: model.germinate_seed("noop", "t", slot="mid", candidates=2))
+
+
+@case("select-without-tournament", "StageError", "ValueError")
+def _select_without_tournament(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    model = cnn_model()
+    model.germinate_seed("norm", "s1", slot="mid")
+    with unchanged(model):
+        expect(StageError, "with no tournament of candidates (germinate with candidates=K >= 2)",
+               lambda: model.select_candidate(slot="mid", scores=[0.1]))
+    model.prune_seed(slot="mid")
+    fresh = cnn_model()
+    fresh.germinate_seed("norm", "t", slot="mid", candidates=3)
+    with unchanged(fresh):
+        expect(ValueError, "has 3 candidates, got 2 scores",
+               lambda: fresh.select_candidate(slot="mid", scores=[0.1, 0.2]))
+
+
+@case("candidates-changed-blueprint", "StateDictMismatchError", "CheckpointError",
+      "RuntimeError")
+def _candidates_changed_blueprint(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    saved = cnn_model()
+    with registered("grows", lambda c: nn.Conv2d(c, c, 1)):
+        saved.germinate_seed("grows", "t", slot="mid", candidates=2)
+        weights = saved.state_dict()
+    model = cnn_model()
+    with registered("grows", lambda c: nn.Conv2d(c, c, 3, padding=1)), unchanged(model):
+        expect(StateDictMismatchError, "nothing was loaded",
+               lambda: model.load_state_dict(weights))
 
 
 # --------------------------------------------------------------------------- slots and stages
@@ -724,7 +793,10 @@ def _bad_cli_bound(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
             (["--task", "chars", "--width", "6"], "--width must be a multiple of 4, got 6"),
             (["--lr", "1e30"], "argument --lr: must be a number in (0, 10], got 1e30"),
             (["--lr", "nan"], "argument --lr: must be a number in (0, 10], got nan"),
-            (["--lr", "0"], "argument --lr: must be a number in (0, 10], got 0")):
+            (["--lr", "0"], "argument --lr: must be a number in (0, 10], got 0"),
+            (["--candidates", "0"], "argument --candidates: must be >= 1, got 0"),
+            (["--candidates", "17"], "argument --candidates: must be an integer in [1, 16], "
+                                     "got 17")):
         assert message in run_cli(["grow", "--no-compile", *argv], tmp_path, capsys), argv
 
 
