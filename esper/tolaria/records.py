@@ -27,6 +27,8 @@ class SlotSnapshot:
         gradient_ratio: the parameter-normalised seed/host gradient ratio, when measured.
         last_gate: a short text of the last gate result, e.g. ``"G2 failed: probe_loss_rose"``.
         candidates: the candidate seeds incubating in a tournament (1: one seed).
+        winner: the candidate the seed was, when it won a tournament (``None``: it did not
+            come from one).
     """
 
     slot: str
@@ -38,6 +40,7 @@ class SlotSnapshot:
     gradient_ratio: float | None = None
     last_gate: str | None = None
     candidates: int = 1
+    winner: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready view."""
@@ -57,7 +60,8 @@ class SlotSnapshot:
                    counterfactual=counterfactual,
                    gradient_ratio=state.metrics.seed_gradient_norm_ratio,
                    last_gate=None if gate is None else gate.message,
-                   candidates=state.candidates)
+                   candidates=state.candidates,
+                   winner=None if state.selection is None else state.selection.winner)
 
 
 @dataclass(frozen=True, slots=True)

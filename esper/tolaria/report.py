@@ -264,7 +264,9 @@ def plot_growth(records: Sequence[EpochRecord], slots: Sequence[str], path: Path
         ``path``, as a :class:`~pathlib.Path`.
 
     Each lane colours every epoch by its slot's stage and overlays the seed's
-    alpha (0 at the bottom of the lane, 1 at the top) as a black line.
+    alpha (0 at the bottom of the lane, 1 at the top) as a black line; the
+    epochs of a tournament are hatched, marked ``xK`` where it began and
+    ``#k won`` where candidate ``k`` was selected.
     """
     path = Path(path)
     bottom = 0.55 + (0.45 if slots else 0.0)  # inches: the x label, then the stage legend
@@ -287,6 +289,10 @@ def plot_growth(records: Sequence[EpochRecord], slots: Sequence[str], path: Path
     if slots:
         handles: list[Any] = [Patch(facecolor=STAGE_COLORS[s], label=s) for s in _LEGEND]
         handles.append(Line2D([], [], color="black", lw=1.2, label="alpha (0..1)"))
+        if any(r.slot(s) is not None and r.slot(s).candidates > 1  # type: ignore[union-attr]
+               for r in records for s in slots):
+            handles.append(Patch(facecolor="white", edgecolor="#555555", hatch="///",
+                                 label="tournament"))
         fig.legend(handles=handles, loc="lower center", ncol=5, fontsize=7, frameon=False,
                    bbox_to_anchor=(0.5, 0.02 / height))
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -319,6 +325,34 @@ def _draw_accuracy(ax: Any, records: Sequence[EpochRecord], baseline: Sequence[f
     ax.set_xlim(min([*epochs, *base_x, 1]) - 0.5, max([*epochs, *base_x, 1]) + 0.5)
 
 
+def tournament_marks(records: Sequence[EpochRecord], slot: str) -> list[tuple[int, str]]:
+    """``(epoch, text)`` of each tournament in ``slot``: ``"xK"`` at its first epoch and
+    ``"#k won"`` at the epoch its winner ``k`` was selected."""
+    marks: list[tuple[int, str]] = []
+    before: SlotSnapshot | None = None
+    for record in records:
+        now = record.slot(slot)
+        if now is not None and now.candidates > 1 and (before is None or before.candidates == 1
+                                                       or before.seed_id != now.seed_id):
+            marks.append((record.epoch, f"x{now.candidates}"))
+        if (now is not None and before is not None and before.candidates > 1
+                and now.seed_id == before.seed_id and now.winner is not None):
+            marks.append((record.epoch, f"#{now.winner} won"))
+        before = now
+    return marks
+
+
+def _draw_tournaments(lane: Any, records: Sequence[EpochRecord], slot: str) -> None:
+    for record in records:
+        snapshot = record.slot(slot)
+        if snapshot is not None and snapshot.candidates > 1:
+            lane.broken_barh([(record.epoch - 0.5, 1.0)], (-_LANE_PAD, 1 + 2 * _LANE_PAD),
+                             facecolors="none", edgecolors="#555555", hatch="///", lw=0)
+    for epoch, text in tournament_marks(records, slot):
+        lane.text(epoch, 0.5, text, ha="center", va="center", fontsize=7,
+                  bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.8})
+
+
 def _draw_lane(lane: Any, records: Sequence[EpochRecord], slot: str) -> None:
     """One slot's lane: each epoch coloured by its stage, the seed's alpha as a black line."""
     for start, width, stage in _stage_runs(records, slot):
@@ -326,6 +360,7 @@ def _draw_lane(lane: Any, records: Sequence[EpochRecord], slot: str) -> None:
                          facecolors=STAGE_COLORS.get(stage, "#e6e6e6"), edgecolors="none")
     lane.plot([r.epoch for r in records], [_alpha(r.slot(slot)) for r in records],
               color="black", lw=1.2, drawstyle="steps-mid")
+    _draw_tournaments(lane, records, slot)
     lane.set_ylim(-_LANE_PAD, 1 + _LANE_PAD)
     lane.set_yticks([])
     lane.set_ylabel(slot, rotation=0, ha="right", va="center", fontsize=9)

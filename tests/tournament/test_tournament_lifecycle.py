@@ -16,6 +16,8 @@ from esper.leyline import EventType, SeedStage, SlotTelemetry, TaskConfig
 from esper.leyline.constants import LOST_SELECTION, MAX_CANDIDATES, NON_FINITE
 from esper.leyline.names import is_stacked
 from esper.optim.state import decays
+from esper.tolaria.records import EpochRecord, SlotSnapshot
+from esper.tolaria.report import tournament_marks
 
 
 def _tournament(k: int = 4) -> SlotState:
@@ -118,3 +120,16 @@ def test_stacked_parameters_decay_as_one_candidate_would() -> None:
     assert not decays(name, torch.zeros(4, 64))  # four norm weights: no decay
     assert decays(name, torch.zeros(4, 16, 64, 3, 3))  # four conv kernels: decay
     assert decays("seed_slots.mid.seed.weight", torch.zeros(16, 64))
+
+
+def test_the_growth_plot_marks_where_a_tournament_began_and_who_won() -> None:
+    def record(epoch: int, candidates: int, winner: int | None, seed: str | None = "t"):
+        stage = "TRAINING" if seed else "DORMANT"
+        shot = SlotSnapshot("mid", stage, 0.0, seed, "norm" if seed else None,
+                            candidates=candidates, winner=winner)
+        return EpochRecord(epoch, 1.0, 50.0, (shot,), 0.1)
+
+    records = [record(1, 1, None, None), record(2, 4, None), record(3, 4, None),
+               record(4, 1, 2), record(5, 1, 2)]
+    assert tournament_marks(records, "mid") == [(2, "x4"), (4, "#2 won")]
+    assert tournament_marks(records, "early") == []
