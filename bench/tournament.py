@@ -78,7 +78,7 @@ def model_for(blueprint: str | None, count: int, looped: bool) -> MorphogeneticM
         assert isinstance(stacked, CandidateSeeds)
         looped_seeds = LoopedCandidates([stacked.member(k) for k in range(count)])
         looped_seeds.load_state_dict(stacked.state_dict())
-        slot.seed = looped_seeds.to(memory_format=torch.channels_last)
+        slot.seed = looped_seeds
     slot.state = transition(slot.state, SeedStage.TRAINING)
     return model
 

@@ -24,17 +24,17 @@ from ..core.state import AlphaMode, SlotState
 from ..core.transitions import check_telemetry
 from ..errors import TopologyMismatchError
 from ..leyline import GateResult, QualityGates, SeedStage, SlotTelemetry, TaskConfig, Topology
-from ..leyline.constants import DEFAULT_BLEND_ALGORITHM, DEFAULT_CANDIDATES, NON_FINITE
-from ..ops.candidates import candidates_forward, candidates_probe
+from ..leyline.constants import DEFAULT_BLEND_ALGORITHM, DEFAULT_CANDIDATES
+from ..ops.candidates import candidates_forward
 from ..ops.formula import blend_weight, isolate, slot_forward, slot_forward_checked
-from ..ops.health import SeedHealth, seed_health
+from ..ops.health import SeedHealth
 from ..ops.isolation import IsolationReport, ProbeSquares, isolation_probe, probe_squares
 from ..ops.telemetry import GradientReport, capture, latest_telemetry, materialize, record
 from .assignment import check_assignable
-from .candidates import CandidateSeeds
 from .delivery import TelemetryCallback, TelemetryCallbackWarning, deliver
 from .movement import measured, warn_if_frozen, with_baseline
 from .seed_parts import SeedSite, build_seed, build_tournament, rebuild_seed
+from .slot_tournament import TournamentSlot
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,7 +45,7 @@ class SlotContents:
     gate: nn.Module | None
     state: SlotState
 
-class SeedSlot(nn.Module):
+class SeedSlot(TournamentSlot, nn.Module):
     """One injection slot: its state, its seed module and its optional gate network.
 
     Arguments:
@@ -249,74 +249,6 @@ class SeedSlot(nn.Module):
     def _drop_seed(self) -> None:
         self.seed = self.gate = None
 
-    # ------------------------------------------------------------------ tournament
-
-    @property
-    def candidates(self) -> CandidateSeeds | None:
-        """The stacked candidates while a tournament runs here, else ``None``."""
-        return self.seed if isinstance(self.seed, CandidateSeeds) else None
-
-    def dropped_by_step(self) -> list[int]:
-        """Candidates the training step dropped (its ``live`` buffer is 0) that the state
-        still counts as live (one host sync)."""
-        stacked = self.candidates
-        if stacked is None:
-            return []
-        live = stacked.live.tolist()
-        return [k for k in T.live_candidates(self._state) if live[k] == 0.0]
-
-    def drop_candidates(self, indices: list[int]) -> SlotState:
-        """Drop candidates ``indices`` from the tournament (one ``SEED_PRUNED`` each, reason
-        ``non_finite``); if none is left, the slot's seed is pruned (same reason).
-
-        Raises:
-            StageError: no tournament here (a ``ValueError``).
-            ValueError: an index that is not a live candidate.
-        """
-        self._require_unforced()
-        new = T.drop(self._state, indices)
-        stacked = self.candidates
-        assert stacked is not None
-        with torch.no_grad():
-            for k in indices:
-                stacked.live[k] = 0.0
-        self._commit(new)
-        if not T.live_candidates(new):
-            return self.prune(NON_FINITE, detail="every candidate of the tournament went "
-                                                 "non-finite")
-        return self._state
-
-    def select(self, scores: list[float | None],
-               gradient_ratios: list[float | None] | None = None) -> SlotState:
-        """End the tournament: the best-scoring live candidate becomes the slot's one seed
-        (see :func:`~esper.core.tournament.select`, which also takes each candidate's
-        ``gradient_ratios``); the others' weights leave the slot.
-
-        The tournament's weights are checked for movement first (G2 reads it): the
-        winner inherits whether any candidate trained.
-
-        Raises:
-            StageError: no tournament here (a ``ValueError``).
-            ValueError: not one score per candidate, or no live candidate with a
-                finite score.
-        """
-        self._require_unforced()
-        ratios = gradient_ratios or ()
-        chosen = T.select(self._state, scores, None, ratios).selection  # refused: no change
-        stacked = self.candidates
-        assert stacked is not None and chosen is not None
-        self.record_movement()
-        winner = stacked.member(chosen.winner)
-        params = sum(p.numel() for m in (winner, self.gate) if m is not None
-                     for p in m.parameters())
-        new = T.select(self._state, scores, params, ratios)
-        self.seed = winner.to(self.device, memory_format=self.memory_format)
-        try:
-            return self._commit(new)
-        except BaseException:
-            self.seed = stacked
-            raise
-
     def advance_stage(self, target: SeedStage | str,
                       telemetry: SlotTelemetry | None = None) -> GateResult:
         """Request ``target`` through its gate (telemetry defaults to the latest metrics;
@@ -480,18 +412,6 @@ class SeedSlot(nn.Module):
         if alpha is None:
             return slot_forward_checked(state, self.seed, host, gate=self.gate)
         return slot_forward_checked(state, self.seed, host, alpha=alpha)
-
-    def _tournament(self, host: Tensor, state: SlotState,
-                    alpha: Tensor | None) -> tuple[Tensor, SeedHealth]:
-        """A tournament's forward: incubation at the state's own alpha, else scoring (the
-        batch holds one copy per candidate; see :mod:`esper.ops.candidates`)."""
-        stacked = self.candidates
-        assert stacked is not None
-        if alpha is None and not state.alpha_overridden:
-            return candidates_forward(state, stacked, host, stacked.live)
-        alpha = state.alpha if alpha is None else alpha
-        out = candidates_probe(state, stacked.chunked, host, alpha)
-        return out, seed_health(host, out, blend_weight(alpha, host))
 
     def _inputs(self, host: Tensor, state: SlotState | None,
                 alpha: Tensor | float | None) -> tuple[SlotState, Tensor | None]:

@@ -15,7 +15,7 @@ from ..leyline.constants import DEFAULT_MAX_BLEND_ACTIVATION_RATIO
 
 
 class SeedHealth(NamedTuple):
-    """How a seed behaved in one forward: bool device tensors (no host sync).
+    """How a seed behaved in one forward: two 0-d bool device tensors (no host sync).
 
     Attributes:
         fault: the slot's input was finite and the seed's output was not; a NaN
@@ -24,14 +24,10 @@ class SeedHealth(NamedTuple):
             than ``max_ratio`` times the largest host activation at the slot: the
             blend would swamp the host (the host-alone counterfactual of the
             slot's activations is ``host`` itself). Never set while ``a = 0``.
-        candidates: ``[K]``, a tournament's candidates whose output was not finite
-            (:func:`~esper.ops.candidates.candidate_faults`; the step drops them);
-            empty for a single seed.
     """
 
     fault: torch.Tensor
     blowup: torch.Tensor
-    candidates: torch.Tensor
 
 
 def seed_health(host: torch.Tensor, seed_out: torch.Tensor, a: torch.Tensor,
@@ -55,4 +51,4 @@ def seed_health(host: torch.Tensor, seed_out: torch.Tensor, a: torch.Tensor,
     fault = host_ok & ~seed_ok
     weighted = a.detach().amax().float() * seed_max
     blowup = host_ok & seed_ok & (host_max > 0) & (weighted > max_ratio * host_max)
-    return SeedHealth(fault, blowup, fault.new_zeros(0))
+    return SeedHealth(fault, blowup)

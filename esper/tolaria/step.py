@@ -134,7 +134,7 @@ def train_step(model: MorphogeneticModel, inputs: StepInputs, x: Tensor, y: Tens
     grads, loss, features, flags = _gradients(model, inputs, work, x, y, options)
     if options.reduce is not None:
         grads, loss, flags = options.reduce(grads, loss, flags)
-    grads = settle_candidates(inputs, work, grads, loss, flags)
+    grads = settle_candidates(inputs, work, grads, loss)
     squared = group_squares(grads, inputs.groups) if options.measure else loss.new_empty(0)
     candidates = (candidate_squares(grads, inputs.tournaments) if options.measure
                   else loss.new_empty(0))
@@ -166,13 +166,14 @@ def candidate_squares(grads: Mapping[str, Tensor], tournaments: tuple[Tournament
 
 
 def settle_candidates(inputs: StepInputs, work: Mapping[str, Tensor], grads: dict[str, Tensor],
-                      loss: Tensor, flags: Mapping[str, Tensor]) -> dict[str, Tensor]:
+                      loss: Tensor) -> dict[str, Tensor]:
     """Drop, on the device, every candidate that went non-finite in this step, and zero the
     gradients of the dropped ones: the gradients with those rows zeroed (the others kept).
 
-    A candidate goes: when its output was not finite (its health flag), or, under a
-    finite loss and without fp16's loss scale (whose overflows are nobody's fault),
-    when its gradients are not. Its ``live`` entry becomes 0 in place, in the buffer
+    A candidate goes when its weights are not finite, or, under a finite loss and
+    without fp16's loss scale (whose overflows are nobody's fault), when its
+    gradients are not (its output reaches nothing while it incubates, so it is not
+    read: see :mod:`esper.ops.candidates`). Its ``live`` entry becomes 0 in place, in the buffer
     and in its working copy ``work`` (which the step commits later: a drop is never
     undone; the trainer reads it at the epoch's end), and its rows of the stacked
     gradients become 0,
@@ -184,9 +185,10 @@ def settle_candidates(inputs: StepInputs, work: Mapping[str, Tensor], grads: dic
         return grads
     grads = dict(grads)
     with torch.no_grad():
-        for slot, live_name, stacked in tournaments:
+        for _, live_name, stacked in tournaments:
             live = inputs.buffers[live_name]
-            bad = flags[f"candidates:{slot}"]
+            bad = ~torch.stack([inputs.params[n].flatten(1).isfinite().all(1)
+                                for n in stacked]).all(0)
             if inputs.loss_scale is None:
                 finite = torch.stack([grads[n].flatten(1).isfinite().all(1)
                                       for n in stacked]).all(0)
