@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,30 +25,27 @@ from typing import Any
 
 import torch
 
-from ..core import lifecycle
 from ..core.breaker import BreakerState, BreakerStatus
 from ..core.tournament import is_candidate_id
 from ..data import TaskData, batches
 from ..errors import describe
-from ..leyline import EventType, SeedStage, SlotTelemetry, TelemetryEvent, is_blended
-from ..leyline.constants import DEFAULT_MAX_BLEND_LOSS_RATIO, INITIAL_LOSS_SCALE
+from ..leyline import EventType, SeedStage, TelemetryEvent
+from ..leyline.constants import INITIAL_LOSS_SCALE
 from ..nn.model import MorphogeneticModel
 from ..ops.telemetry import GradientEMA, due
 from ..optim import OptimizerState, RunSchedule, optimizer_config
 from ..tamiyo import Decision
-from . import breakers, tournaments
-from .apply import GERMINATED, apply_decision, command_rejection
+from . import breakers
 from .compiled import CompileCounter
 from .config import GrowConfig, build_host
-from .consensus import Proposal
 from .culprit import survive
 from .decider import Decider
-from .evaluate import Validation, validate
-from .hardware import autocast, autocast_dtype, resolve_device
+from .epoch_end import EpochEnd
+from .hardware import autocast_dtype, resolve_device
 from .parallelism import Parallelism, SingleProcess, isolation_violations
 from .progress import progress_state, restore_progress
-from .records import EpochRecord, SlotSnapshot
-from .seeding import epoch_seed, germination_seed, probe_seed
+from .records import EpochRecord
+from .seeding import epoch_seed, probe_seed
 from .step import StepResult
 from .step_runner import Notice, StepRunner
 from .topology_run import TopologyRun
@@ -63,7 +59,7 @@ _log = logging.getLogger("esper")
 
 
 @dataclass
-class Trainer:
+class Trainer(EpochEnd):
     """Grows a model on a task; see the module docstring for one epoch's work.
 
     Arguments:
@@ -302,126 +298,6 @@ class Trainer:
             if seed.state.has_seed and seed.state.stage is not SeedStage.FOSSILIZED:
                 seed.prune(breakers.trip_reason(self.breakers[slot]))
             self._fresh_breaker(slot)
-
-    # ------------------------------------------------------------------ epoch boundary
-
-    def end_epoch(self, loss: float, ema: GradientEMA | None, seconds: float) -> EpochRecord:
-        """Validation, counterfactuals, lifecycle step and controller decisions.
-
-        Seeds whose breaker tripped in the epoch are pruned first; a seed that
-        raises during validation is pruned and validation runs again; a blended
-        seed whose loss blows up against its host-alone counterfactual is pruned
-        (reason ``blowup``) and validation runs again without it. After a
-        germinate or prune every process checks it holds what the others hold.
-        """
-        model = self.model
-        topology = [name for name, _ in model.named_parameters()]
-        self._prune_tripped()
-        for slot in tournaments.commit_drops(model):
-            self._fresh_breaker(slot)
-        validation = self._measure()
-        gradients = model.record_gradients(ema) if ema is not None else {}
-        decided = tournaments.decide(model, self.optimizer, validation, gradients)
-        self.optimizer = decided.optimizer
-        for slot in decided.pruned:
-            self._fresh_breaker(slot)
-        val = validation.accuracy
-        contributions = validation.counterfactuals()
-        probes = {**validation.probe_reductions(), **decided.winners}
-        finite = math.isfinite(loss) and math.isfinite(val)
-        telemetry = {name: SlotTelemetry(val, contributions.get(name), finite=finite,
-                                         probe_loss_reduction=probes.get(name))
-                     for name in model.seed_slots}
-        self._lifecycle(val, telemetry)
-        self.optimizer = self.optimizer.synced(model)
-        if [name for name, _ in model.named_parameters()] != topology:
-            self.parallel.check(f"weights and slot states after epoch {self.epoch}'s germinate "
-                                "or prune", self.config, model)
-        shots = tuple(SlotSnapshot.of(name, state, contributions.get(name))
-                      for name, state in model.slot_states().items())
-        record = EpochRecord(self.epoch, loss, val, shots, seconds,
-                             val_loss=validation.model.mean_loss, lr=self.host_lr())
-        self.records.append(record)
-        return record
-
-    def _measure(self) -> Validation:
-        """Validation with every seed that raises in it or blows up pruned (see end_epoch)."""
-        while True:
-            states = self.model.slot_states()
-            blended = [n for n, s in states.items() if is_blended(s.stage)]
-            probed = {n: s.gates.probe_alpha for n, s in states.items()
-                      if s.stage == SeedStage.TRAINING and not s.in_tournament}
-            validation, _ = survive(  # a tournament pruned for raising is not scored again
-                lambda b=blended, p=probed: self._validate(b, p, tournaments.due(self.model)),
-                self.model.seed_slots, self._prune_raiser)
-            ratio = DEFAULT_MAX_BLEND_LOSS_RATIO
-            blown = [n for n in validation.blown_up(ratio)
-                     if states[n].stage != SeedStage.FOSSILIZED]
-            if not blown:
-                return validation
-            for name in blown:
-                slot = self.model.seed_slots[name]
-                slot.prune(breakers.BLOWUP, detail=validation.blowup(name, ratio))
-                self._fresh_breaker(name)
-
-    def _validate(self, blended: list[str], probed: dict[str, float],
-                  due: dict[str, float]) -> Validation:
-        """Validation of the model, of each ``blended`` slot without its seed, of each
-        ``probed`` slot with its seed at the probe alpha and of each candidate of each
-        ``due`` tournament alone at the probe alpha, over the whole split."""
-        vx, vy = self.data.val
-        with autocast(self.device, self.runner.autocast):
-            validation = validate(self.model, vx, vy, blended, probed, tournaments=due)
-        return self.parallel.reduce_validation(validation)
-
-    # ------------------------------------------------------------------ lifecycle
-
-    def _lifecycle(self, val: float, telemetry: dict[str, SlotTelemetry]) -> None:
-        """Propose the epoch's outcome, agree on it, then apply only what was agreed.
-
-        Each slot's lifecycle step is applied where every process proposed the
-        same; the decisions (the controller's, or the commands') all together
-        or not at all, so a refused germination is not counted either.
-        """
-        for slot in self.model.seed_slots.values():  # G2 reads it: commit it before proposing
-            slot.record_movement()
-        states = {name: lifecycle.step(state, telemetry[name])  # proposed: nothing committed
-                  for name, state in self.model.slot_states().items()}
-        decisions, memory = self.decider.propose(self.epoch, val, states, self.parallel)
-        agreement = self.parallel.agree(Proposal(states, tuple(decisions)), self.epoch)
-        for disagreement in agreement.disagreements:  # nothing of it applies, on any process
-            self._emit({"kind": "consensus", "epoch": self.epoch, **disagreement.to_dict(),
-                        "applied": False})
-        self.model.step_epoch({name: telemetry[name] for name in agreement.stepped})
-        self.decider.settle(memory, applied=agreement.unanimous)
-        torch.manual_seed(germination_seed(self.config.seed, self.epoch))
-        apply = self._apply_external if self.decider.external else self._apply
-        for decision in agreement.decisions:
-            apply(decision, telemetry)
-
-    def _apply_external(self, decision: Decision, telemetry: dict[str, SlotTelemetry]) -> None:
-        """A verified command: one the lifecycle refuses changes nothing and is reported.
-
-        A prune or fossilize naming another seed than the slot's is rejected
-        (a ``COMMAND_REJECTED`` event, reason ``seed_mismatch``).
-        """
-        rejection = command_rejection(decision, self.model.seed_slots[decision.slot].state)
-        if rejection is not None:
-            self._lifecycle_event(rejection)
-            return
-        try:
-            self._apply(decision, telemetry)
-        except (ValueError, RuntimeError) as exc:
-            self._decision_event(decision, f"rejected: {exc}")
-
-    def _apply(self, decision: Decision, telemetry: dict[str, SlotTelemetry]) -> None:
-        """Apply ``decision`` (see :func:`~.apply.apply_decision`); a germinated seed gets a
-        fresh breaker."""
-        outcome = apply_decision(self.model.seed_slots[decision.slot], decision,
-                                 telemetry[decision.slot], self.config.blend_algorithm)
-        if outcome == GERMINATED:
-            self._fresh_breaker(decision.slot)
-        self._decision_event(decision, outcome)
 
     def run_epoch(self) -> EpochRecord:
         """Train and close one epoch."""
