@@ -25,15 +25,14 @@ from ..core.transitions import check_telemetry
 from ..errors import TopologyMismatchError
 from ..leyline import GateResult, QualityGates, SeedStage, SlotTelemetry, TaskConfig, Topology
 from ..leyline.constants import DEFAULT_BLEND_ALGORITHM, DEFAULT_CANDIDATES
-from ..ops.candidates import candidates_forward
-from ..ops.formula import blend_weight, isolate, slot_forward, slot_forward_checked
+from ..ops.formula import slot_forward, slot_forward_checked
 from ..ops.health import SeedHealth
-from ..ops.isolation import IsolationReport, ProbeSquares, isolation_probe, probe_squares
-from ..ops.telemetry import GradientReport, capture, latest_telemetry, materialize, record
+from ..ops.telemetry import GradientReport, latest_telemetry, record
 from .assignment import check_assignable
 from .delivery import TelemetryCallback, TelemetryCallbackWarning, deliver
 from .movement import measured, warn_if_frozen, with_baseline
 from .seed_parts import SeedSite, build_seed, build_tournament, rebuild_seed
+from .slot_probes import SlotProbes
 from .slot_tournament import TournamentSlot
 
 
@@ -45,7 +44,7 @@ class SlotContents:
     gate: nn.Module | None
     state: SlotState
 
-class SeedSlot(TournamentSlot, nn.Module):
+class SeedSlot(TournamentSlot, SlotProbes, nn.Module):
     """One injection slot: its state, its seed module and its optional gate network.
 
     Arguments:
@@ -299,75 +298,6 @@ class SeedSlot(TournamentSlot, nn.Module):
         finally:
             self._forced -= 1
             self._state = saved
-
-    # ------------------------------------------------------------------ telemetry
-
-    def attach_host(self, parameters: Callable[[], Iterable[nn.Parameter]]) -> None:
-        """Where the host's parameters are (``MorphogeneticModel`` calls this)."""
-        self._host_parameters = parameters
-
-    def capture_gradient_telemetry(self, host_parameters: Iterable[nn.Parameter] | None = None,
-                                   host_features: Tensor | None = None, *,
-                                   generator: torch.Generator | None = None) -> GradientReport:
-        """Measure the seed's gradient activity (and isolation) and record it in the metrics.
-
-        Call after ``backward``. ``None`` gradients are skipped. The isolation
-        probe runs when ``host_features`` (features at this slot, a few samples)
-        are given; a leak while isolated counts one violation.
-
-        Arguments:
-            host_parameters: the host's parameters; needed for a slot that is
-                not part of a ``MorphogeneticModel``.
-            host_features: features at the slot for the isolation probe.
-            generator: for the probe's random cotangent.
-
-        Raises:
-            RuntimeError: the slot has no seed, or inside ``force_alpha``.
-            ValueError: a standalone slot was given no host parameters.
-        """
-        self._require_unforced()
-        if self.seed is None:
-            raise RuntimeError(f"slot {self.slot_id!r} is {self._state.stage.name}: there is "
-                               "no seed whose gradients could be measured")
-        if host_parameters is None:
-            if self._host_parameters is None:
-                raise ValueError(f"slot {self.slot_id!r} is not attached to a host: pass "
-                                 "host_parameters so the gradient ratio can be normalised")
-            host_parameters = self._host_parameters()
-        sample = capture(host_parameters, {self.slot_id: self.parameters()})
-        gradients = materialize(sample)[self.slot_id]
-        probe = (self.probe_isolation(host_features, generator)
-                 if host_features is not None else None)
-        self.record(seed_gradient_norm_ratio=gradients.ratio,
-                    isolation_violations=int(probe is not None and probe.violated))
-        return GradientReport(gradients, probe)
-
-    def probe_isolation(self, host: Tensor, generator: torch.Generator | None = None,
-                        squares: ProbeSquares = probe_squares) -> IsolationReport:
-        """The isolation probe of this slot on ``host`` features; records nothing.
-
-        Runs outside any compiled step (see :func:`~esper.ops.isolation.isolation_probe`)
-        in the slot's current mode: :meth:`MorphogeneticModel.probe_isolation`
-        puts the slot in eval mode first so the probe moves no statistics.
-
-        Arguments:
-            host: features at the slot (a few samples).
-            generator: for the random cotangents.
-            squares: :func:`~esper.ops.isolation.probe_squares` or a compiled version of it.
-        """
-        gate_fn = self._probe_gate if self.gate is not None else None
-        return isolation_probe(self._probe_slot, self._state, host, gate_fn=gate_fn,
-                               generator=generator, squares=squares)
-
-    def _probe_slot(self, host: Tensor, state: SlotState, a: Tensor) -> Tensor:
-        stacked = self.candidates
-        if stacked is not None:  # the incubation formula (a is the state's own 0)
-            return candidates_forward(state, stacked, host, stacked.live)[0]
-        return self(host, state, alpha=a)
-
-    def _probe_gate(self, host: Tensor, state: SlotState) -> Tensor:
-        assert self.gate is not None
-        return self.gate(isolate(host, state.g), blend_weight(state.alpha, host))
 
     # ------------------------------------------------------------------ forward
 
