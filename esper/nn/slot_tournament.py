@@ -89,7 +89,9 @@ class TournamentSlot:
         """
         self._require_unforced()
         ratios = gradient_ratios or ()
-        chosen = T.select(self._state, scores, None, ratios).selection  # refused: no change
+        # Checked before anything changes (a refused selection leaves the slot as it was);
+        # selected again below from the state the movement check commits.
+        chosen = T.select(self._state, scores, None, ratios).selection
         stacked = self.candidates
         assert stacked is not None and chosen is not None
         self.record_movement()
